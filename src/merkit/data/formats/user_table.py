@@ -1,0 +1,157 @@
+"""A user's own conversations as JSONL (one utterance per line) or CSV (one utterance per row).
+
+Fields: ``dialogue_id`` (required), ``utterance_id``, ``speaker``, ``text``, ``label`` (a class
+name; for multi-label a JSON list or a ``;``-separated string), ``sentiment``, ``start``,
+``end`` (seconds), ``split`` (train/valid/dev/test) and media paths ``audio``, ``video``
+(relative paths are resolved against the file's folder). Utterances keep file order within
+their dialogue. See README "Your own data" for an example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from merkit.data.corpus import Dialogue, LabelSchema, build_corpus, build_utterance
+from merkit.data.formats import DataBundle, Source, register_reader
+from merkit.data.formats._text import csv_rows, read_text, repair_text
+from merkit.errors import MerkitError
+
+MEDIA_FIELDS = ("audio", "video")
+_SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "dev": "valid", "test": "test"}
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line_number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MerkitError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=path, place=f"line {line_number}") from None
+        if not isinstance(row, dict):
+            raise MerkitError("each line must be a JSON object", path=path, place=f"line {line_number}")
+        yield line_number, row
+
+
+def _hash_split(dialogue_id: str) -> str:
+    """Deterministic 80/10/10 split by dialogue id, for files that carry no ``split`` field."""
+    bucket = int(hashlib.sha256(dialogue_id.encode("utf-8")).hexdigest(), 16) % 10
+    return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
+
+
+def _labels_of(value: Any, multi_label: bool) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, list):
+        return [str(v).strip() for v in value]
+    text = str(value).strip()
+    return [part.strip() for part in text.split(";") if part.strip()] if multi_label else [text]
+
+
+def _is_multi_label(rows: list[tuple[int, dict[str, Any]]]) -> bool:
+    return any(isinstance(row.get("label"), list) or ";" in str(row.get("label") or "") for _, row in rows)
+
+
+def _number(value: Any, field: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise MerkitError(f"{field} {value!r} is not a number of seconds") from None
+
+
+def rows_to_corpus(
+    rows: list[tuple[int, dict[str, Any]]],
+    path: Path,
+    *,
+    labels: str | list[str] | None = None,
+    multi_label: bool | None = None,
+    name: str | None = None,
+) -> DataBundle:
+    if not rows:
+        raise MerkitError("no utterances in file", path=path)
+    multi = _is_multi_label(rows) if multi_label is None else multi_label
+    if labels is None:
+        names = sorted({label for _, row in rows for label in _labels_of(row.get("label"), multi)})
+        if not names:
+            names = ["unlabelled"]
+    else:
+        names = [n.strip() for n in labels.split(",")] if isinstance(labels, str) else list(labels)
+    schema = LabelSchema(names=tuple(names), multi_label=multi)
+    has_split = [bool(row.get("split")) for _, row in rows]
+    if any(has_split) and not all(has_split):
+        line = rows[has_split.index(False)][0]
+        raise MerkitError("some rows have a split and this one has none", path=path, place=f"line {line}")
+
+    grouped: dict[str, list] = {}
+    split_of: dict[str, str] = {}
+    for line, row in rows:
+        place = f"line {line}"
+        try:
+            dialogue_id = str(row.get("dialogue_id") or "").strip()
+            if not dialogue_id:
+                raise MerkitError("missing dialogue_id")
+            raw_split = str(row.get("split") or "").strip().lower()
+            split = _SPLIT_ALIASES.get(raw_split) if raw_split else _hash_split(dialogue_id)
+            if split is None:
+                raise MerkitError(f"unknown split {raw_split!r}; use train, valid (or dev) or test")
+            if split_of.setdefault(dialogue_id, split) != split:
+                raise MerkitError(f"dialogue {dialogue_id!r} is in two splits: {split_of[dialogue_id]!r} and {split!r}")
+            turns = grouped.setdefault(dialogue_id, [])
+            indices = tuple(schema.index(label) for label in _labels_of(row.get("label"), multi))
+            if not multi and len(indices) > 1:
+                raise MerkitError("several labels in a single-label file")
+            label = indices if multi else (indices[0] if indices else None)
+            media = dict(row.get("media") or {})
+            media.update({field: row[field] for field in MEDIA_FIELDS if row.get(field)})
+            media = {m: str((path.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p) for m, p in media.items()}
+            turns.append(
+                build_utterance(
+                    id=f"{dialogue_id}/{str(row.get('utterance_id') or len(turns)).strip()}",
+                    speaker=str(row.get("speaker") or "").strip(),
+                    text=repair_text(str(row.get("text") or "")),
+                    label=label,
+                    sentiment=(str(row["sentiment"]).strip() or None) if row.get("sentiment") is not None else None,
+                    start=_number(row.get("start"), "start"),
+                    end=_number(row.get("end"), "end"),
+                    media=media,
+                )
+            )
+        except MerkitError as exc:
+            raise exc.at(path, place) from None
+    dialogues = tuple(Dialogue(id=d, utterances=tuple(u)) for d, u in grouped.items())
+    splits = {s: tuple(d for d in grouped if split_of[d] == s) for s in ("train", "valid", "test")}
+    corpus = build_corpus(name=name or path.stem, labels=schema, dialogues=dialogues, splits=splits)
+    return DataBundle(corpus)
+
+
+@register_reader
+class JsonlReader:
+    name = "jsonl"
+    description = "your own conversations, one JSON object per utterance (see README)"
+
+    def detect(self, source: Source) -> bool:
+        return source.path.is_file() and source.path.suffix.lower() in {".jsonl", ".ndjson"}
+
+    def read(self, source: Source, **options: Any) -> DataBundle:
+        return rows_to_corpus(list(_jsonl_rows(source.path)), source.path, **options)
+
+
+@register_reader
+class CsvReader:
+    name = "csv"
+    description = "your own conversations, one CSV row per utterance with a dialogue_id column (see README)"
+
+    def detect(self, source: Source) -> bool:
+        if not (source.path.is_file() and source.path.suffix.lower() == ".csv"):
+            return False
+        with source.path.open("rb") as handle:
+            return "dialogue_id" in handle.readline().decode("utf-8-sig", errors="replace")
+
+    def read(self, source: Source, **options: Any) -> DataBundle:
+        return rows_to_corpus(list(csv_rows(source.path, required=("dialogue_id",))), source.path, **options)
