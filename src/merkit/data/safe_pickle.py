@@ -9,6 +9,7 @@ files once into a feature store (``merkit data convert``) and never load them ag
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 from pathlib import Path
@@ -41,6 +42,10 @@ class UnsafePickleError(MerkitError):
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        # Python-2 pickles name builtins "__builtin__"; map them as the stock unpickler would.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise UnsafePickleError(

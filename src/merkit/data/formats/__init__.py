@@ -20,6 +20,7 @@ from merkit.data.safe_pickle import load_pickle
 from merkit.errors import MerkitError
 
 _READER_MODULES = (
+    "store_dir",
     "meld_csv",
     "iemocap_cosmic",
     "goemotions_tsv",

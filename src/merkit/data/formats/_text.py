@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def read_text(path: Path) -> str:
     return data.decode("latin-1")
 
 
+def text_lines(path: Path) -> list[str]:
+    """Lines split at newlines only (``str.splitlines`` would also split at ``\x85`` and ``\u2028``)."""
+    return [line.removesuffix("\r") for line in read_text(path).split("\n")]
+
+
 def csv_rows(
     path: Path, *, required: tuple[str, ...], delimiter: str = ","
 ) -> Iterator[tuple[int, dict[str, str]]]:
@@ -41,7 +47,8 @@ def csv_rows(
     A missing column, a row with too few or too many fields, or an unterminated quote
     (a truncated file) is a :class:`MerkitError` naming the file and line.
     """
-    reader = csv.reader(read_text(path).splitlines(keepends=True), delimiter=delimiter, strict=True)
+    # Not str.splitlines(): it also breaks at \x85 and \u2028, which occur inside damaged text.
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from merkit.data.corpus import Dialogue, LabelSchema, build_corpus, build_utterance
 from merkit.data.formats import DataBundle, Source, register_reader
-from merkit.data.formats._text import read_text
+from merkit.data.formats._text import read_text, text_lines
 from merkit.errors import MerkitError
 
 EKMAN_EMOTIONS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
@@ -56,7 +56,7 @@ class GoEmotionsTsvReader:
 
 
 def _read_file(path: Path, split: str, schema: LabelSchema):
-    reader = csv.reader(read_text(path).splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    reader = csv.reader(text_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE)
     for line, fields in enumerate(reader, start=1):
         if not fields:
             continue

@@ -45,6 +45,8 @@ class MeldCsvReader:
         path = source.path
         if path.is_dir():
             return any((path / name).is_file() for name in _SPLIT_FILES.values())
+        if path.is_file() and path.name.endswith("_sent_emo.csv"):
+            return True
         if path.is_file() and path.suffix.lower() == ".csv":
             with path.open("rb") as handle:
                 head = handle.readline().decode("utf-8-sig", errors="replace")

@@ -17,7 +17,7 @@ from typing import Any
 
 from merkit.data.corpus import Dialogue, LabelSchema, build_corpus, build_utterance
 from merkit.data.formats import DataBundle, Source, register_reader
-from merkit.data.formats._text import csv_rows, read_text, repair_text
+from merkit.data.formats._text import csv_rows, repair_text, text_lines
 from merkit.errors import MerkitError
 
 MEDIA_FIELDS = ("audio", "video")
@@ -25,7 +25,7 @@ _SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "de
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for line_number, line in enumerate(read_text(path).splitlines(), start=1):
+    for line_number, line in enumerate(text_lines(path), start=1):
         if not line.strip():
             continue
         try:

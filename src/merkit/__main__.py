@@ -1,0 +1,3 @@
+from merkit.cli import main
+
+main()

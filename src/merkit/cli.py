@@ -1,0 +1,172 @@
+"""The ``merkit`` command line (Typer). Verbs: ``data``, ``models``, ``demo``.
+
+Errors a user can fix (bad file, bad option) print one line on stderr and exit with code 2;
+``--debug`` (anywhere on the line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from merkit import __version__
+from merkit.errors import MerkitError
+
+app = typer.Typer(
+    name="merkit",
+    help="Multimodal emotion recognition in conversations: data, features, models, evaluation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Read, inspect and convert corpora and feature files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="Input format, or 'auto' to detect it.")]
+TrustOption = Annotated[
+    bool, typer.Option("--trust-pickle", help="Allow pickles that run code (only for files you trust).")
+]
+ReaderOptions = Annotated[
+    Optional[list[str]], typer.Option("--option", "-o", help="Reader option key=value (repeatable).")
+]
+
+
+def _console() -> Console:
+    return Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"merkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+) -> None:
+    """merkit: multimodal emotion recognition in conversations."""
+
+
+def _read(path: str, format: str, trust_pickle: bool, option: list[str] | None):
+    from merkit.data.formats import parse_options, read_data
+
+    return read_data(path, format, trust_pickle=trust_pickle, **parse_options(option or []))
+
+
+def print_stats(stats: dict, console: Console) -> None:
+    table = Table(title=f"{stats['name']} ({stats['label_kind']}, {len(stats['classes'])} classes)")
+    table.add_column("split")
+    table.add_column("dialogues", justify="right")
+    table.add_column("utterances", justify="right")
+    for split, entry in stats["splits"].items():
+        table.add_row(split, f"{entry['dialogues']:,}", f"{entry['utterances']:,}")
+    console.print(table)
+    labels = Table(title="labels")
+    labels.add_column("class")
+    for split in stats["splits"]:
+        labels.add_column(split, justify="right")
+    labels.add_column("all", justify="right")
+    for name, count in stats["labels"].items():
+        labels.add_row(name, *(f"{stats['splits'][s]['labels'][name]:,}" for s in stats["splits"]), f"{count:,}")
+    console.print(labels)
+
+
+@data_app.command("stats")
+def data_stats(
+    path: Annotated[str, typer.Argument(help="Corpus file, folder, feature store, or 'synthetic'.")],
+    format: FormatOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    trust_pickle: TrustOption = False,
+    option: ReaderOptions = None,
+) -> None:
+    """Per-split dialogue and utterance counts and the label distribution."""
+    bundle = _read(path, format, trust_pickle, option)
+    stats = bundle.corpus.stats()
+    stats["features"] = {m: f.describe() for m, f in bundle.features.items()}
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+    else:
+        print_stats(stats, _console())
+
+
+@data_app.command("convert")
+def data_convert(
+    path: Annotated[str, typer.Argument(help="Corpus file, folder, or 'synthetic'.")],
+    out: Annotated[Path, typer.Option("--out", help="Feature store directory to write.")],
+    format: FormatOption = "auto",
+    trust_pickle: TrustOption = False,
+    option: ReaderOptions = None,
+) -> None:
+    """Convert any readable input into a merkit corpus + feature store (no pickle, written atomically)."""
+    from merkit.data.store import write_store
+
+    bundle = _read(path, format, trust_pickle, option)
+    store = write_store(out, bundle.corpus, bundle.features, keep_existing=False)
+    dims = ", ".join(f"{m} {store.describe(m)['dim']}-d" for m in store.modalities) or "no features"
+    typer.echo(f"wrote {out}: {len(store.corpus.dialogues):,} dialogues, {store.corpus.num_utterances:,} utterances, {dims}")
+
+
+@data_app.command("formats")
+def data_formats() -> None:
+    """List the input formats merkit reads."""
+    from merkit.data.formats import available_formats
+
+    table = Table("format", "description")
+    for name, description in available_formats().items():
+        table.add_row(name, description)
+    _console().print(table)
+
+
+@app.command("models")
+def models() -> None:
+    """List the registered models with their modalities and presets."""
+    from merkit.models import available_models
+
+    entries = available_models()
+    if not entries:
+        typer.echo("no models registered yet")
+        return
+    table = Table("model", "modalities", "presets", "description")
+    for entry in entries.values():
+        table.add_row(entry.name, ", ".join(entry.modalities), ", ".join(entry.presets) or "-", entry.description)
+    _console().print(table)
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where the demo writes its store.")] = Path("runs/demo"),
+) -> None:
+    """The main job: build a corpus (the embedded synthetic one), store it, and show its statistics."""
+    from merkit.data.formats import read_data
+    from merkit.data.store import write_store
+
+    console = _console()
+    bundle = read_data("synthetic")
+    store = write_store(out / "store", bundle.corpus, bundle.features, keep_existing=False)
+    console.print(f"[bold]merkit demo[/bold]: synthetic corpus stored in {store.root}")
+    print_stats(store.corpus.stats(), console)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="merkit")
+    except MerkitError as exc:
+        if debug:
+            raise
+        print(f"merkit: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("merkit: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,89 @@
+"""The command line: JSON stats, conversion, and one-line errors with exit code 2."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+from conftest import shared
+from typer.testing import CliRunner
+
+from merkit.cli import app, main
+from merkit.data import open_store
+
+runner = CliRunner()
+
+
+def run_main(args, capsys):
+    """Run the real entry point (with its error handling); return (exit code, stdout, stderr)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_stats_json_on_real_meld(capsys):
+    code, out, _ = run_main(["data", "stats", str(shared("meld")), "--json"], capsys)
+    assert code == 0
+    stats = json.loads(out)
+    assert {s: (v["dialogues"], v["utterances"]) for s, v in stats["splits"].items()} == {
+        "train": (1038, 9989), "valid": (114, 1109), "test": (280, 2610),
+    }  # fmt: skip
+    assert stats["labels"]["neutral"] == 6436
+
+
+def test_stats_json_on_real_iemocap_and_goemotions(capsys):
+    code, out, _ = run_main(["data", "stats", str(shared("iemocap")), "--json"], capsys)
+    test = json.loads(out)["splits"]["test"]
+    assert code == 0 and (test["dialogues"], test["utterances"]) == (31, 1623)
+    code, out, _ = run_main(["data", "stats", str(shared("goemotions")), "--json"], capsys)
+    stats = json.loads(out)
+    assert [stats["splits"][s]["utterances"] for s in ("train", "valid", "test")] == [43410, 5426, 5427]
+    assert stats["label_kind"] == "multi-label" and sum(stats["labels"].values()) > 54263
+
+
+def test_convert_then_stats_on_the_store(tmp_path, capsys):
+    out = tmp_path / "store"
+    code, stdout, _ = run_main(["data", "convert", "synthetic", "--out", str(out), "-o", "dialogues=20"], capsys)
+    assert code == 0 and "20 dialogues" in stdout
+    assert sorted(open_store(out).modalities) == ["audio", "text", "visual"]
+    code, stdout, _ = run_main(["data", "stats", str(out), "--json"], capsys)
+    assert json.loads(stdout)["features"]["text"]["dim"] == 32
+
+
+def test_bad_input_is_one_line_on_stderr_with_exit_2(tmp_path, capsys):
+    bad = tmp_path / "train_sent_emo.csv"
+    bad.write_text("Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n1,hi,Ross,joy\n")
+    code, out, err = run_main(["data", "stats", str(bad)], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and str(bad) in err and "line 2" in err and "Traceback" not in err
+
+
+def test_unsafe_pickle_via_cli_names_the_opt_in(tmp_path, capsys):
+    from collections import Counter
+
+    path = tmp_path / "data.pkl"
+    path.write_bytes(pickle.dumps(Counter("ab")))
+    code, _, err = run_main(["data", "stats", str(path)], capsys)
+    assert code == 2 and "--trust-pickle" in err and str(path) in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "merkit", "--debug", "data", "stats", str(tmp_path / "missing")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_help_formats_models_and_demo(tmp_path):
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+    formats = runner.invoke(app, ["data", "formats"])
+    assert formats.exit_code == 0 and "sdt-pickle" in formats.output
+    assert runner.invoke(app, ["models"]).exit_code == 0
+    demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert demo.exit_code == 0, demo.output
+    assert open_store(tmp_path / "demo" / "store").corpus.name == "synthetic"
