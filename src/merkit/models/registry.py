@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ class ModelEntry:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
+_MODEL_MODULES = ("mlp", "bigru", "late_fusion")
 _MODELS: dict[str, ModelEntry] = {}
 
 
@@ -41,4 +43,15 @@ def register_model(
 
 def available_models() -> dict[str, ModelEntry]:
     """Registered models by name (the model modules register themselves on import)."""
+    for module in _MODEL_MODULES:
+        importlib.import_module(f"merkit.models.{module}")
     return dict(_MODELS)
+
+
+def get_model(name: str) -> ModelEntry:
+    models = available_models()
+    if name not in models:
+        from merkit.errors import MerkitError
+
+        raise MerkitError(f"unknown model {name!r}; choose one of: {', '.join(models)}")
+    return models[name]

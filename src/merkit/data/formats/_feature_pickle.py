@@ -28,6 +28,12 @@ def as_items(obj: Any) -> tuple | None:
     return tuple(obj) if isinstance(obj, (list, tuple)) else None
 
 
+def _natural(key: Any) -> tuple:
+    """Sort int-like dialogue keys numerically (MELD) and the rest by name (IEMOCAP)."""
+    text = str(key)
+    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
+
+
 def _speaker_name(speaker: Any) -> str:
     if isinstance(speaker, str):
         return speaker
@@ -55,7 +61,11 @@ def _valid_ids(train_ids: list[str], valid_ids: Any, valid_fraction: float, seed
         if unknown:
             raise MerkitError(f"valid_ids not among the training dialogues: {unknown[:5]}")
         return chosen
+    if not 0 <= valid_fraction < 1:
+        raise MerkitError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
     count = int(round(valid_fraction * len(train_ids)))
+    if valid_fraction > 0 and len(train_ids) > 1:
+        count = max(count, 1)
     order = np.random.default_rng(seed).permutation(len(train_ids))
     return sorted(train_ids[i] for i in order[:count])
 
@@ -93,8 +103,8 @@ def read_feature_pickle(
                 return candidate
         raise MerkitError(f"split lists dialogue {raw!r}, which has no labels", path=path)
 
-    train_keys = [dialogue_key(k) for k in sorted(parts["train"], key=str)]
-    test_keys = [dialogue_key(k) for k in sorted(parts["test"], key=str)]
+    train_keys = sorted((dialogue_key(k) for k in parts["train"]), key=_natural)
+    test_keys = sorted((dialogue_key(k) for k in parts["test"]), key=_natural)
     dialogues: list[Dialogue] = []
     rows: dict[str, list[np.ndarray]] = {modality: [] for modality in FEATURE_ITEMS}
     utterance_ids: list[str] = []

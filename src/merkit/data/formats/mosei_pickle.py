@@ -54,6 +54,8 @@ def _torch_load(path: Path, *, trust: bool) -> Any:
     numpy_globals = [
         np.ndarray,
         np.dtype,
+        # numpy >= 1.25 pickles a dtype with its class (numpy.dtypes.Float32DType, ...).
+        *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdFD"},
         (_reconstruct, "numpy.core.multiarray._reconstruct"),
         (_reconstruct, "numpy._core.multiarray._reconstruct"),
     ]

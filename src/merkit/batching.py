@@ -1,0 +1,214 @@
+"""From a corpus + features to padded batches of whole dialogues (``ConversationBatch``).
+
+Rows of every modality are gathered per dialogue from the (memory-mapped) feature arrays
+and padded to the longest dialogue of the batch. Dialogues are bucketed by length so that
+padding stays small, and the order of batches is a pure function of (seed, epoch), which
+makes shuffling identical after a resume and across DDP ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from merkit.data.corpus import Corpus, Dialogue, Split
+from merkit.data.features import FeatureSet
+from merkit.errors import MerkitError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ConversationBatch:
+    """A batch of ``B`` dialogues padded to ``T`` utterances.
+
+    ``features[m]``: ``[B, T, D_m]`` (zero where absent); ``present[m]``: ``[B, T]`` bool —
+    the utterance has modality ``m`` (False on padding and on missing data);
+    ``utterance_mask``: ``[B, T]`` real utterances; ``speakers``: ``[B, T]`` speaker index
+    within the dialogue (order of first appearance); ``labels``: ``[B, T]`` class indices
+    (``IGNORE_INDEX`` on padding/unlabelled) or ``[B, T, C]`` multi-hot floats;
+    ``label_mask``: ``[B, T]`` utterances that carry a label.
+    """
+
+    features: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    utterance_mask: torch.Tensor
+    speakers: torch.Tensor
+    labels: torch.Tensor
+    label_mask: torch.Tensor
+    dialogue_ids: list[str] = field(default_factory=list)
+    utterance_ids: list[list[str]] = field(default_factory=list)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.features)
+
+    def to(self, device: torch.device | str) -> "ConversationBatch":
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                moved[f.name] = value.to(device, non_blocking=True)
+            elif isinstance(value, dict):
+                moved[f.name] = {k: v.to(device, non_blocking=True) for k, v in value.items()}
+        return replace(self, **moved)
+
+    def with_features(self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> "ConversationBatch":
+        """The same batch with other feature tensors (used by robustness protocols)."""
+        return replace(self, features=features, present=present)
+
+
+class DialogueDataset(Dataset):
+    """The dialogues of some splits with the chosen modalities' utterance-level features."""
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        features: dict[str, FeatureSet],
+        splits: Sequence[Split],
+        modalities: Sequence[str],
+    ):
+        missing = [m for m in modalities if m not in features]
+        if missing:
+            raise MerkitError(
+                f"the data has no {', '.join(missing)} features (it has: {', '.join(features) or 'none'})"
+            )
+        for modality in modalities:
+            if features[modality].level != "utterance":
+                raise MerkitError(f"{modality} features are frame sequences; this model needs one vector per utterance")
+        self.corpus = corpus
+        self.modalities = list(modalities)
+        self.features = {m: features[m] for m in modalities}
+        self.multi_label = corpus.labels.multi_label
+        self.num_classes = corpus.labels.num_classes
+        starts, offset = {}, 0
+        for dialogue in corpus.dialogues:
+            starts[dialogue.id] = offset
+            offset += len(dialogue)
+        self.dialogues: list[Dialogue] = [d for split in splits for d in corpus.split_dialogues(split)]
+        if not self.dialogues:
+            raise MerkitError(f"no dialogues in split(s) {', '.join(splits)}")
+        self.row_starts = [starts[d.id] for d in self.dialogues]
+
+    def __len__(self) -> int:
+        return len(self.dialogues)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(d) for d in self.dialogues]
+
+    def __getitem__(self, index: int) -> dict:
+        dialogue = self.dialogues[index]
+        rows = slice(self.row_starts[index], self.row_starts[index] + len(dialogue))
+        speaker_index: dict[str, int] = {}
+        return {
+            "dialogue": dialogue,
+            "features": {m: np.asarray(f.values[rows], dtype=np.float32) for m, f in self.features.items()},
+            "present": {m: np.asarray(f.present[rows], dtype=bool) for m, f in self.features.items()},
+            "speakers": [speaker_index.setdefault(u.speaker, len(speaker_index)) for u in dialogue.utterances],
+        }
+
+    def collate(self, items: list[dict]) -> ConversationBatch:
+        batch_size, length = len(items), max(len(item["dialogue"]) for item in items)
+        utterance_mask = torch.zeros(batch_size, length, dtype=torch.bool)
+        speakers = torch.zeros(batch_size, length, dtype=torch.long)
+        if self.multi_label:
+            labels = torch.zeros(batch_size, length, self.num_classes)
+        else:
+            labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
+        label_mask = torch.zeros(batch_size, length, dtype=torch.bool)
+        features = {m: torch.zeros(batch_size, length, f.dim) for m, f in self.features.items()}
+        present = {m: torch.zeros(batch_size, length, dtype=torch.bool) for m in self.features}
+        for b, item in enumerate(items):
+            dialogue: Dialogue = item["dialogue"]
+            n = len(dialogue)
+            utterance_mask[b, :n] = True
+            speakers[b, :n] = torch.tensor(item["speakers"])
+            for m in self.features:
+                features[m][b, :n] = torch.from_numpy(item["features"][m])
+                present[m][b, :n] = torch.from_numpy(item["present"][m])
+            for t, utterance in enumerate(dialogue.utterances):
+                if utterance.label is None:
+                    continue
+                label_mask[b, t] = True
+                if self.multi_label:
+                    labels[b, t, list(utterance.label_indices())] = 1.0
+                else:
+                    labels[b, t] = utterance.label
+        for m in self.features:
+            features[m] = features[m] * present[m].unsqueeze(-1)
+        return ConversationBatch(
+            features=features,
+            present=present,
+            utterance_mask=utterance_mask,
+            speakers=speakers,
+            labels=labels,
+            label_mask=label_mask,
+            dialogue_ids=[item["dialogue"].id for item in items],
+            utterance_ids=[[u.id for u in item["dialogue"].utterances] for item in items],
+        )
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of dialogues of similar length, in a seeded order that depends only on the epoch.
+
+    With ``num_replicas > 1`` (DDP), global batches of ``batch_size * num_replicas`` dialogues
+    are formed identically on every rank and each rank takes its slice, so one global step
+    sees the same dialogues as a single process with the larger batch.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        bucket_factor: int = 50,
+    ):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.bucket_factor = bucket_factor
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[list[int]]:
+        global_size = self.batch_size * self.num_replicas
+        order = np.arange(len(self.lengths))
+        if not self.shuffle:
+            ordered = sorted(order, key=lambda i: self.lengths[i])
+            return [ordered[i : i + global_size] for i in range(0, len(ordered), global_size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(order)
+        bucket = global_size * self.bucket_factor
+        batches = []
+        for start in range(0, len(order), bucket):
+            chunk = sorted(order[start : start + bucket], key=lambda i: self.lengths[i])
+            batches.extend(chunk[i : i + global_size] for i in range(0, len(chunk), global_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            if self.num_replicas == 1:
+                yield [int(i) for i in batch]
+                continue
+            per_rank = math.ceil(len(batch) / self.num_replicas)
+            part = batch[self.rank * per_rank : (self.rank + 1) * per_rank]
+            # Every rank must take the same number of steps: pad a short slice by repetition.
+            yield [int(i) for i in (part or batch[:1])]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / (self.batch_size * self.num_replicas))
