@@ -142,6 +142,72 @@ def models() -> None:
     _console().print(table)
 
 
+@app.command("train")
+def train(
+    data: Annotated[str, typer.Argument(help="Feature store, corpus with features, or 'synthetic'.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `merkit models`).")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (results.json, checkpoints, logs).")],
+    preset: Annotated[Optional[str], typer.Option(help="Named hyper-parameter preset of the model.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: key=value (repeatable).")] = None,
+    modalities: Annotated[Optional[str], typer.Option(help="Comma-separated modalities (default: all the model takes).")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one run each, mean ± std in results.json.")] = "0",
+    protocol: Annotated[str, typer.Option(help="honest (select on valid) or paper-compat (select on test; labelled).")] = "honest",
+    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2 for DDP; 'auto').")] = "1",
+    num_nodes: Annotated[int, typer.Option(help="Nodes (DDP across machines, e.g. under torchrun/SLURM).")] = 1,
+    strategy: Annotated[str, typer.Option(help="Lightning strategy: auto, ddp, ...")] = "auto",
+    precision: Annotated[Optional[str], typer.Option(help="32-true, bf16-mixed, 16-mixed (default: bf16 on GPU).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    trust_pickle: TrustOption = False,
+    option: ReaderOptions = None,
+) -> None:
+    """Train a model (one run per seed) with selection on the validation split; write results.json."""
+    from merkit.data.formats import parse_options
+    from merkit.training.engine import train_model
+
+    results = train_model(
+        data,
+        model,
+        out=out,
+        preset=preset,
+        overrides=set_ or [],
+        modalities=[m.strip() for m in modalities.split(",")] if modalities else None,
+        seeds=_int_list(seeds),
+        protocol=protocol,
+        accelerator=accelerator,
+        devices=int(devices) if devices.isdigit() else devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        resume=resume,
+        progress=progress,
+        data_options={"trust_pickle": trust_pickle, **parse_options(option or [])},
+    )
+    if results:
+        print_results(results, _console())
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MerkitError(f"--seeds {text!r} is not a comma-separated list of integers") from None
+
+
+def print_results(results: dict, console: Console) -> None:
+    title = f"{results['model']} on {results['data']['corpus']} ({', '.join(results['modalities'])}; {results['protocol_label']})"
+    table = Table(title=title)
+    table.add_column("split")
+    metrics = list(next(iter(results["summary"].values())))
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for split, values in results["summary"].items():
+        table.add_row(split, *(f"{100 * values[m]['mean']:.2f} ± {100 * values[m]['std']:.2f}" for m in metrics))
+    console.print(table)
+    console.print(f"seeds {results['seeds']}, {results['wall_seconds']:.0f} s")
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes its store.")] = Path("runs/demo"),

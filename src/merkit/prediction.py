@@ -1,0 +1,65 @@
+"""Running a model over a dataset and collecting per-utterance outputs (used by training and evaluation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from merkit.batching import BucketBatchSampler, ConversationBatch, DialogueDataset
+from merkit.models.base import ERCModel, ModelOutput
+
+
+@dataclass
+class Predictions:
+    """Flat per-utterance results over the labelled utterances of a dataset, in dataset order."""
+
+    utterance_ids: list[str]
+    labels: np.ndarray  # [N] class indices, or [N, C] multi-hot
+    scores: np.ndarray  # [N, C] probabilities (softmax or sigmoid)
+    uncertainty: np.ndarray | None = None  # [N] or [N, M]
+    expert_weights: np.ndarray | None = None  # [N, E]
+    expert_names: tuple[str, ...] = ()
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.scores.argmax(axis=1)
+
+
+def make_loader(dataset: DialogueDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, **sampler_args) -> DataLoader:
+    sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=shuffle, seed=seed, **sampler_args)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
+
+
+def scores_of(output: ModelOutput, multi_label: bool) -> torch.Tensor:
+    logits = output.logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+
+
+@torch.no_grad()
+def predict(model: ERCModel, loader: DataLoader, device: str | torch.device = "cpu") -> Predictions:
+    model.eval()
+    ids, labels, scores, uncertainty, weights = [], [], [], [], []
+    names: tuple[str, ...] = ()
+    for batch in loader:
+        batch: ConversationBatch = batch.to(device)
+        output = model(batch)
+        mask = batch.label_mask
+        ids.extend(u for b, row in enumerate(batch.utterance_ids) for t, u in enumerate(row) if mask[b, t])
+        labels.append(batch.labels[mask].cpu().numpy())
+        scores.append(scores_of(output, model.spec.multi_label)[mask].cpu().numpy())
+        if output.uncertainty is not None:
+            uncertainty.append(output.uncertainty.float()[mask].cpu().numpy())
+        if output.expert_weights is not None:
+            weights.append(output.expert_weights.float()[mask].cpu().numpy())
+            names = output.expert_names
+    return Predictions(
+        utterance_ids=ids,
+        labels=np.concatenate(labels),
+        scores=np.concatenate(scores),
+        uncertainty=np.concatenate(uncertainty) if uncertainty else None,
+        expert_weights=np.concatenate(weights) if weights else None,
+        expert_names=names,
+    )

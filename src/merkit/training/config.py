@@ -1,0 +1,90 @@
+"""Typed training configuration, presets, and ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from merkit.errors import MerkitError
+from merkit.models.base import ModelConfig
+from merkit.models.registry import ModelEntry
+
+
+class TrainConfig(BaseModel):
+    """How a model is trained; every model shares these fields (presets set them per dataset)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(16, ge=1, description="dialogues per batch (per device under DDP)")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    scheduler: Literal["none", "cosine", "warmup_cosine"] = "none"
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = 1.0
+    patience: int | None = Field(10, ge=1, description="early stopping on the selection split; None = off")
+    class_weights: Literal["none", "inverse_frequency"] | list[float] = "none"
+    monitor: Literal["weighted_f1", "macro_f1", "accuracy", "micro_f1"] = "weighted_f1"
+
+
+PROTOCOLS = {
+    "honest": {"train": ("train",), "select": "valid", "label": "honest: epoch selected on the validation split"},
+    "paper-compat": {
+        "train": ("train", "valid"),
+        "select": "test",
+        "label": "paper-compat: train+valid merged, epoch selected ON THE TEST SPLIT (optimistic; as the official codes do)",
+    },
+}
+
+
+def _parse_value(raw: str) -> Any:
+    import json
+
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def resolve_configs(
+    entry: ModelEntry, preset: str | None, overrides: Mapping[str, str] | list[str] | None = None
+) -> tuple[ModelConfig, TrainConfig]:
+    """Defaults ← preset ← ``--set`` overrides. A key goes to the model config if it names a model
+    field, else to the training config; ``model.x`` / ``train.x`` force one of them."""
+    model_fields: dict[str, Any] = {}
+    train_fields: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in entry.presets:
+            raise MerkitError(
+                f"model {entry.name!r} has no preset {preset!r}; presets: {', '.join(entry.presets) or 'none'}"
+            )
+        model_fields.update(entry.presets[preset].get("model", {}))
+        train_fields.update(entry.presets[preset].get("train", {}))
+    pairs = overrides.items() if isinstance(overrides, Mapping) else [_split_pair(p) for p in overrides or []]
+    for key, raw in pairs:
+        value = _parse_value(raw) if isinstance(raw, str) else raw
+        scope, _, name = key.rpartition(".")
+        if scope == "model" or (not scope and name in entry.config_class.model_fields):
+            if name not in entry.config_class.model_fields:
+                raise MerkitError(f"{entry.name} has no model setting {name!r}; settings: {', '.join(entry.config_class.model_fields)}")
+            model_fields[name] = value
+        elif scope in ("", "train") and name in TrainConfig.model_fields:
+            train_fields[name] = value
+        else:
+            known = ", ".join([*entry.config_class.model_fields, *TrainConfig.model_fields])
+            raise MerkitError(f"unknown setting {key!r} for {entry.name}; known: {known}")
+    try:
+        return entry.config_class(**model_fields), TrainConfig(**train_fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise MerkitError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _split_pair(pair: str) -> tuple[str, str]:
+    key, sep, value = pair.partition("=")
+    if not sep or not key.strip():
+        raise MerkitError(f"--set {pair!r} is not of the form key=value")
+    return key.strip(), value.strip()

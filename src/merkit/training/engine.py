@@ -1,0 +1,327 @@
+"""Train a registered model on a corpus + features for one or several seeds; write results.
+
+Run directory layout (``--out``)::
+
+    config.json                  what was asked (model, preset, configs, protocol, data)
+    seed<N>/checkpoints/last.ckpt  Lightning resume state (optimizer, epoch, RNG, callbacks)
+    seed<N>/best/                model.safetensors + model.json of the selected epoch
+    seed<N>/metrics.json         selection/valid/test metrics of the selected model
+    seed<N>/predictions-test.jsonl  per-utterance scores on the test split
+    seed<N>/logs/                CSV (and TensorBoard when installed) logs
+    results.json                 per-seed metrics and mean ± std, configs, data manifest, versions
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from merkit import __version__
+from merkit.batching import DialogueDataset
+from merkit.checkpoint import load_checkpoint
+from merkit.data.formats import DataBundle, read_data
+from merkit.errors import MerkitError
+from merkit.io import atomic_write_json, atomic_write_text
+from merkit.metrics import headline, score_metrics, summarize
+from merkit.models.base import DataSpec
+from merkit.models.registry import ModelEntry, get_model
+from merkit.prediction import Predictions, make_loader, predict
+from merkit.training.config import PROTOCOLS, TrainConfig, resolve_configs
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything that defines a run (stored as config.json and compared on --resume)."""
+
+    entry: ModelEntry
+    preset: str | None
+    model_config: Any
+    train_config: TrainConfig
+    modalities: list[str]
+    protocol: str
+    data_manifest: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.entry.name,
+            "preset": self.preset,
+            "model_config": self.model_config.model_dump(mode="json"),
+            "train_config": self.train_config.model_dump(mode="json"),
+            "modalities": self.modalities,
+            "protocol": self.protocol,
+            "protocol_label": PROTOCOLS[self.protocol]["label"],
+            "data": self.data_manifest,
+        }
+
+
+def environment() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform(), "merkit": __version__}
+    for package in ("torch", "lightning", "numpy", "scikit-learn", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _launched_rank() -> int:
+    """Global rank of this process when a DDP launcher (torchrun, Lightning, SLURM) started it, else 0."""
+    for variable in ("RANK", "SLURM_PROCID"):
+        if variable in os.environ:
+            return int(os.environ[variable])
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+
+
+def _load_bundle(data: str | Path | DataBundle, data_options: dict[str, Any] | None) -> DataBundle:
+    return data if isinstance(data, DataBundle) else read_data(data, **(data_options or {}))
+
+
+def _choose_modalities(entry: ModelEntry, bundle: DataBundle, modalities: Sequence[str] | None) -> list[str]:
+    utterance_level = [m for m, f in bundle.features.items() if f.level == "utterance"]
+    if modalities:
+        unsupported = [m for m in modalities if m not in entry.modalities]
+        if unsupported:
+            raise MerkitError(f"model {entry.name!r} does not take {', '.join(unsupported)} (it takes {', '.join(entry.modalities)})")
+        missing = [m for m in modalities if m not in bundle.features]
+        if missing:
+            raise MerkitError(f"the data has no {', '.join(missing)} features (it has: {', '.join(bundle.features) or 'none'})")
+        return list(modalities)
+    chosen = [m for m in entry.modalities if m in utterance_level]
+    if not chosen:
+        raise MerkitError(
+            f"the data has no features {entry.name!r} can use (needs one of {', '.join(entry.modalities)}; "
+            f"has {', '.join(bundle.features) or 'none'}); extract some with `merkit extract`"
+        )
+    return chosen
+
+
+def _class_weights(config: TrainConfig, dataset: DialogueDataset) -> torch.Tensor | None:
+    if config.class_weights == "none" or dataset.multi_label:
+        return None
+    if isinstance(config.class_weights, list):
+        if len(config.class_weights) != dataset.num_classes:
+            raise MerkitError(f"class_weights has {len(config.class_weights)} values for {dataset.num_classes} classes")
+        return torch.tensor(config.class_weights, dtype=torch.float32)
+    counts = np.bincount(
+        [u.label for d in dataset.dialogues for u in d.utterances if u.label is not None], minlength=dataset.num_classes
+    ).astype(float)
+    frequencies = counts / counts.sum()
+    return torch.tensor(np.where(frequencies > 0, 1.0 / np.maximum(frequencies, 1e-12), 0.0), dtype=torch.float32)
+
+
+def _write_predictions(path: Path, predictions: Predictions, class_names: Sequence[str]) -> None:
+    lines = []
+    for i, utterance_id in enumerate(predictions.utterance_ids):
+        row = {"id": utterance_id, "label": predictions.labels[i].tolist(), "scores": np.round(predictions.scores[i], 6).tolist()}
+        if predictions.uncertainty is not None:
+            row["uncertainty"] = np.round(predictions.uncertainty[i], 6).tolist()
+        if predictions.expert_weights is not None:
+            row["expert_weights"] = dict(zip(predictions.expert_names, np.round(predictions.expert_weights[i], 6).tolist()))
+        lines.append(json.dumps(row))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def train_model(
+    data: str | Path | DataBundle,
+    model: str,
+    *,
+    out: str | Path,
+    preset: str | None = None,
+    overrides: Sequence[str] | dict[str, Any] | None = None,
+    modalities: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0,),
+    protocol: str = "honest",
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    data_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` for every seed and return (and write) ``results.json``'s content."""
+    if protocol not in PROTOCOLS:
+        raise MerkitError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    entry = get_model(model)
+    model_config, train_config = resolve_configs(entry, preset, overrides)
+    bundle = _load_bundle(data, data_options)
+    chosen = _choose_modalities(entry, bundle, modalities)
+    features_manifest = {m: bundle.features[m].describe() for m in chosen}
+    plan = TrainPlan(
+        entry=entry,
+        preset=preset,
+        model_config=model_config,
+        train_config=train_config,
+        modalities=chosen,
+        protocol=protocol,
+        data_manifest={
+            "corpus": bundle.corpus.name,
+            "source": str(data) if not isinstance(data, DataBundle) else "in-memory bundle",
+            "features": features_manifest,
+        },
+    )
+    out = Path(out)
+    config_path = out / "config.json"
+    if _launched_rank() > 0:
+        pass  # a DDP worker: rank 0 owns config.json and the results
+    elif config_path.exists():
+        previous = json.loads(config_path.read_text())
+        if not resume:
+            raise MerkitError("this output directory already holds a run; pass --resume to continue it or choose another --out", path=out)
+        if previous != json.loads(json.dumps(plan.describe())):
+            raise MerkitError("--resume with a different configuration than the stored run (see its config.json)", path=out)
+    else:
+        atomic_write_json(config_path, plan.describe())
+
+    started = time.time()
+    per_seed: dict[str, Any] = {}
+    for seed in seeds:
+        result = _train_seed(plan, bundle, seed, out / f"seed{seed}", accelerator, devices, num_nodes, strategy, precision, resume, progress)
+        if result is not None:
+            per_seed[str(seed)] = result
+    if not per_seed:  # non-zero DDP ranks do not evaluate or write
+        return {}
+    results = _summarise(plan, per_seed, time.time() - started)
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _train_seed(
+    plan: TrainPlan,
+    bundle: DataBundle,
+    seed: int,
+    run_dir: Path,
+    accelerator: str,
+    devices: int | str,
+    num_nodes: int,
+    strategy: str,
+    precision: str | None,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any] | None:
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from merkit.training.task import BestModelExport, DialogueDataModule, ERCTask, RestoreRandomState
+
+    metrics_path = run_dir / "metrics.json"
+    if resume and metrics_path.exists():
+        return json.loads(metrics_path.read_text())
+    _quiet_lightning()
+    config, corpus = plan.train_config, bundle.corpus
+    protocol = PROTOCOLS[plan.protocol]
+    L.seed_everything(seed, workers=True, verbose=False)
+    train_set = DialogueDataset(corpus, bundle.features, protocol["train"], plan.modalities)
+    select_set = DialogueDataset(corpus, bundle.features, [protocol["select"]], plan.modalities)
+    spec = DataSpec(
+        modalities={m: bundle.features[m].dim for m in plan.modalities},
+        num_classes=corpus.labels.num_classes,
+        multi_label=corpus.labels.multi_label,
+        class_names=corpus.labels.names,
+    )
+    model = plan.entry.model_class(plan.model_config, spec)
+    task = ERCTask(model, config, _class_weights(config, train_set))
+    best_dir = run_dir / "best"
+    info = {
+        "model_name": plan.entry.name,
+        "labels": corpus.labels,
+        "features": plan.data_manifest["features"],
+        "train_config": config.model_dump(mode="json"),
+        "preset": plan.preset,
+        "protocol": plan.protocol,
+        "seed": seed,
+    }
+    exporter = BestModelExport(best_dir, config.monitor, info)
+    callbacks = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
+        exporter,
+        RestoreRandomState(),
+    ]
+    if config.patience is not None:
+        callbacks.append(EarlyStopping(monitor=f"select_{config.monitor}", mode="max", patience=config.patience))
+    loggers = [CSVLogger(run_dir, name="logs", version="")]
+    try:  # needs tensorboard or tensorboardX
+        loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard"))
+    except ModuleNotFoundError:
+        pass
+    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision or ("bf16-mixed" if use_gpu and torch.cuda.is_bf16_supported() else "32-true"),
+        max_epochs=config.epochs,
+        gradient_clip_val=config.grad_clip,
+        deterministic=not use_gpu or "warn",
+        callbacks=callbacks,
+        logger=loggers,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        log_every_n_steps=10,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    started = time.time()
+    trainer.fit(task, datamodule=DialogueDataModule(train_set, select_set, config.batch_size, seed), ckpt_path=last if resume and last.exists() else None)
+    if not trainer.is_global_zero:
+        return None
+    if exporter.best_epoch < 0:
+        raise MerkitError("training produced no finite selection score (diverged?)", path=run_dir)
+    best = load_checkpoint(best_dir)
+    result = {
+        "seed": seed,
+        "best_epoch": exporter.best_epoch,
+        "epochs_run": trainer.current_epoch,
+        "protocol": plan.protocol,
+        "world_size": trainer.world_size,
+    }
+    for split in ("valid", "test"):
+        if not corpus.splits.get(split):
+            continue
+        dataset = DialogueDataset(corpus, bundle.features, [split], plan.modalities)
+        predictions = predict(best.model, make_loader(dataset, config.batch_size))
+        result[split] = score_metrics(predictions.labels, predictions.scores, corpus.labels.names, corpus.labels.multi_label)
+        if split == "test":
+            _write_predictions(run_dir / "predictions-test.jsonl", predictions, corpus.labels.names)
+    result["wall_seconds"] = round(time.time() - started, 2)
+    atomic_write_json(metrics_path, result)
+    return result
+
+
+def _summarise(plan: TrainPlan, per_seed: dict[str, Any], wall: float) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        rows = [headline(result[split]) for result in per_seed.values() if split in result]
+        if rows:
+            summary[split] = {metric: summarize([row[metric] for row in rows]) for metric in rows[0]}
+    return {
+        **plan.describe(),
+        "seeds": [int(s) for s in per_seed],
+        "per_seed": {seed: {split: headline(r[split]) for split in ("valid", "test") if split in r} | {"best_epoch": r["best_epoch"]} for seed, r in per_seed.items()},
+        "summary": summary,
+        "environment": environment(),
+        "wall_seconds": round(wall, 2),
+    }

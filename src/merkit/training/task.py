@@ -1,0 +1,164 @@
+"""The one training loop, as a Lightning module + data module + callbacks around any registered model."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from merkit.batching import DialogueDataset
+from merkit.checkpoint import save_checkpoint
+from merkit.metrics import headline, score_metrics
+from merkit.models.base import ERCModel
+from merkit.prediction import make_loader, scores_of
+from merkit.training.config import TrainConfig
+
+
+class DialogueDataModule(L.LightningDataModule):
+    """Seeded, length-bucketed batches; under DDP each rank takes its slice of every global batch.
+
+    Every rank evaluates the whole selection split, so the monitored metric (and with it early
+    stopping and checkpoint selection) is identical on all ranks without any gathering.
+    """
+
+    def __init__(self, train: DialogueDataset, select: DialogueDataset, batch_size: int, seed: int):
+        super().__init__()
+        self.train_set, self.select_set = train, select
+        self.batch_size, self.seed = batch_size, seed
+        self.train_sampler = None
+
+    def train_dataloader(self):
+        loader = make_loader(
+            self.train_set,
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            num_replicas=self.trainer.world_size,
+            rank=self.trainer.global_rank,
+        )
+        self.train_sampler = loader.batch_sampler
+        return loader
+
+    def val_dataloader(self):
+        return make_loader(self.select_set, self.batch_size)
+
+
+class ERCTask(L.LightningModule):
+    def __init__(self, model: ERCModel, config: TrainConfig, class_weights: torch.Tensor | None):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self._select_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_epoch_start(self) -> None:
+        self.trainer.datamodule.train_sampler.set_epoch(self.current_epoch)
+
+    def training_step(self, batch, batch_idx):
+        output = self.model(batch)
+        loss, parts = self.model.compute_loss(output, batch, self.class_weights)
+        size = int(batch.utterance_mask.shape[0])
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        if len(parts) > 1:
+            for name, value in parts.items():
+                self.log(f"loss_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        output = self.model(batch)
+        mask = batch.label_mask
+        self._select_outputs.append((batch.labels[mask].cpu(), scores_of(output, self.model.spec.multi_label)[mask].cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        labels = torch.cat([labels for labels, _ in self._select_outputs]).numpy()
+        scores = torch.cat([scores for _, scores in self._select_outputs]).float().numpy()
+        self._select_outputs.clear()
+        metrics = headline(score_metrics(labels, scores, self.model.spec.class_names, self.model.spec.multi_label))
+        for name, value in metrics.items():
+            self.log(f"select_{name}", value, prog_bar=name == self.config.monitor, sync_dist=False)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, parameter in self.model.named_parameters():
+            if parameter.requires_grad:
+                (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0 if self.config.optimizer == "adamw" else self.config.weight_decay},
+        ]
+        optimizer_class = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class([g for g in groups if g["params"]], lr=self.config.lr)
+        if self.config.scheduler == "none":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.config.warmup_fraction * total) if self.config.scheduler == "warmup_cosine" else 0
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class BestModelExport(L.Callback):
+    """Keeps the model of the best selection-split epoch as a safetensors checkpoint (rank 0 writes).
+
+    Its state (best score and epoch) is saved in Lightning's resume checkpoint, so a resumed
+    run keeps comparing against the right best.
+    """
+
+    def __init__(self, directory: Path, monitor: str, checkpoint_info: dict[str, Any]):
+        self.directory = directory
+        self.monitor = f"select_{monitor}"
+        self.info = checkpoint_info
+        self.best_score = -math.inf
+        self.best_epoch = -1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        if not np.isfinite(score) or score <= self.best_score:
+            return
+        self.best_score, self.best_epoch = score, trainer.current_epoch
+        if trainer.is_global_zero:
+            save_checkpoint(
+                self.directory, pl_module.model, **self.info, epoch=trainer.current_epoch, select_score=score
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score, self.best_epoch = state_dict["best_score"], state_dict["best_epoch"]
+
+
+class RestoreRandomState(L.Callback):
+    """Saves the global RNG states in the resume checkpoint and restores them, so a resumed run
+    draws the same dropout masks as an unbroken one (the batch order is already a function of the epoch).
+    Stored as tensors and plain numbers only, so the checkpoint loads with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        kind, keys, position, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+        random.setstate(state_dict["python"])

@@ -1,0 +1,162 @@
+"""The training engine: registry smoke test, resume after a kill, DDP, checkpoints, protocols."""
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from merkit.batching import BucketBatchSampler, DialogueDataset
+from merkit.checkpoint import check_compatible, load_checkpoint
+from merkit.data import read_data
+from merkit.errors import MerkitError
+from merkit.models import available_models
+from merkit.models.base import DataSpec
+from merkit.training.config import resolve_configs
+from merkit.training.engine import train_model
+
+TINY = {"dialogues": 24, "max_turns": 10, "text_dim": 12, "audio_dim": 10, "visual_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return read_data("synthetic", **TINY)
+
+
+def _subsets(modalities):
+    return [list(c) for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
+
+
+SMOKE_CASES = [(name, subset) for name, entry in available_models().items() for subset in _subsets(entry.modalities)]
+
+
+@pytest.mark.parametrize(("name", "modalities"), SMOKE_CASES, ids=[f"{n}-{'+'.join(m)}" for n, m in SMOKE_CASES])
+def test_every_model_learns_on_every_modality_subset(tiny, name, modalities):
+    entry = available_models()[name]
+    torch.manual_seed(0)
+    dataset = DialogueDataset(tiny.corpus, tiny.features, ["train"], modalities)
+    batch = dataset.collate([dataset[i] for i in range(6)])
+    spec = DataSpec(
+        modalities={m: tiny.features[m].dim for m in modalities},
+        num_classes=tiny.corpus.labels.num_classes,
+        class_names=tiny.corpus.labels.names,
+    )
+    model = entry.model_class(entry.config_class(), spec)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        model.train()
+        loss, _ = model.compute_loss(model(batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+def test_bucket_sampler_is_a_function_of_seed_and_epoch_and_splits_ranks():
+    lengths = list(np.random.default_rng(0).integers(1, 40, size=50))
+    a = BucketBatchSampler(lengths, 4, shuffle=True, seed=1)
+    b = BucketBatchSampler(lengths, 4, shuffle=True, seed=1)
+    a.set_epoch(3), b.set_epoch(3)
+    assert list(a) == list(b)
+    b.set_epoch(4)
+    assert list(a) != list(b)
+    assert sorted(i for batch in a for i in batch) == list(range(50))
+    ranks = [BucketBatchSampler(lengths, 2, shuffle=True, seed=1, num_replicas=2, rank=r) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(3)
+    joined = [x + y for x, y in zip(*(list(r) for r in ranks))]
+    assert joined == list(a)  # each global step sees the dialogues of the single-process batch
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "merkit", *args], capture_output=True, text=True, **kwargs)
+
+
+RUN = ["train", "synthetic", "--model", "bigru", "--no-progress", "--accelerator", "cpu",
+       "-o", "dialogues=60", "--set", "patience=null"]  # fmt: skip
+
+
+def test_killed_run_resumed_ends_like_an_unbroken_one(tmp_path):
+    args = [*RUN, "--set", "epochs=12"]
+    assert _cli(*args, "--out", str(tmp_path / "whole")).returncode == 0
+    broken = tmp_path / "broken"
+    process = subprocess.Popen([sys.executable, "-m", "merkit", *args, "--out", str(broken)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = broken / "seed0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (broken / "seed0" / "metrics.json").exists(), "the run finished before it could be killed"
+    again = _cli(*args, "--out", str(broken))
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert _cli(*args, "--out", str(broken), "--resume").returncode == 0
+    whole = json.loads((tmp_path / "whole" / "seed0" / "metrics.json").read_text())
+    resumed = json.loads((broken / "seed0" / "metrics.json").read_text())
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    for split in ("valid", "test"):
+        assert resumed[split]["weighted_f1"] == pytest.approx(whole[split]["weighted_f1"], abs=1e-9)
+
+
+def test_ddp_on_two_cpu_processes_matches_a_single_process(tmp_path):
+    args = [*RUN, "--set", "epochs=8", "--set", "dropout=0.0"]
+    single = _cli(*args, "--set", "batch_size=16", "--out", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    ddp = _cli(*args, "--set", "batch_size=8", "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path / "ddp"), timeout=300)
+    assert ddp.returncode == 0, ddp.stderr
+    one = json.loads((tmp_path / "single" / "seed0" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "ddp" / "seed0" / "metrics.json").read_text())
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    # Same global batches; gradients differ only by the per-rank loss normalisation.
+    for split in ("valid", "test"):
+        assert two[split]["weighted_f1"] == pytest.approx(one[split]["weighted_f1"], abs=0.05)
+
+
+def test_multi_seed_results_and_checkpoint_round_trip(tmp_path, tiny):
+    results = train_model(tiny, "mlp", out=tmp_path / "run", overrides=["epochs=3"], seeds=[0, 1], progress=False)
+    assert results["seeds"] == [0, 1] and results["summary"]["test"]["weighted_f1"]["n"] == 2
+    assert results["protocol"] == "honest" and "validation" in results["protocol_label"]
+    assert {"torch", "lightning", "merkit"} <= set(results["environment"])
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert stored["per_seed"]["1"]["test"] == results["per_seed"]["1"]["test"]
+    checkpoint = load_checkpoint(tmp_path / "run" / "seed0" / "best")
+    assert checkpoint.labels == tiny.corpus.labels and checkpoint.modalities == ["text", "audio", "visual"]
+    features = {m: f.describe() for m, f in tiny.features.items()}
+    check_compatible(checkpoint.meta, tiny.corpus.labels, features)
+    features["audio"] = {**features["audio"], "dim": 99}
+    del features["visual"]
+    with pytest.raises(MerkitError, match="audio dimension: model 10, data 99; the data has no visual features"):
+        check_compatible(checkpoint.meta, tiny.corpus.labels, features)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path, tiny):
+    train_model(tiny, "mlp", out=tmp_path / "run", overrides=["epochs=1"], progress=False)
+    weights = tmp_path / "run" / "seed0" / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    with pytest.raises(MerkitError, match="checksum"):
+        load_checkpoint(weights.parent)
+
+
+def test_paper_compat_protocol_selects_on_test_and_says_so(tmp_path, tiny):
+    results = train_model(tiny, "mlp", out=tmp_path / "run", overrides=["epochs=2"], protocol="paper-compat", progress=False)
+    assert results["protocol"] == "paper-compat" and "TEST" in results["protocol_label"]
+
+
+def test_settings_resolve_from_preset_and_overrides():
+    entry = available_models()["bigru"]
+    model_config, train_config = resolve_configs(entry, None, ["hidden=64", "train.lr=0.01", "class_weights=inverse_frequency"])
+    assert model_config.hidden == 64 and train_config.lr == 0.01 and train_config.class_weights == "inverse_frequency"
+    with pytest.raises(MerkitError, match="unknown setting 'hiden'"):
+        resolve_configs(entry, None, ["hiden=3"])
+    with pytest.raises(MerkitError, match="invalid setting lr"):
+        resolve_configs(entry, None, ["lr=-1"])
+    with pytest.raises(MerkitError, match="no preset 'nope'"):
+        resolve_configs(entry, "nope", [])
