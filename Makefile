@@ -4,17 +4,30 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test system-deps clean
 
 $(BIN)/.merkit-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[text]'
+	$(BIN)/python -m pip install --quiet -e '.[text,report]'
 	touch $@
 
 $(BIN)/.merkit-test-installed: $(BIN)/.merkit-installed
-	$(BIN)/python -m pip install --quiet -e '.[text,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[text,report,dev,audio,video]'
+	$(BIN)/python -m pip install --quiet --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27
+	$(MAKE) --no-print-directory system-deps
 	touch $@
+
+# Programs the tests drive (a browser, speech synthesis, media tools). Installed with apt when
+# running as root (CI); elsewhere the tests that need them skip and say why.
+SYSTEM_PROGRAMS := chromium espeak-ng ffmpeg
+system-deps:
+	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "not installed:$$missing (tests that need them will skip)"; fi; \
+	fi
 
 install: $(BIN)/.merkit-installed
 install-test: $(BIN)/.merkit-test-installed

@@ -208,6 +208,120 @@ def print_results(results: dict, console: Console) -> None:
     console.print(f"seeds {results['seeds']}, {results['wall_seconds']:.0f} s")
 
 
+@app.command("evaluate")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (e.g. RUN/seed0/best).")],
+    data: Annotated[str, typer.Option("--data", help="Feature store (or any input with the same features).")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    protocol: Annotated[Optional[list[str]], typer.Option("--protocol", help="missing-modality, noise, calibration (repeatable; default all).")] = None,
+    cross_corpus: Annotated[Optional[str], typer.Option("--cross-corpus", help="Also score on this other corpus (MELD ↔ IEMOCAP shared classes).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap samples for the 95% intervals (0 = none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the random protocols.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the result JSON here.")] = None,
+) -> None:
+    """Metrics with bootstrap 95% intervals, robustness to missing/noisy modalities, and calibration."""
+    from merkit.evaluation.evaluate import PROTOCOLS, Evaluator, cross_corpus_evaluation
+    from merkit.io import atomic_write_json
+
+    evaluator = Evaluator(checkpoint, data)
+    result = evaluator.run(split, protocol or PROTOCOLS, bootstrap, seed)
+    if cross_corpus:
+        result["cross_corpus"] = cross_corpus_evaluation(evaluator.checkpoint, cross_corpus, split)
+    if out:
+        atomic_write_json(out, result)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    print_evaluation(result, _console())
+
+
+def print_evaluation(result: dict, console: Console) -> None:
+    from merkit.metrics import headline
+
+    table = Table(title=f"{result['model']} on {result['split']} ({', '.join(result['modalities'])})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for name, value in headline(result["metrics"]).items():
+        ci = result.get("ci95", {}).get(name)
+        table.add_row(name, f"{100 * value:.2f}", f"[{100 * ci['low']:.2f}, {100 * ci['high']:.2f}]" if ci else "")
+    console.print(table)
+    for warning in result["metrics"].get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    metric = result["metric"]
+    if "missing_modality" in result:
+        for row in result["missing_modality"]["combinations"]:
+            console.print(f"{row['condition']:<40} {metric} {100 * row[metric]:.2f}")
+        console.print(f"relative robustness to random modality drop: {result['missing_modality']['relative_robustness']:.3f}")
+    for modality, curve in result.get("noise", {}).items():
+        console.print(f"relative robustness to noise on {modality}: {curve['relative_robustness']:.3f}")
+    if "calibration" in result:
+        c = result["calibration"]
+        console.print(f"ECE {c['before']['ece']:.4f} → {c['after']['ece']:.4f} after temperature {c['temperature']:.3f} (fitted on valid)")
+    if "cross_corpus" in result:
+        x = result["cross_corpus"]
+        console.print(f"cross-corpus {x['source']} → {x['target']} on {x['shared_classes']}: weighted F1 {100 * x['weighted_f1']:.2f}")
+
+
+@app.command("report")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory (with results.json).")],
+    data: Annotated[Optional[str], typer.Option(help="Data to evaluate on (default: the data the run was trained on).")] = None,
+    seed: Annotated[int, typer.Option(help="Which seed's checkpoint to evaluate.")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap samples for the 95% intervals.")] = 1000,
+    out: Annotated[Optional[Path], typer.Option(help="Report directory (default RUN_DIR/report).")] = None,
+) -> None:
+    """Write a self-contained HTML report (and a Markdown twin) for a training run."""
+    from merkit.data.formats import read_data
+    from merkit.evaluation.evaluate import Evaluator
+    from merkit.evaluation.report import write_report
+
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise MerkitError("not a finished training run (no results.json)", path=run_dir)
+    results = json.loads(results_path.read_text())
+    if data is None:
+        source = results["data"]["source"]
+        if source == "in-memory bundle":
+            raise MerkitError("this run was trained on in-memory data; pass --data", path=run_dir)
+        bundle = read_data(source, **results["data"].get("options", {}))
+    else:
+        bundle = read_data(data)
+    evaluation = Evaluator(run_dir / f"seed{seed}" / "best", bundle).run("test", bootstrap=bootstrap)
+    evaluation["seed"] = seed
+    page = write_report(run_dir, results, evaluation, out)
+    typer.echo(f"wrote {page} (and report.md beside it)")
+
+
+@app.command("compare")
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories trained on the same test set.")],
+    seed: Annotated[int, typer.Option(help="Which seed's test predictions to compare.")] = 0,
+    samples: Annotated[int, typer.Option(help="Paired bootstrap samples.")] = 2000,
+    out: Annotated[Optional[Path], typer.Option(help="Write the comparison JSON here.")] = None,
+) -> None:
+    """Side-by-side test metrics and a paired bootstrap test of each run against the first."""
+    from merkit.evaluation.report import compare_runs
+    from merkit.io import atomic_write_json
+
+    result = compare_runs(run_dirs, seed=seed, samples=samples)
+    if out:
+        atomic_write_json(out, result)
+    console = _console()
+    metrics = [k for k in result["runs"][0] if k not in ("run", "model")]
+    table = Table("run", "model", *metrics, title=f"test, seed {seed}, {result['utterances']} utterances")
+    for row in result["runs"]:
+        table.add_row(row["run"], row["model"], *(f"{100 * row[m]:.2f}" for m in metrics))
+    console.print(table)
+    for pair in result["paired_bootstrap"]:
+        low, high = pair["ci95"]
+        console.print(
+            f"{pair['b']} − {pair['a']}: Δ{pair['metric']} {100 * pair['difference']:+.2f} "
+            f"[95% CI {100 * low:+.2f}, {100 * high:+.2f}], p = {pair['p_value']:.3f} (paired bootstrap, {pair['samples']} samples)"
+        )
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes its store.")] = Path("runs/demo"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,12 +40,21 @@ def scores_of(output: ModelOutput, multi_label: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: ERCModel, loader: DataLoader, device: str | torch.device = "cpu") -> Predictions:
+def predict(
+    model: ERCModel,
+    loader: DataLoader,
+    device: str | torch.device = "cpu",
+    transform: Callable[[ConversationBatch], ConversationBatch] | None = None,
+) -> Predictions:
+    """Per-utterance scores of ``model`` on every labelled utterance; ``transform`` alters each batch
+    first (robustness protocols drop or perturb modalities with it)."""
     model.eval()
     ids, labels, scores, uncertainty, weights = [], [], [], [], []
     names: tuple[str, ...] = ()
     for batch in loader:
         batch: ConversationBatch = batch.to(device)
+        if transform is not None:
+            batch = transform(batch)
         output = model(batch)
         mask = batch.label_mask
         ids.extend(u for b, row in enumerate(batch.utterance_ids) for t, u in enumerate(row) if mask[b, t])

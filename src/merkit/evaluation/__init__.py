@@ -1,0 +1,1 @@
+"""Evaluation: metrics with confidence intervals, robustness protocols, calibration, reports, comparisons."""
