@@ -13,7 +13,7 @@ $(BIN)/.merkit-installed: pyproject.toml
 	touch $@
 
 $(BIN)/.merkit-test-installed: $(BIN)/.merkit-installed
-	$(BIN)/python -m pip install --quiet -e '.[text,report,dev,audio,video]'
+	$(BIN)/python -m pip install --quiet -e '.[text,report,dev,audio,video,serve]' 'httpx>=0.27'
 	$(BIN)/python -m pip install --quiet --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27
 	$(MAKE) --no-print-directory system-deps
 	touch $@
@@ -35,8 +35,10 @@ install-test: $(BIN)/.merkit-test-installed
 demo: install
 	$(BIN)/merkit demo
 
+# Two workers, one thread each: the suite is many small models, which run faster side by side
+# than sharing two threads (and subprocesses inherit OMP_NUM_THREADS).
 test: install-test
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

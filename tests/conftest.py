@@ -17,3 +17,21 @@ def shared(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is not present (CI has it; set MERKIT_SHARED_DATA to point elsewhere)")
     return path
+
+
+def run_cli(*args: str, timeout: float = 600):
+    """Run ``python -m merkit ARGS`` in a subprocess; return the CompletedProcess (text mode)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "merkit", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def iemocap_minilm_store(tmp_path_factory):
+    """Real IEMOCAP transcripts with frozen MiniLM text features (extracted once per test session)."""
+    iemocap = shared("iemocap")
+    store = tmp_path_factory.mktemp("stores") / "iemocap-minilm"
+    result = run_cli("extract", str(iemocap), "--modality", "text", "--extractor", "minilm", "--out", str(store), "--quiet")
+    assert result.returncode == 0, result.stderr
+    return store

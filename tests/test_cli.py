@@ -84,6 +84,8 @@ def test_help_formats_models_and_demo(tmp_path):
     formats = runner.invoke(app, ["data", "formats"])
     assert formats.exit_code == 0 and "sdt-pickle" in formats.output
     assert runner.invoke(app, ["models"]).exit_code == 0
-    demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    demo = runner.invoke(app, ["demo", "--synthetic", "--out", str(tmp_path / "demo")])
     assert demo.exit_code == 0, demo.output
-    assert open_store(tmp_path / "demo" / "store").corpus.name == "synthetic"
+    assert open_store(tmp_path / "demo" / "stores" / "synthetic").corpus.name == "synthetic"
+    assert "weighted F1" in demo.output
+    assert json.loads((tmp_path / "demo" / "runs" / "synthetic-bigru" / "results.json").read_text())["protocol"] == "honest"

@@ -5,3 +5,12 @@ and a safe on-disk feature store; models, training, evaluation and inference bui
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``merkit.load`` imports the inference stack (torch, the extractors) only when first used."""
+    if name == "load":
+        from merkit.inference import load
+
+        return load
+    raise AttributeError(f"module 'merkit' has no attribute {name!r}")

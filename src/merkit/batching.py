@@ -33,6 +33,12 @@ class ConversationBatch:
     within the dialogue (order of first appearance); ``labels``: ``[B, T]`` class indices
     (``IGNORE_INDEX`` on padding/unlabelled) or ``[B, T, C]`` multi-hot floats;
     ``label_mask``: ``[B, T]`` utterances that carry a label.
+
+    Modalities the dataset delivers as frame sequences (``sequence_modalities``) also have
+    ``sequences[m]``: ``[B, T, L, D_m]`` padded to the longest ``L`` of the batch, and
+    ``sequence_mask[m]``: ``[B, T, L]`` real frames (from the stored lengths); their
+    ``features[m]`` is then the mean over the real frames. An utterance-level modality asked
+    for as a sequence comes as ``L = 1``.
     """
 
     features: dict[str, torch.Tensor]
@@ -43,6 +49,8 @@ class ConversationBatch:
     label_mask: torch.Tensor
     dialogue_ids: list[str] = field(default_factory=list)
     utterance_ids: list[list[str]] = field(default_factory=list)
+    sequences: dict[str, torch.Tensor] = field(default_factory=dict)
+    sequence_mask: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
@@ -64,7 +72,11 @@ class ConversationBatch:
 
 
 class DialogueDataset(Dataset):
-    """The dialogues of some splits with the chosen modalities' utterance-level features."""
+    """The dialogues of some splits with the chosen modalities' features.
+
+    Modalities in ``sequence_modalities`` (models that read frames ask for them) are delivered
+    as padded frame sequences; every other modality must have one vector per utterance.
+    """
 
     def __init__(
         self,
@@ -72,6 +84,7 @@ class DialogueDataset(Dataset):
         features: dict[str, FeatureSet],
         splits: Sequence[Split],
         modalities: Sequence[str],
+        sequence_modalities: Sequence[str] = (),
     ):
         missing = [m for m in modalities if m not in features]
         if missing:
@@ -79,10 +92,11 @@ class DialogueDataset(Dataset):
                 f"the data has no {', '.join(missing)} features (it has: {', '.join(features) or 'none'})"
             )
         for modality in modalities:
-            if features[modality].level != "utterance":
+            if features[modality].level != "utterance" and modality not in sequence_modalities:
                 raise MerkitError(f"{modality} features are frame sequences; this model needs one vector per utterance")
         self.corpus = corpus
         self.modalities = list(modalities)
+        self.sequence_modalities = [m for m in modalities if m in sequence_modalities]
         self.features = {m: features[m] for m in modalities}
         self.multi_label = corpus.labels.multi_label
         self.num_classes = corpus.labels.num_classes
@@ -108,10 +122,31 @@ class DialogueDataset(Dataset):
         speaker_index: dict[str, int] = {}
         return {
             "dialogue": dialogue,
-            "features": {m: np.asarray(f.values[rows], dtype=np.float32) for m, f in self.features.items()},
-            "present": {m: np.asarray(f.present[rows], dtype=bool) for m, f in self.features.items()},
+            "features": {m: self._rows(f, rows) for m, f in self.features.items()},
+            "present": {m: np.array(f.present[rows], dtype=bool) for m, f in self.features.items()},
             "speakers": [speaker_index.setdefault(u.speaker, len(speaker_index)) for u in dialogue.utterances],
         }
+
+    def _rows(self, features: FeatureSet, rows: slice) -> np.ndarray | list[np.ndarray]:
+        """``[n, D]`` utterance vectors, or one ``[L_i, D]`` array per utterance for a sequence modality."""
+        if features.modality not in self.sequence_modalities:
+            return np.array(features.values[rows], dtype=np.float32)
+        if features.offsets is None:
+            return [row[None, :] for row in np.array(features.values[rows], dtype=np.float32)]
+        return [np.array(features.row(i), dtype=np.float32) for i in range(rows.start, rows.stop)]
+
+    def _pad_sequences(self, items: list[dict], length: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        sequences, masks = {}, {}
+        for m in self.sequence_modalities:
+            frames = max((len(row) for item in items for row in item["features"][m]), default=1) or 1
+            sequences[m] = torch.zeros(len(items), length, frames, self.features[m].dim)
+            masks[m] = torch.zeros(len(items), length, frames, dtype=torch.bool)
+            for b, item in enumerate(items):
+                for t, row in enumerate(item["features"][m]):
+                    if item["present"][m][t] and len(row):
+                        sequences[m][b, t, : len(row)] = torch.from_numpy(row)
+                        masks[m][b, t, : len(row)] = True
+        return sequences, masks
 
     def collate(self, items: list[dict]) -> ConversationBatch:
         batch_size, length = len(items), max(len(item["dialogue"]) for item in items)
@@ -124,14 +159,16 @@ class DialogueDataset(Dataset):
         label_mask = torch.zeros(batch_size, length, dtype=torch.bool)
         features = {m: torch.zeros(batch_size, length, f.dim) for m, f in self.features.items()}
         present = {m: torch.zeros(batch_size, length, dtype=torch.bool) for m in self.features}
+        sequences, sequence_mask = self._pad_sequences(items, length)
         for b, item in enumerate(items):
             dialogue: Dialogue = item["dialogue"]
             n = len(dialogue)
             utterance_mask[b, :n] = True
             speakers[b, :n] = torch.tensor(item["speakers"])
             for m in self.features:
-                features[m][b, :n] = torch.from_numpy(item["features"][m])
                 present[m][b, :n] = torch.from_numpy(item["present"][m])
+                if m not in sequences:
+                    features[m][b, :n] = torch.from_numpy(item["features"][m])
             for t, utterance in enumerate(dialogue.utterances):
                 if utterance.label is None:
                     continue
@@ -140,6 +177,10 @@ class DialogueDataset(Dataset):
                     labels[b, t, list(utterance.label_indices())] = 1.0
                 else:
                     labels[b, t] = utterance.label
+        for m, frames in sequences.items():
+            counts = sequence_mask[m].sum(-1, keepdim=True)
+            features[m] = (frames * sequence_mask[m].unsqueeze(-1)).sum(2) / counts.clamp(min=1)
+            present[m] &= counts.squeeze(-1) > 0
         for m in self.features:
             features[m] = features[m] * present[m].unsqueeze(-1)
         return ConversationBatch(
@@ -151,6 +192,8 @@ class DialogueDataset(Dataset):
             label_mask=label_mask,
             dialogue_ids=[item["dialogue"].id for item in items],
             utterance_ids=[[u.id for u in item["dialogue"].utterances] for item in items],
+            sequences=sequences,
+            sequence_mask=sequence_mask,
         )
 
 

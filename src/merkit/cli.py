@@ -1,4 +1,5 @@
-"""The ``merkit`` command line (Typer). Verbs: ``data``, ``models``, ``demo``.
+"""The ``merkit`` command line (Typer). Verbs: ``data``, ``extract``, ``train``, ``evaluate``, ``report``,
+``compare``, ``models``, ``demo``.
 
 Errors a user can fix (bad file, bad option) print one line on stderr and exit with code 2;
 ``--debug`` (anywhere on the line) shows the traceback instead.
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from merkit import __version__
 from merkit.errors import MerkitError
+from merkit.features.commands import extract, extractors, merge
 
 app = typer.Typer(
     name="merkit",
@@ -27,6 +29,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Read, inspect and convert corpora and feature files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.command("extract")(extract)
+app.command("extractors")(extractors)
+app.command("merge")(merge)
 
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="Input format, or 'auto' to detect it.")]
 TrustOption = Annotated[
@@ -322,19 +327,114 @@ def compare(
         )
 
 
+PROGRESS_FROM = 50  # utterances from which `merkit predict` shows progress bars
+
+
+def _torch_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise MerkitError("--threads must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@app.command("predict")
+def predict_conversations(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
+    input: Annotated[
+        Path, typer.Argument(help="A .jsonl/.csv/.json/.txt ('Speaker: text' lines) file, any corpus merkit reads, or a folder of media with one transcript.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Write JSON (the default).")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Write CSV, one row per utterance.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write here (atomically) instead of to stdout.")] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present) | cpu | cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Dialogues per model call.")] = 16,
+    workers: Annotated[int, typer.Option(help="Processes per media extractor (0: one per core).")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Per-utterance emotions, probabilities, uncertainty and the modalities used, for raw conversations."""
+    from merkit.inference import load
+    from merkit.io import atomic_write_text
+
+    if as_json and as_csv:
+        raise MerkitError("choose one of --json and --csv")
+    _torch_threads(threads)
+    with load(checkpoint, device=device, batch_size=batch_size, workers=workers) as predictor:
+        corpus = predictor.corpus(input)
+        result = predictor.predict(corpus, progress=not quiet and corpus.num_utterances >= PROGRESS_FROM)
+    text = result.to_csv() if as_csv else result.model_dump_json(indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    atomic_write_text(out, text)
+    typer.echo(f"wrote {out}: {len(result.utterances):,} utterance predictions", err=True)
+
+
+@app.command("serve")
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_utterances: Annotated[Optional[int], typer.Option(help="Utterances per request (default 200).")] = None,
+    max_upload_mb: Annotated[Optional[float], typer.Option(help="Request size in MB (default 50).")] = None,
+    max_media_seconds: Annotated[Optional[float], typer.Option(help="Duration of each uploaded media file (default 600).")] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present) | cpu | cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Processes per media extractor (0: one per core).")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
+) -> None:
+    """HTTP server: POST /predict, GET /health, GET /model, API docs at /docs, and a web page at /."""
+    try:
+        import uvicorn
+
+        from merkit.serve import ServeLimits, create_app
+    except ImportError as exc:
+        raise MerkitError(f"merkit serve needs the serve extra ({exc.name} is missing): pip install 'merkit[serve]'") from None
+    from pydantic import ValidationError
+
+    from merkit.inference import load, validation_message
+
+    given = {"max_utterances": max_utterances, "max_upload_mb": max_upload_mb, "max_media_seconds": max_media_seconds}
+    try:
+        limits = ServeLimits(**{key: value for key, value in given.items() if value is not None})
+    except ValidationError as exc:
+        raise MerkitError(f"--{validation_message(exc).replace('_', '-')}") from None
+    _torch_threads(threads)
+    predictor = load(checkpoint, device=device, workers=workers)
+    predictor.predict([{"text": "warming up"}])  # loads the text encoder and the model before the first request
+    typer.echo(f"merkit serve: {predictor.meta['model']} on http://{host}:{port}/ (API docs at /docs)", err=True)
+    try:
+        uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level="info")
+    finally:
+        predictor.close()
+
+
+@app.command("export")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (e.g. RUN/seed0/best).")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+) -> None:
+    """A model folder: weights, model.json (config), labels, feature manifest, metrics and a README model card."""
+    from merkit.inference import export_model
+
+    folder = export_model(checkpoint, out)
+    files = ", ".join(sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")))
+    typer.echo(f"wrote {folder}: {files}")
+
+
 @app.command("demo")
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Where the demo writes its store.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out", help="Where the demo keeps stores and runs (re-runs reuse them).")] = Path("runs/demo"),
+    data_root: Annotated[Optional[Path], typer.Option(help="Folder with iemocap/ and meld/ (default ../shared/data).")] = None,
+    model: Annotated[str, typer.Option(help="Model to train.")] = "bigru",
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Use the embedded synthetic corpus even when real data is present.")] = False,
 ) -> None:
-    """The main job: build a corpus (the embedded synthetic one), store it, and show its statistics."""
-    from merkit.data.formats import read_data
-    from merkit.data.store import write_store
+    """The main job: features → training (selected on valid) → test scores → predictions of an example conversation."""
+    from merkit.demo import run_demo, shared_data_root
 
-    console = _console()
-    bundle = read_data("synthetic")
-    store = write_store(out / "store", bundle.corpus, bundle.features, keep_existing=False)
-    console.print(f"[bold]merkit demo[/bold]: synthetic corpus stored in {store.root}")
-    print_stats(store.corpus.stats(), console)
+    run_demo(out, None if synthetic else shared_data_root(data_root), model, _console())
 
 
 def main(argv: list[str] | None = None) -> None:

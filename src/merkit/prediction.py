@@ -45,8 +45,10 @@ def predict(
     loader: DataLoader,
     device: str | torch.device = "cpu",
     transform: Callable[[ConversationBatch], ConversationBatch] | None = None,
+    all_utterances: bool = False,
 ) -> Predictions:
-    """Per-utterance scores of ``model`` on every labelled utterance; ``transform`` alters each batch
+    """Per-utterance scores of ``model`` on every labelled utterance (every real one with
+    ``all_utterances``: inference on unlabelled conversations); ``transform`` alters each batch
     first (robustness protocols drop or perturb modalities with it)."""
     model.eval()
     ids, labels, scores, uncertainty, weights = [], [], [], [], []
@@ -56,7 +58,7 @@ def predict(
         if transform is not None:
             batch = transform(batch)
         output = model(batch)
-        mask = batch.label_mask
+        mask = batch.utterance_mask if all_utterances else batch.label_mask
         ids.extend(u for b, row in enumerate(batch.utterance_ids) for t, u in enumerate(row) if mask[b, t])
         labels.append(batch.labels[mask].cpu().numpy())
         scores.append(scores_of(output, model.spec.multi_label)[mask].cpu().numpy())

@@ -15,13 +15,9 @@ from merkit.errors import MerkitError
 from merkit.evaluation import calibration, robustness
 from merkit.metrics import headline, score_metrics
 from merkit.prediction import Predictions, make_loader, predict
+from merkit.thresholds import checkpoint_thresholds
 
 PROTOCOLS = ("missing-modality", "noise", "calibration")
-
-
-def _thresholds(checkpoint: Checkpoint) -> float | np.ndarray:
-    value = checkpoint.meta.get("thresholds", 0.5)
-    return np.asarray(value, dtype=float) if isinstance(value, list) else float(value)
 
 
 def bootstrap_intervals(
@@ -57,7 +53,7 @@ class Evaluator:
         check_compatible(self.checkpoint.meta, self.bundle.corpus.labels, {m: f.describe() for m, f in self.bundle.features.items()})
         self.batch_size = batch_size
         self.metric = "micro_f1" if self.labels.multi_label else "weighted_f1"
-        self.threshold = _thresholds(self.checkpoint)
+        self.threshold = checkpoint_thresholds(self.checkpoint.meta, self.labels.names)
 
     def dataset(self, split: str) -> DialogueDataset:
         if not self.bundle.corpus.splits.get(split):

@@ -16,9 +16,12 @@ class ModelEntry:
     modalities: tuple[str, ...]
     description: str
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # "utterance": one vector per utterance; "sequence": every modality as frames
+    # (batch.sequences; utterance vectors come as one-frame sequences).
+    feature_level: str = "utterance"
 
 
-_MODEL_MODULES = ("mlp", "bigru", "late_fusion")
+_MODEL_MODULES = ("mlp", "bigru", "late_fusion", "mister_e", "sigmoid_mlp", "lddu", "sdt", "sure")
 _MODELS: dict[str, ModelEntry] = {}
 
 
@@ -29,13 +32,16 @@ def register_model(
     modalities: tuple[str, ...],
     description: str,
     presets: Mapping[str, Mapping[str, Any]] | None = None,
+    feature_level: str = "utterance",
 ) -> Callable[[type], type]:
     """Class decorator registering a model under ``name`` with its typed config and presets."""
 
     def decorate(cls: type) -> type:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = ModelEntry(name, cls, config, modalities, description, dict(presets or {}))
+        if feature_level not in ("utterance", "sequence"):
+            raise ValueError(f"model {name!r}: feature_level must be 'utterance' or 'sequence'")
+        _MODELS[name] = ModelEntry(name, cls, config, modalities, description, dict(presets or {}), feature_level)
         return cls
 
     return decorate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,7 +27,15 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = 1.0
     patience: int | None = Field(10, ge=1, description="early stopping on the selection split; None = off")
     class_weights: Literal["none", "inverse_frequency"] | list[float] = "none"
-    monitor: Literal["weighted_f1", "macro_f1", "accuracy", "micro_f1"] = "weighted_f1"
+    monitor: Literal["auto", "weighted_f1", "macro_f1", "accuracy", "micro_f1", "jaccard_accuracy"] = Field(
+        "auto", description="selection metric; auto = weighted_f1 (single-label) or micro_f1 (multi-label)"
+    )
+    threshold: Literal["per_class", "per_class_f1", "global", "lddu_search"] | Annotated[float, Field(ge=0, lt=1)] = Field(
+        "per_class",
+        description="multi-label decision threshold: a fixed value, or tuned on the selection split "
+        "(per class for micro-F1 or for each class's F1, one global value, or LDDU's search over 0.150-0.295); "
+        "see merkit.thresholds",
+    )
 
 
 PROTOCOLS = {

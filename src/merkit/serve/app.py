@@ -1,0 +1,297 @@
+"""The FastAPI app: ``POST /predict``, ``GET /health``, ``GET /model``, the web page at ``/``, OpenAPI at ``/docs``.
+
+``POST /predict`` takes a conversation as JSON (``application/json``: a list of utterances,
+``{"dialogue_id", "utterances": [...]}`` or ``{"dialogues": [...]}``, as
+:func:`merkit.inference.read_conversations` reads them), or, with media,
+``multipart/form-data``: a ``conversation`` field holding that JSON and the files, which
+the utterances name in their ``audio``/``video`` fields. Uploads go to a temporary folder
+that is deleted after the request; a JSON request can never name a file on the server.
+
+Every error is a JSON ``{"detail": "what was wrong"}`` with a 4xx status (400 malformed
+JSON, 413 body over ``max_upload_mb``, 415 other content types, 422 wrong types, unknown
+fields or modalities, an empty conversation, too many utterances, media too long), and
+500 ``internal error`` for a bug, whose traceback goes to the server log, never to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from merkit import __version__
+from merkit.errors import MerkitError
+from merkit.inference import (
+    MEDIA_FIELDS,
+    ConversationInput,
+    PredictionResult,
+    Predictor,
+    read_conversations,
+)
+
+
+class ServeLimits(BaseModel):
+    """What one request may ask for; beyond it the answer is a 4xx naming the limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_utterances: int = Field(200, ge=1, description="utterances per request (all dialogues together)")
+    max_upload_mb: float = Field(50.0, gt=0, description="request body size in MB (JSON or multipart)")
+    max_media_seconds: float = Field(600.0, gt=0, description="duration of each uploaded media file")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 when the declared or the actually received body exceeds ``max_bytes``,
+    so a client that lies about (or omits) Content-Length is still cut off."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_large = int(declared) > self.max_bytes
+            except ValueError:
+                return await _error(400, "the Content-Length header is not a number")(scope, receive, send)
+            if too_large:
+                return await _error(413, _too_large_message(self.max_bytes))(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _too_large_message(max_bytes: int) -> str:
+    return f"the request is larger than the limit of {max_bytes / 1_000_000:g} MB (max_upload_mb)"
+
+
+def _public_message(exc: MerkitError) -> str:
+    """The error without the server's file paths (temporary upload folders)."""
+    return f"{exc.place}: {exc.message}" if exc.place else exc.message
+
+
+def media_seconds(path: Path) -> float | None:
+    """Duration of a media file from its container (``None`` when unknown or unreadable: the extractor reports it)."""
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(str(path)) as container:
+            if container.duration:
+                return container.duration / av.time_base
+            spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
+            return max(spans, default=None)
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _parse_json(raw: bytes | str, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise HTTPException(400, f"{what} is not valid JSON{where}") from None
+
+
+def _conversations(data: Any, limits: ServeLimits) -> list[ConversationInput]:
+    try:
+        conversations = read_conversations(data)
+    except MerkitError as exc:
+        raise HTTPException(422, _public_message(exc)) from None
+    count = sum(len(c.utterances) for c in conversations)
+    if count > limits.max_utterances:
+        raise HTTPException(422, f"too many utterances: {count}, the limit is {limits.max_utterances} (max_utterances)")
+    return conversations
+
+
+def _with_uploads(conversations: list[ConversationInput], files: dict[str, Path], limits: ServeLimits) -> list[ConversationInput]:
+    """Utterances naming uploaded files get their saved paths; anything else naming media is refused."""
+    used: set[str] = set()
+    result = []
+    for conversation in conversations:
+        turns = []
+        for index, turn in enumerate(conversation.utterances):
+            update = {}
+            for field in MEDIA_FIELDS:
+                name = getattr(turn, field)
+                if not name:
+                    continue
+                if name not in files:
+                    uploaded = ", ".join(sorted(files)) or "none"
+                    raise HTTPException(
+                        422,
+                        f"dialogue {conversation.dialogue_id!r}, utterance {index}: {field} {name!r} is not an uploaded file "
+                        f"(uploaded: {uploaded}); send media as multipart/form-data with the files",
+                    )
+                update[field] = str(files[name])
+                used.add(name)
+            turns.append(turn.model_copy(update=update))
+        result.append(conversation.model_copy(update={"utterances": turns}))
+    unused = sorted(set(files) - used)
+    if unused:
+        raise HTTPException(422, f"uploaded file(s) not named by any utterance's audio or video: {', '.join(unused)}")
+    for name in sorted(used):
+        seconds = media_seconds(files[name])
+        if seconds is not None and seconds > limits.max_media_seconds:
+            raise HTTPException(
+                422, f"{name} lasts {seconds:.1f} s, longer than the limit of {limits.max_media_seconds:g} s (max_media_seconds)"
+            )
+    return result
+
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ConversationInput"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["conversation"],
+                    "properties": {
+                        "conversation": {"type": "string", "description": "the conversation as JSON; utterances name the uploaded files in audio/video"},
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                }
+            },
+        },
+    }
+}
+_ERRORS = {
+    status: {"description": text, "content": {"application/json": {"example": {"detail": text}}}}
+    for status, text in {400: "malformed JSON", 413: "request too large", 415: "unsupported content type", 422: "invalid conversation"}.items()
+}
+
+
+def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastAPI:
+    """The app serving ``predictor`` within ``limits`` (calls to the predictor are serialised: it is not thread-safe)."""
+    limits = limits or ServeLimits()
+    lock = threading.Lock()
+    info = predictor.describe()
+    app = FastAPI(
+        title="merkit",
+        version=__version__,
+        description=f"Emotion recognition in conversations with the `{info['model']}` model "
+        f"({', '.join(info['modalities'])}; classes: {', '.join(info['labels'])}).",
+    )
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+
+    def run(conversations: list[ConversationInput]) -> PredictionResult:
+        with lock:
+            return predictor.predict(conversations)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("merkit.serve").joinpath("page.html").read_text("utf-8"))
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "model": info["model"]}
+
+    @app.get("/model")
+    def model() -> dict[str, Any]:
+        return {**info, "limits": limits.model_dump()}
+
+    @app.post("/predict", response_model=PredictionResult, openapi_extra=_PREDICT_BODY, responses=_ERRORS)
+    async def predict(request: Request) -> PredictionResult:
+        """Per-utterance emotions, probabilities, uncertainty and the modalities used, for a JSON conversation or an upload."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json" or kind.endswith("+json"):
+            conversations = _conversations(_parse_json(await request.body(), "the request body"), limits)
+            return await run_in_threadpool(run, _with_uploads(conversations, {}, limits))
+        if kind == "multipart/form-data":
+            return await _predict_upload(request)
+        raise HTTPException(
+            415, "send application/json (a conversation) or multipart/form-data (a 'conversation' field and the media files)"
+        )
+
+    async def _predict_upload(request: Request) -> PredictionResult:
+        form = await request.form(max_files=2 * limits.max_utterances, max_fields=10, max_part_size=limits.max_body_bytes)
+        try:
+            field = form.get("conversation")
+            if field is None or isinstance(field, UploadFile):
+                raise HTTPException(422, "the form needs a 'conversation' field holding the conversation as JSON")
+            conversations = _conversations(_parse_json(field, "the 'conversation' field"), limits)
+            uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+            with tempfile.TemporaryDirectory(prefix="merkit-upload-") as folder:
+                files: dict[str, Path] = {}
+                for upload in uploads:
+                    name = Path(upload.filename or "").name
+                    if name in ("", ".", ".."):
+                        raise HTTPException(422, "an uploaded file has no name; utterances refer to files by name")
+                    if name in files:
+                        raise HTTPException(422, f"two uploaded files are named {name!r}")
+                    files[name] = Path(folder) / name
+                    with files[name].open("wb") as handle:
+                        shutil.copyfileobj(upload.file, handle)
+                return await run_in_threadpool(run, _with_uploads(conversations, files, limits))
+        finally:
+            await form.close()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(_BodyTooLarge)
+    async def body_too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
+        return _error(413, _too_large_message(limits.max_body_bytes))
+
+    @app.exception_handler(MerkitError)
+    async def input_error(request: Request, exc: MerkitError) -> JSONResponse:
+        return _error(422, _public_message(exc))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises the exception after this answer, so the server logs its traceback.
+        return _error(500, "internal error (logged on the server)")
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the conversation model the /predict body refers to (it is read by hand, not by FastAPI)."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            conversation = ConversationInput.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(conversation.pop("$defs", {}))
+            components["ConversationInput"] = conversation
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,318 @@
+"""LDDU: loss terms on hand-computable cases, shapes, masking, queue, behaviour, MOSEI/M3ED end to end."""
+
+import argparse
+import json
+import pickle
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from merkit.batching import DialogueDataset
+from merkit.checkpoint import load_checkpoint
+from merkit.data import read_data
+from merkit.data.features import FeatureSet
+from merkit.data.formats import DataBundle
+from merkit.models import available_models
+from merkit.models.base import DataSpec
+from merkit.models.lddu import LDDU, LDDUConfig, calibration_loss, contrastive_disentanglement_loss
+from merkit.training.engine import train_model
+
+SMALL = {"hidden": 64, "latent": 32, "encoder_layers": 1, "ffn": 64, "heads": 4, "latent_mlp": (64, 32), "fusion_hidden": 32}
+MODALITIES = ["text", "audio", "visual"]
+
+
+def _settings(config: dict) -> list[str]:
+    """``--set`` strings for a model config dict."""
+    return [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in config.items()]
+
+
+def _unit_halves(rows: np.ndarray) -> np.ndarray:
+    """``[μ/‖μ‖; σ/‖σ‖]`` of rows given as ``[μ; σ]``."""
+    mu, sigma = np.split(rows, 2, axis=1)
+    return np.concatenate([mu / np.linalg.norm(mu, axis=1, keepdims=True), sigma / np.linalg.norm(sigma, axis=1, keepdims=True)], axis=1)
+
+
+def _cdl_by_hand(vectors, ids, queue, queue_ids, tau, queue_anchors):
+    everything, all_ids = np.concatenate([vectors, queue]), np.concatenate([ids, queue_ids])
+    anchors = len(everything) if queue_anchors else len(vectors)
+    losses = []
+    for i in range(anchors):
+        logits = [everything[i] @ everything[j] / 2 / tau for j in range(len(everything))]
+        log_denominator = np.log(sum(np.exp(logits[k]) for k in range(len(everything)) if k != i))
+        positives = [j for j in range(len(everything)) if j != i and all_ids[j] == all_ids[i] and all_ids[i] >= 0]
+        losses.append(-np.mean([logits[j] - log_denominator for j in positives]) if positives else 0.0)
+    return np.mean(losses)
+
+
+@pytest.mark.parametrize("queue_anchors", [True, False])
+def test_cdl_with_a_queue_by_hand(queue_anchors):
+    rng = np.random.default_rng(0)
+    vectors = _unit_halves(rng.normal(size=(4, 6)))
+    queue = _unit_halves(rng.normal(size=(3, 6)))
+    ids, queue_ids = np.array([0, 0, 1, 2]), np.array([1, -1, 2])  # -1: a random init row, never a positive
+    expected = _cdl_by_hand(vectors, ids, queue, queue_ids, 0.07, queue_anchors)
+    got = contrastive_disentanglement_loss(
+        torch.tensor(vectors), torch.tensor(ids), torch.tensor(queue), torch.tensor(queue_ids), 0.07, queue_anchors
+    )
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # Two identical positives and one far negative, no queue: −½[(ℓ₀₁ − log(e^ℓ₀₁ + e^ℓ₀₂)) + same] with ℓ = cos/2τ·2.
+    a, b = np.array([1.0, 0, 1, 0]), np.array([-1.0, 0, 0, 1])
+    hand = torch.tensor(np.stack([a, a, b]))
+    l_same, l_other = 2 / 2 / 0.5, (a @ b) / 2 / 0.5
+    anchor = -(l_same - np.log(np.exp(l_same) + np.exp(l_other)))
+    empty = torch.zeros(0, 4, dtype=torch.float64)
+    loss = contrastive_disentanglement_loss(hand, torch.tensor([5, 5, 6]), empty, torch.zeros(0, dtype=torch.long), 0.5)
+    assert loss.item() == pytest.approx(2 * anchor / 3)  # the third anchor has no positive: 0, still counted
+
+
+def test_crl_both_modes_by_hand():
+    sigma_norm = torch.tensor([[1.0, 2.0, 0.5], [0.2, 0.1, 3.0]], dtype=torch.float64)
+    confidence = torch.tensor([[0.9, 0.2, 0.4], [0.5, 0.5, 0.1]], dtype=torch.float64)
+
+    def softmax(x, axis=None):
+        e = np.exp(x - np.max(x, axis=axis, keepdims=axis is not None))
+        return e / e.sum(axis=axis, keepdims=axis is not None)
+
+    s, c = sigma_norm.numpy(), confidence.numpy()
+    q_c = softmax(c, axis=1).ravel()
+    for mode, q_sigma in (("code", softmax(s.ravel())), ("per_sample_inverse", softmax(-s, axis=1).ravel())):
+        expected = 0.5 * ((q_c * np.log(q_c / q_sigma)).sum() + (q_sigma * np.log(q_sigma / q_c)).sum()) / 6
+        assert calibration_loss(sigma_norm, confidence, mode).item() == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        calibration_loss(sigma_norm, confidence, "other")
+
+
+def _model_and_batch(classes: int, **config):
+    bundle = read_data("synthetic", multi_label=True, classes=classes, dialogues=12, max_turns=8, missing_audio=0.3)
+    dataset = DialogueDataset(bundle.corpus, bundle.features, ["train"], MODALITIES, MODALITIES)
+    batch = dataset.collate([dataset[i] for i in range(4)])
+    spec = DataSpec(modalities={m: bundle.features[m].dim for m in MODALITIES}, num_classes=classes, multi_label=True)
+    torch.manual_seed(0)
+    return LDDU(LDDUConfig(**{**SMALL, **config}), spec), batch
+
+
+@pytest.mark.parametrize("classes", [6, 7])
+def test_shapes_uncertainty_and_modality_weights(classes):
+    model, batch = _model_and_batch(classes)
+    model.eval()
+    output = model(batch)
+    b, t = batch.utterance_mask.shape
+    assert output.logits.shape == output.uncertainty.shape == (b, t, classes)
+    assert output.expert_weights.shape == (b, t, 3) and output.expert_names == tuple(MODALITIES)
+    real = batch.utterance_mask
+    assert (output.uncertainty[real] > 0).all()
+    assert torch.allclose(output.expert_weights[real].sum(-1), torch.ones(int(real.sum())))
+    assert (output.expert_weights[real][:, 1][~batch.present["audio"][real]] == 0).all()  # missing audio: no weight
+    model.train()
+    training = model(batch)
+    assert set(training.aux_losses) == {"semantic", "cdl", "crl"} and training.expert_weights is None
+    total, parts = model.compute_loss(training, batch)
+    assert torch.isfinite(total) and set(parts) == {"main", "semantic", "cdl", "crl"}
+
+
+def test_absent_modality_and_padding_frames_do_not_leak():
+    model, batch = _model_and_batch(6)
+    model.eval()
+    reference = model(batch).logits
+    changed = {**batch.sequences}
+    changed["audio"] = batch.sequences["audio"] + 100.0 * (~batch.present["audio"])[..., None, None]
+    assert torch.allclose(model(replace(batch, sequences=changed)).logits, reference)
+    # Frames beyond the stored length, and all-zero frames (use_padding_mask), are ignored.
+    padded = {m: torch.cat([s, s.new_zeros(*s.shape[:2], 2, s.shape[-1])], dim=2) for m, s in batch.sequences.items()}
+    masks = {m: torch.cat([k, k[:, :, :1].expand(-1, -1, 2)], dim=2) for m, k in batch.sequence_mask.items()}
+    with_zero_frames = replace(batch, sequences=padded, sequence_mask=masks)
+    assert torch.allclose(model(with_zero_frames).logits, reference, atol=1e-5)
+    unmasked, _ = _model_and_batch(6, use_padding_mask=False)
+    unmasked.eval()
+    assert not torch.allclose(unmasked(with_zero_frames).logits, unmasked(batch).logits, atol=1e-5)
+
+
+def test_queue_is_fifo_detached_and_untouched_in_eval():
+    model, batch = _model_and_batch(6, queue_size=50)
+    assert (model.queue_ids == -1).all()
+    model.train()
+    model(batch)
+    first = model.queue_ids.clone()
+    assert (first >= 0).all() and not model.queue.requires_grad  # the batch gave more than 50 vectors
+    model.eval()
+    model(batch)
+    assert torch.equal(model.queue_ids, first)
+
+
+def test_ctc_alignment_for_unaligned_sequences():
+    bundle = read_data("synthetic", multi_label=True, dialogues=6, max_turns=6)
+    frames = _hide_in_frames(bundle, 30)
+    dataset = DialogueDataset(frames.corpus, frames.features, ["train"], MODALITIES, MODALITIES)
+    batch = dataset.collate([dataset[i] for i in range(2)])
+    spec = DataSpec(modalities={m: frames.features[m].dim for m in MODALITIES}, num_classes=6, multi_label=True)
+    model = LDDU(LDDUConfig(**SMALL, alignment="ctc", aligned_length=5, ctc_weight=0.5), spec)
+    model.train()
+    loss, parts = model.compute_loss(model(batch), batch)
+    assert torch.isfinite(loss) and parts["ctc"] > 0
+    loss.backward()
+    assert model.encoders["audio"].alignment.position.weight_ih_l0.grad.abs().sum() > 0
+    assert model.encoders["text"].alignment is None  # text is the reference stream
+
+
+def _hide_in_frames(bundle: DataBundle, frames: int, seed: int = 1) -> DataBundle:
+    """Each utterance vector hidden at a random position among ``frames`` pure-noise frames (the
+    emotion shows in one short stretch); the noise has the generator's unit scale."""
+    rng = np.random.default_rng(seed)
+    features = {}
+    for modality, f in bundle.features.items():
+        count, dim = f.values.shape
+        values = rng.normal(size=(count, frames, dim)).astype(np.float32)
+        values[np.arange(count), rng.integers(0, frames, size=count)] = f.values
+        offsets = np.arange(0, count * frames + 1, frames)
+        features[modality] = FeatureSet(modality, values.reshape(-1, dim), f.present, offsets, extractor="synthetic-frames")
+    return DataBundle(bundle.corpus, features)
+
+
+@pytest.fixture
+def one_thread():
+    """Small models train several times faster on one thread than on two contending ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_lddu_beats_the_sigmoid_mlp_and_down_weights_a_noise_modality(tmp_path, one_thread):
+    # Audio is pure noise; visual is as informative as audio would have been. The label's evidence sits
+    # in one of four frames, which label-wise attention can find and frame mean-pooling dilutes.
+    bundle = _hide_in_frames(read_data("synthetic", multi_label=True, noise_modalities="audio", visual_signal=0.7), 4)
+    train = ["epochs=20", "batch_size=4", "lr=1e-3"]
+    lddu = train_model(bundle, "lddu", out=tmp_path / "lddu", overrides=[*_settings(SMALL), *train], progress=False)
+    mlp = train_model(bundle, "sigmoid-mlp", out=tmp_path / "mlp", overrides=train, progress=False)
+    lddu_f1, mlp_f1 = (r["summary"]["test"]["micro_f1"]["mean"] for r in (lddu, mlp))
+    assert lddu_f1 > mlp_f1 + 0.02, (lddu_f1, mlp_f1)
+    rows = [json.loads(line) for line in (tmp_path / "lddu" / "seed0" / "predictions-test.jsonl").read_text().splitlines()]
+    share = {m: np.mean([row["expert_weights"][m] for row in rows]) for m in MODALITIES}
+    # With clean audio (same settings) its share is about 0.34, above visual's 0.22; as noise it drops below both.
+    assert share["audio"] < min(share["visual"], share["text"]) and share["audio"] < 0.25, share
+    assert len(rows[0]["uncertainty"]) == 6
+
+
+# --------------------------------------------------------------------------- published layouts
+
+
+def _mosei_mmsa(n_per_split=(4, 2, 2), lengths=(50, 50, 50), seed=0) -> dict:
+    """A tiny CMU-MOSEI pickle in the MMSA layout: text/vision/audio ``[N, L, D]``, tgt token lists."""
+    rng = np.random.default_rng(seed)
+    targets = [[2, 4, 7, 3], [2, 3], [2, 5, 6, 3], [2, 9, 3]]
+    obj = {}
+    for (split, count), (l_text, l_vision, l_audio) in zip(zip(("train", "valid", "test"), n_per_split), [lengths] * 3):
+        text = rng.normal(size=(count, l_text, 768)).astype(np.float32)
+        text[:, 20:] = 0.0  # zero-padded tokens, as in the published file
+        audio = rng.normal(size=(count, l_audio, 74)).astype(np.float32)
+        audio[0, 3, :2] = -np.inf  # COVAREP -inf
+        obj[split] = {
+            "text": text,
+            "vision": rng.normal(size=(count, l_vision, 35)).astype(np.float32),
+            "audio": audio,
+            "tgt": [targets[i % len(targets)] for i in range(count)],
+            "raw_text": [f"segment {i}" for i in range(count)],
+            "id": [f"video{i}$_${i}" for i in range(count)],
+        }
+    return obj
+
+
+def test_mosei_aligned_end_to_end_with_the_cli(tmp_path):
+    path = tmp_path / "aligned_50.pkl"
+    path.write_bytes(pickle.dumps(_mosei_mmsa(), protocol=4))
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "merkit", "train", str(path), "--model", "lddu", "--preset", "mosei-aligned",
+         "--set", "epochs=1", "--out", str(out), "--no-progress", "--accelerator", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["train_config"]["monitor"] == "micro_f1" and results["train_config"]["threshold"] == "lddu_search"
+    assert results["model_config"]["queue_size"] == 8192 and results["modalities"] == MODALITIES
+    meta = json.loads((out / "seed0" / "best" / "model.json").read_text())
+    assert all(0.15 <= t <= 0.295 for t in meta["thresholds"].values())
+    assert {"micro_f1", "jaccard_accuracy", "hamming_loss"} <= set(results["summary"]["test"])
+
+
+def test_mosei_unaligned_trains_with_the_alignment_preset(tmp_path):
+    obj = _mosei_mmsa(lengths=(50, 120, 120))  # unaligned: more audio/visual frames than text tokens
+    path = tmp_path / "unaligned_50.pkl"
+    path.write_bytes(pickle.dumps(obj, protocol=4))
+    results = train_model(path, "lddu", out=tmp_path / "run", preset="mosei-unaligned", overrides=["epochs=1", *_settings(SMALL)], progress=False)
+    assert results["model_config"]["alignment"] == "ctc"
+    checkpoint = load_checkpoint(tmp_path / "run" / "seed0" / "best")
+    assert checkpoint.model.encoders["audio"].alignment is not None
+
+
+def _m3ed_carat(widths=(768, 1024, 342), lengths=((5, 70, 12), (60, 3), (1, 8))) -> dict:
+    """A tiny M3ED torch file in CARAT's layout: ``src-visual`` holds the 1024-d (audio) vectors."""
+    rng = np.random.default_rng(0)
+    vocabulary = {"<blank>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, "Happy": 4, "Neutral": 5, "Sad": 6, "Disgust": 7, "Anger": 8, "Fear": 9, "Surprise": 10}
+    obj = {"dict": {"tgt": vocabulary}, "settings": argparse.Namespace(max_seq_len=60)}
+    targets = [[2, 4, 5, 3], [2, 10, 3], [2, 3]]
+    for split, split_lengths in zip(("train", "valid", "test"), lengths):
+        count = len(split_lengths)
+        part = {}
+        for key, width in zip(("src-text", "src-visual", "src-audio"), widths):
+            arrays = [rng.normal(size=(60, width)).astype(np.float32) for _ in range(count)]
+            for array, length in zip(arrays, split_lengths):
+                array[length:] = 0.0  # zero padding after the dialogue's last utterance
+            part[key] = arrays
+        part["len_list"] = list(split_lengths)
+        part["tgt"] = [targets[i % 3] for i in range(count)]
+        obj[split] = part
+    return obj
+
+
+def test_m3ed_reader_maps_the_swapped_modalities_by_width(tmp_path):
+    path = tmp_path / "m3ed.pt"
+    obj = _m3ed_carat()
+    torch.save(obj, path)
+    bundle = read_data(path)  # auto-detected as m3ed-torch, not as MOSEI
+    assert bundle.corpus.name == "m3ed" and bundle.corpus.labels.num_classes == 7
+    assert bundle.corpus.labels.names == ("happy", "neutral", "sad", "disgust", "anger", "fear", "surprise")
+    assert {m: f.dim for m, f in bundle.features.items()} == {"text": 768, "audio": 1024, "visual": 342}
+    assert bundle.features["audio"].settings == {"source_key": "src-visual", "modality_map": "swapped"}
+    train = bundle.corpus.split_dialogues("train")
+    assert [d.utterances[0].label for d in train] == [(0, 1), (6,), ()]
+    lengths = np.diff(bundle.features["text"].offsets)
+    assert lengths.tolist() == [5, 60, 12, 60, 3, 1, 8]  # the stored length, cut at CARAT's 60
+    np.testing.assert_array_equal(bundle.features["audio"].row(0), obj["train"]["src-visual"][0][:5])
+    named = read_data(path, format="m3ed-torch", modality_map="as_named")
+    assert named.features["audio"].dim == 342
+    torch.save(_m3ed_carat(widths=(768, 64, 48)), path)
+    assert read_data(path).features["audio"].settings["modality_map"] == "as_named"  # other widths: names as given
+
+
+def test_lddu_m3ed_preset_sizes_heads_from_k(tmp_path):
+    path = tmp_path / "m3ed.pt"
+    torch.save(_m3ed_carat(), path)
+    results = train_model(path, "lddu", out=tmp_path / "run", preset="m3ed", overrides=["epochs=1", "queue_size=64"], progress=False)
+    assert len(results["per_seed"]["0"]) and load_checkpoint(tmp_path / "run" / "seed0" / "best").model.mu_heads.second_bias.shape == (7,)
+
+
+def test_registry_entry_reads_sequences_and_has_the_presets():
+    entry = available_models()["lddu"]
+    assert entry.feature_level == "sequence" and available_models()["sigmoid-mlp"].feature_level == "sequence"
+    assert set(entry.presets) == {"mosei-aligned", "mosei-unaligned", "m3ed", "goemotions"}
+    assert "goemotions" in available_models()["sigmoid-mlp"].presets
+    assert entry.presets["mosei-aligned"]["train"]["lr"] == 2e-4 and entry.presets["mosei-aligned"]["model"]["queue_size"] == 8192
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [sys.executable, "-m", "merkit", "train", "synthetic", "-o", "multi_label=true", "-o", "dialogues=30",
+         "--model", "lddu", *[arg for s in _settings({**SMALL, "queue_size": 64}) for arg in ("--set", s)],
+         "--set", "epochs=2", "--set", "batch_size=4", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
+         "--no-progress", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "seed0" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and np.isfinite(metrics["test"]["micro_f1"])

@@ -1,0 +1,245 @@
+"""The HTTP server: FastAPI's test client on good and bad requests, uploads, limits, and the web page in headless Chromium.
+
+The checkpoints are freshly initialised models whose manifests record the real MiniLM (and
+eGeMAPS) extractors: the server's behaviour does not depend on what the model learnt, and
+the page's labels are compared with the Python API's on the same conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from media_helpers import one_torch_thread, tone, untrained_checkpoint  # noqa: F401
+
+pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install 'merkit[serve]'")
+pytest.importorskip("httpx", reason="FastAPI's test client needs httpx")
+pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+import merkit  # noqa: E402
+from merkit.inference import parse_lines  # noqa: E402
+from merkit.serve import ServeLimits, create_app  # noqa: E402
+
+LIMITS = ServeLimits(max_utterances=8, max_upload_mb=0.2, max_media_seconds=2.0)
+CONVERSATION = "Ana: You will not believe it, I got the job!\nBen: You broke my phone and lied about it!\nAna: The keys are on the table."
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    checkpoint = untrained_checkpoint(tmp_path_factory.mktemp("text") / "ckpt", {"text": "minilm"})
+    with merkit.load(checkpoint) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    with TestClient(create_app(predictor, LIMITS)) as test_client:
+        yield test_client
+
+
+def _readable(response) -> str:
+    """The error message; fails when the answer is not JSON with a plain ``detail`` or shows a traceback."""
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail
+    assert "Traceback" not in response.text and 'File "' not in response.text and "/tmp" not in response.text
+    return detail
+
+
+def test_health_model_and_api_docs(client):
+    assert client.get("/health").json() == {"status": "ok", "model": "late-fusion"}
+    info = client.get("/model").json()
+    assert info["labels"] == ["anger", "joy", "neutral"] and info["merkit_version"] == merkit.__version__
+    assert info["modalities"] == {"text": {"extractor": "minilm", "dim": 384, "level": "utterance"}}
+    assert info["limits"]["max_utterances"] == 8
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    assert "ConversationInput" in schema["components"]["schemas"] and "UtteranceInput" in schema["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_predict_answers_what_the_python_api_says(client, predictor):
+    conversation = {"dialogue_id": "office", "utterances": [{"speaker": "Ana", "text": "I got the job!"}, {"speaker": "Ben", "text": "No way."}]}
+    response = client.post("/predict", json=conversation)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = predictor.predict(conversation).model_dump()
+    assert body["labels"] == expected["labels"] and len(body["utterances"]) == 2
+    for ours, theirs in zip(body["utterances"], expected["utterances"], strict=True):
+        assert ours["label"] == theirs["label"] and ours["modalities"] == ["text"]
+        assert ours["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-6)
+        assert (ours["dialogue_id"], ours["speaker"]) == ("office", theirs["speaker"])
+
+
+def _multipart(conversation: str, *files: tuple[str, bytes]) -> dict:
+    return {"data": {"conversation": conversation}, "files": [("files", (name, content)) for name, content in files]}
+
+
+BAD_REQUESTS = {
+    "wrong type of text": ({"json": {"utterances": [{"text": 5}]}}, 422, "valid string"),
+    "utterances not a list": ({"json": {"utterances": "hello"}}, 422, "valid list"),
+    "a bare string": ({"json": "hello"}, 422, "not str"),
+    "start not a number": ({"json": [{"text": "hi", "start": "soon"}]}, 422, "valid number"),
+    "unknown field": ({"json": [{"text": "hi", "thermal": "x.bin"}]}, 422, "unknown field 'thermal'"),
+    "unknown modality": ({"json": [{"text": "hi", "media": {"eeg": "x.edf"}}]}, 422, "unknown modality 'eeg'"),
+    "empty conversation": ({"json": {"utterances": []}}, 422, "empty"),
+    "empty list": ({"json": []}, 422, "empty"),
+    "too many utterances": ({"json": [{"text": "hi"}] * 9}, 422, "too many utterances: 9, the limit is 8"),
+    "end before start": ({"json": [{"text": "hi", "start": 2, "end": 1}]}, 422, "before start"),
+    "malformed JSON": ({"content": b'{"utterances": [{"text": "hi"', "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+    "not UTF-8": ({"content": b"\xff\xfe{", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+    "too large": ({"json": [{"text": "x" * 300_000}]}, 413, "larger than the limit of 0.2 MB"),
+    "plain text": ({"content": b"Ana: hi", "headers": {"content-type": "text/plain"}}, 415, "application/json"),
+    "a file on the server": ({"json": [{"text": "hi", "audio": "/etc/passwd"}]}, 422, "not an uploaded file"),
+    "form without conversation": ({"data": {"other": "1"}, "files": [("files", ("a.wav", b"RIFF"))]}, 422, "'conversation' field"),
+    "form with bad JSON": (_multipart("[{", ("a.wav", b"RIFF")), 400, "'conversation' field is not valid JSON"),
+    "upload not named by any utterance": (_multipart('[{"text": "hi"}]', ("a.wav", b"RIFF")), 422, "not named by any utterance"),
+    "name not uploaded": (_multipart('[{"text": "hi", "audio": "b.wav"}]', ("a.wav", b"RIFF")), 422, "'b.wav' is not an uploaded file"),
+    "two files of one name": (_multipart('[{"audio": "a.wav"}]', ("a.wav", b"1"), ("a.wav", b"2")), 422, "two uploaded files"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_that_says_what_was_wrong(client, case):
+    request, status, message = BAD_REQUESTS[case]
+    response = client.post("/predict", **request)
+    assert response.status_code == status, response.text
+    assert message in _readable(response)
+
+
+def test_the_server_survives_every_bad_request(client):
+    for request, _, _ in BAD_REQUESTS.values():
+        assert 400 <= client.post("/predict", **request).status_code < 500
+    assert client.get("/health").status_code == 200
+    assert client.post("/predict", json=[{"text": "still here"}]).status_code == 200
+    assert client.get("/nowhere").status_code == 404 and _readable(client.get("/nowhere")) == "Not Found"
+
+
+def test_a_body_without_content_length_is_cut_off_at_the_limit(client):
+    def chunks():
+        yield b'[{"text": "'
+        for _ in range(40):
+            yield b"x" * 10_000
+        yield b'"}]'
+
+    response = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than the limit" in _readable(response)
+
+
+def test_an_internal_error_is_a_500_without_the_traceback(predictor, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals at /srv/merkit/model.py")
+
+    monkeypatch.setattr(predictor, "predict", broken)
+    with TestClient(create_app(predictor, LIMITS), raise_server_exceptions=False) as broken_client:
+        response = broken_client.post("/predict", json=[{"text": "hi"}])
+    assert response.status_code == 500
+    assert _readable(response) == "internal error (logged on the server)" and "secret" not in response.text
+
+
+# ------------------------------------------------------------------ uploads
+@pytest.fixture(scope="module")
+def audio_client(tmp_path_factory):
+    pytest.importorskip("opensmile", reason="eGeMAPS features need the audio extra")
+    pytest.importorskip("av", reason="media decoding needs PyAV (audio extra)")
+    checkpoint = untrained_checkpoint(tmp_path_factory.mktemp("audio") / "ckpt", {"text": "minilm", "audio": "egemaps"})
+    with merkit.load(checkpoint) as loaded, TestClient(create_app(loaded, LIMITS)) as test_client:
+        yield test_client
+
+
+def _uploads_left() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("merkit-upload-*")}
+
+
+def test_media_uploads_are_used_checked_and_deleted(audio_client, tmp_path):
+    before = _uploads_left()
+    clip = tone(tmp_path / "clip.wav", 1.0).read_bytes()
+    conversation = json.dumps([{"speaker": "Ana", "text": "Listen to this.", "audio": "clip.wav"}, {"speaker": "Ben", "text": "Nice."}])
+    response = audio_client.post("/predict", **_multipart(conversation, ("clip.wav", clip)))
+    assert response.status_code == 200, response.text
+    first, second = response.json()["utterances"]
+    assert first["modalities"] == ["text", "audio"] and second["modalities"] == ["text"]
+    assert first["expert_weights"]["audio"] > 0 and second["expert_weights"]["audio"] == 0
+
+    long_clip = tone(tmp_path / "long.wav", 3.0).read_bytes()
+    too_long = audio_client.post("/predict", **_multipart('[{"audio": "long.wav"}]', ("long.wav", long_clip)))
+    assert too_long.status_code == 422 and "long.wav lasts 3.0 s, longer than the limit of 2 s" in _readable(too_long)
+
+    corrupt = audio_client.post("/predict", **_multipart('[{"text": "hi", "audio": "bad.wav"}]', ("bad.wav", b"RIFF....WAVE")))
+    assert corrupt.status_code == 200  # a file that gives nothing is masked, with the reason
+    assert corrupt.json()["utterances"][0]["modalities"] == ["text"] and corrupt.json()["utterances"][0]["notes"]["audio"]
+    assert _uploads_left() == before
+
+
+# ------------------------------------------------------------------ the web page
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    """A real uvicorn server on a free localhost port, in a thread; stopped at the end."""
+    uvicorn = pytest.importorskip("uvicorn", reason="the server needs the serve extra")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    instance = uvicorn.Server(uvicorn.Config(create_app(predictor, LIMITS), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert instance.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/"
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_the_web_page_shows_the_predicted_labels(server, predictor):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("Chromium is not installed (make test installs it with apt when run as root)")
+    expected = predictor.predict(parse_lines(CONVERSATION))
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('late-fusion')")
+            page.fill("#conversation", CONVERSATION)
+            page.click("#submit")
+            page.wait_for_selector("#status[data-done=true]")
+            labels = page.locator("[data-testid=label]").all_text_contents()
+            speakers = page.locator(".utterance .speaker").all_text_contents()
+            fills = page.locator(".utterance").first.locator(".fill")
+            bars = fills.count()
+            widths = [fills.nth(i).bounding_box()["width"] for i in range(bars)]
+            track = page.locator(".utterance").first.locator(".track").first.bounding_box()["width"]
+            uncertainty = page.locator("[data-testid=uncertainty]").first.text_content()
+            assert not page.locator("#error").is_visible()
+
+            page.fill("#conversation", "\n".join(f"P{i}: hello" for i in range(9)))
+            page.click("#submit")
+            page.wait_for_selector("#error", state="visible")
+            too_many = page.locator("#error").text_content()
+            page.fill("#conversation", "[{")
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('error').textContent.includes('does not parse')")
+        finally:
+            browser.close()
+    assert labels == [u.label for u in expected.utterances]
+    assert speakers == ["Ana", "Ben", "Ana"] and bars == 3
+    top = max(expected.utterances[0].probabilities.values())
+    assert widths[0] == pytest.approx(top * track, abs=2) and widths == sorted(widths, reverse=True)  # bars drawn to scale
+    assert "not given by this model" in uncertainty
+    assert too_many.startswith("422: too many utterances")
