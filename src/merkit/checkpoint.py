@@ -20,7 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from merkit import __version__
-from merkit.data.corpus import LabelSchema
+from merkit.batching import DialogueDataset
+from merkit.data.corpus import Corpus, LabelSchema
+from merkit.data.features import FeatureSet
 from merkit.errors import MerkitError
 from merkit.io import atomic_path, atomic_write_json
 from merkit.models.base import DataSpec, ERCModel
@@ -81,6 +83,15 @@ class Checkpoint:
     @property
     def modalities(self) -> list[str]:
         return list(self.meta["data_spec"]["modalities"])
+
+    @property
+    def sequence_modalities(self) -> list[str]:
+        """The modalities the model reads as frame sequences (all of them for sequence-level models)."""
+        return self.modalities if get_model(self.meta["model"]).feature_level == "sequence" else []
+
+    def dataset(self, corpus: Corpus, features: Mapping[str, FeatureSet], splits: list[str]) -> DialogueDataset:
+        """The splits' dialogues with the features this model reads."""
+        return DialogueDataset(corpus, dict(features), splits, self.modalities, self.sequence_modalities)
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

@@ -44,7 +44,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from merkit import __version__
-from merkit.batching import DialogueDataset
 from merkit.checkpoint import META, WEIGHTS, Checkpoint, load_checkpoint
 from merkit.data.corpus import Corpus, Dialogue, LabelSchema, Utterance, build_corpus, build_utterance
 from merkit.data.features import FeatureSet, stack_rows
@@ -53,7 +52,6 @@ from merkit.errors import MerkitError
 from merkit.features.extract import Absent
 from merkit.features.registry import Extractor, available_extractors, get_extractor
 from merkit.io import atomic_path, atomic_write_json, atomic_write_text
-from merkit.models.registry import get_model
 from merkit.prediction import Predictions, make_loader, predict
 from merkit.thresholds import checkpoint_thresholds
 from merkit.training.config import PROTOCOLS
@@ -402,7 +400,6 @@ class Predictor:
         self.modalities = checkpoint.modalities
         self.batch_size = batch_size
         self.dims = dict(self.meta["data_spec"]["modalities"])
-        self.sequence_level = get_model(self.meta["model"]).feature_level == "sequence"
         self.thresholds = checkpoint_thresholds(self.meta, self.labels.names)
         self.extractors: dict[str, Extractor] = {}
         try:
@@ -448,8 +445,7 @@ class Predictor:
         features, notes = {}, {}
         for modality in self.modalities:
             features[modality], notes[modality] = self._extract(corpus, modality, progress)
-        sequence_modalities = self.modalities if self.sequence_level else ()
-        dataset = DialogueDataset(corpus, features, [SPLIT], self.modalities, sequence_modalities)
+        dataset = self.checkpoint.dataset(corpus, features, [SPLIT])
         scored = predict(self.model, make_loader(dataset, self.batch_size), self.device, all_utterances=True)
         position = {utterance_id: i for i, utterance_id in enumerate(scored.utterance_ids)}
         rows = [

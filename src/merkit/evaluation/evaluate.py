@@ -58,7 +58,7 @@ class Evaluator:
     def dataset(self, split: str) -> DialogueDataset:
         if not self.bundle.corpus.splits.get(split):
             raise MerkitError(f"the data has no {split!r} split")
-        return DialogueDataset(self.bundle.corpus, self.bundle.features, [split], self.checkpoint.modalities)
+        return self.checkpoint.dataset(self.bundle.corpus, self.bundle.features, [split])
 
     def predict(self, split: str, transform=None) -> Predictions:
         return predict(self.checkpoint.model, make_loader(self.dataset(split), self.batch_size), transform=transform)
@@ -150,7 +150,7 @@ def cross_corpus_evaluation(
     if {source_name, target_name} != {"meld", "iemocap"}:
         raise MerkitError("cross-corpus mapping is defined for MELD ↔ IEMOCAP (7 and 6 emotion classes)")
     check_compatible(checkpoint.meta, checkpoint.labels, {m: f.describe() for m, f in bundle.features.items()})
-    dataset = DialogueDataset(bundle.corpus, bundle.features, [split], checkpoint.modalities)
+    dataset = checkpoint.dataset(bundle.corpus, bundle.features, [split])
     predictions = predict(checkpoint.model, make_loader(dataset, batch_size))
     result = robustness.cross_corpus(
         predictions, checkpoint.labels.names, bundle.corpus.labels.names, maps[source_name], maps[target_name]
