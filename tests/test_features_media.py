@@ -9,8 +9,6 @@ naming what is missing, when a program (espeak-ng, ffmpeg) or an optional packag
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -24,37 +22,19 @@ from merkit.features import available_extractors, get_extractor  # noqa: E402
 from merkit.features.commands import _standalone_app  # noqa: E402
 from merkit.features.extract import Absent, merge_shards, run_extraction  # noqa: E402
 from merkit.features.media import Clip, decode_audio, sample_frames  # noqa: E402
+from media_helpers import _run, blank_video, face_video, require_program, speak  # noqa: E402
 
 SENTENCE = "I cannot believe you did that to me. This is the happiest day of my life, and I will remember it."
-
-
-def _program(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (make system-deps installs it)")
-    return path
-
-
-def _run(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     """speech.wav, face.mp4 (astronaut + speech), blank.mp4 (grey, silent track-less), silent.wav, corrupt.wav."""
-    espeak, ffmpeg = _program("espeak-ng"), _program("ffmpeg")
-    skimage_data = pytest.importorskip("skimage.data", reason="the face video needs scikit-image (dev extra)")
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("media")
-    _run(espeak, "-w", str(root / "speech.wav"), SENTENCE)
-    Image.fromarray(skimage_data.astronaut()).save(root / "astronaut.png")
-    _run(ffmpeg, "-v", "error", "-y", "-loop", "1", "-framerate", "10", "-i", str(root / "astronaut.png"),
-         "-i", str(root / "speech.wav"), "-vf", "scale=256:256", "-c:v", "libx264", "-preset", "ultrafast",
-         "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(root / "face.mp4"))  # fmt: skip
-    _run(ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=128x128:d=2:r=10", "-c:v", "libx264",
-         "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(root / "blank.mp4"))  # fmt: skip
-    _run(ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "1.5", str(root / "silent.wav"))
+    speech = speak(SENTENCE, root / "speech.wav")
+    face_video(root / "face.mp4", soundtrack=speech)
+    blank_video(root / "blank.mp4")
+    _run(require_program("ffmpeg"), "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "1.5", str(root / "silent.wav"))
     (root / "corrupt.wav").write_bytes(b"RIFF\x24\x08\x00\x00WAVEfmt " + bytes(range(256)) * 8)
     return root
 
