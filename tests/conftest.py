@@ -11,6 +11,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MERKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread in the test process (make test also sets OMP_NUM_THREADS=1 for subprocesses):
+    the suite runs many tiny models, for which a second intra-op thread only adds waiting, and on a
+    2-core machine shared with other jobs it made them 10-20 times slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def shared(name: str) -> Path:
     """Path of a real corpus under ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA / name

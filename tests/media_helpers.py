@@ -19,18 +19,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread while a test module runs: on a small machine shared with other jobs, OpenMP
-    threads that wait for each other make each MiniLM call 20-30 times slower (import this fixture)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def require_program(name: str) -> str:
     path = shutil.which(name)
     if path is None:

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from media_helpers import blank_video, face_video, one_torch_thread, speak, tone, untrained_checkpoint, write_jsonl  # noqa: F401
+from media_helpers import blank_video, face_video, speak, tone, untrained_checkpoint, write_jsonl
 from typer.testing import CliRunner
 
 import merkit

@@ -172,16 +172,7 @@ def _hide_in_frames(bundle: DataBundle, frames: int, seed: int = 1) -> DataBundl
     return DataBundle(bundle.corpus, features)
 
 
-@pytest.fixture
-def one_thread():
-    """Small models train several times faster on one thread than on two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_lddu_beats_the_sigmoid_mlp_and_down_weights_a_noise_modality(tmp_path, one_thread):
+def test_lddu_beats_the_sigmoid_mlp_and_down_weights_a_noise_modality(tmp_path):
     # Audio is pure noise; visual is as informative as audio would have been. The label's evidence sits
     # in one of four frames, which label-wise attention can find and frame mean-pooling dilutes.
     bundle = _hide_in_frames(read_data("synthetic", multi_label=True, noise_modalities="audio", visual_signal=0.7), 4)

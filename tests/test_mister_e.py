@@ -21,15 +21,6 @@ DIMS = {"text": 12, "audio": 10}
 SMALL = {"conv_channels": 16, "gru_hidden": 8, "gru_layers": 2, "cross_dim": 16, "attention_dim": 12, "coattention_blocks": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation, and stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return read_data("synthetic", dialogues=16, min_turns=3, max_turns=9, text_dim=DIMS["text"], audio_dim=DIMS["audio"])

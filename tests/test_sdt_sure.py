@@ -28,15 +28,6 @@ SMALL = {"hidden": 16, "heads": 4}
 FAST_TRAIN = ["hidden=32", "heads=4", "dropout=0.1", "lr=0.003", "batch_size=8", "patience=null"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is faster, and does not fight other processes for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return read_data("synthetic", dialogues=12, max_turns=8, text_dim=6, audio_dim=5, visual_dim=4)
@@ -287,7 +278,7 @@ PAPER_DIMS = {"text": 1024, "audio": 1582, "visual": 342}
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, as conftest.one_torch_thread
     return subprocess.run([sys.executable, "-m", "merkit", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from media_helpers import one_torch_thread, tone, untrained_checkpoint  # noqa: F401
+from media_helpers import tone, untrained_checkpoint
 
 pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install 'merkit[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's test client needs httpx")
