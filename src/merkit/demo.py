@@ -101,6 +101,10 @@ def _predict_example(checkpoint: Path, console: Console) -> None:
     table = Table(title=f"predicted emotions of {example.name} (MELD model)")
     for column in ("dialogue", "speaker", "text", "predicted", "p"):
         table.add_column(column)
-    for row in predictor.predict(str(example)):
-        table.add_row(row["dialogue_id"], row["speaker"], row["text"], row["label"], f"{max(row['probabilities'].values()):.2f}")
+    try:
+        result = predictor.predict(str(example))
+    finally:
+        predictor.close()
+    for row in result.utterances:
+        table.add_row(row.dialogue_id, row.speaker, row.text, str(row.label), f"{max(row.probabilities.values()):.2f}")
     console.print(table)
