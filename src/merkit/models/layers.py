@@ -181,3 +181,8 @@ class CoAttentionBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.cross_x(x, y, y_padding), self.cross_y(y, x, x_padding)
         return self.self_x(x, x, x_padding), self.self_y(y, y, y_padding)
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
+    """Linear → ReLU → Dropout → Linear (the baselines' per-utterance classifier, models.md §8)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from torch import nn
 
 from merkit.batching import ConversationBatch
 from merkit.models import layers
@@ -28,12 +27,7 @@ class MLP(ERCModel):
 
     def __init__(self, config: MLPConfig, spec: DataSpec):
         super().__init__(config, spec)
-        self.net = nn.Sequential(
-            nn.Linear(layers.early_fusion_width(spec.modalities), config.hidden),
-            nn.ReLU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.hidden, spec.num_classes),
-        )
+        self.net = layers.mlp(layers.early_fusion_width(spec.modalities), config.hidden, spec.num_classes, config.dropout)
 
     def forward(self, batch: ConversationBatch) -> ModelOutput:
         return ModelOutput(logits=self.net(layers.early_fusion_input(batch, list(self.spec.modalities))))

@@ -10,7 +10,6 @@ with softmax cross-entropy (the base-class loss), so it also serves as a pooled-
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from merkit.batching import ConversationBatch
 from merkit.models import layers
@@ -44,12 +43,7 @@ class SigmoidMLP(ERCModel):
 
     def __init__(self, config: SigmoidMLPConfig, spec: DataSpec):
         super().__init__(config, spec)
-        self.net = nn.Sequential(
-            nn.Linear(layers.early_fusion_width(spec.modalities), config.hidden),
-            nn.ReLU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.hidden, spec.num_classes),
-        )
+        self.net = layers.mlp(layers.early_fusion_width(spec.modalities), config.hidden, spec.num_classes, config.dropout)
 
     def forward(self, batch: ConversationBatch) -> ModelOutput:
         pooled, flags = [], []
