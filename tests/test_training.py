@@ -160,3 +160,20 @@ def test_settings_resolve_from_preset_and_overrides():
         resolve_configs(entry, None, ["lr=-1"])
     with pytest.raises(MerkitError, match="no preset 'nope'"):
         resolve_configs(entry, "nope", [])
+
+
+@pytest.mark.parametrize("name", list(available_models()))
+def test_every_model_trains_under_bf16_autocast(tiny, name):
+    """The mixed-precision path the GPU uses by default: dtypes mix inside the model and losses."""
+    entry = available_models()[name]
+    modalities = list(entry.modalities)
+    dataset = DialogueDataset(tiny.corpus, tiny.features, ["train"], modalities)
+    batch = dataset.collate([dataset[i] for i in range(6)])
+    spec = DataSpec(modalities={m: tiny.features[m].dim for m in modalities}, num_classes=tiny.corpus.labels.num_classes)
+    torch.manual_seed(0)
+    model = entry.model_class(entry.config_class(), spec)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.compute_loss(model(batch), batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

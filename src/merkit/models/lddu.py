@@ -258,7 +258,9 @@ def calibration_loss(sigma_norm: torch.Tensor, confidence: torch.Tensor, mode: s
 
 
 def _bce_on_probabilities(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy(probabilities.float().clamp(1e-7, 1 - 1e-7), targets.float())
+    """BCE on probabilities in float32 with autocast off (CUDA autocast refuses it as unsafe)."""
+    with torch.autocast(probabilities.device.type, enabled=False):
+        return F.binary_cross_entropy(probabilities.float().clamp(1e-7, 1 - 1e-7), targets.float())
 
 
 _CODE = {"queue_size": 8192, "label_query_residual": False}
@@ -415,7 +417,7 @@ class LDDU(ERCModel):
         batch_size, length = valid.shape
         logits = score.new_zeros(batch_size, length, self.spec.num_classes)
         logits[valid] = torch.logit(score, eps=1e-6)
-        uncertainty = score.new_zeros(batch_size, length, self.spec.num_classes)
+        uncertainty = sigma_norm.new_zeros(batch_size, length, self.spec.num_classes)  # dtypes differ under autocast
         uncertainty[valid] = sigma_norm.detach()
         output = ModelOutput(logits=logits, uncertainty=uncertainty)
         if self.training:

@@ -293,9 +293,9 @@ class MisterE(ERCModel):
 
         index = [EXPERT_NAMES.index(n) for n in self.active_experts]
         batch_size, length, num_classes = logits.shape
-        all_weights = logits.new_zeros(batch_size, length, len(EXPERT_NAMES))
+        all_weights = weights.new_zeros(batch_size, length, len(EXPERT_NAMES))  # dtypes differ under autocast
         all_weights[..., index] = weights
-        all_logits = logits.new_zeros(batch_size, length, len(EXPERT_NAMES), num_classes)
+        all_logits = stacked.new_zeros(batch_size, length, len(EXPERT_NAMES), num_classes)
         all_logits[:, :, index] = stacked
         all_available = torch.zeros_like(all_weights, dtype=torch.bool)
         all_available[..., index] = mask
