@@ -10,7 +10,8 @@ from sklearn.metrics import brier_score_loss, log_loss
 from merkit.data import read_data
 from merkit.evaluation import calibration, robustness
 from merkit.evaluation.evaluate import Evaluator, bootstrap_intervals
-from merkit.evaluation.report import compare_runs, write_report
+from merkit.errors import MerkitError
+from merkit.evaluation.report import compare_runs, markdown_table, summarize_runs, write_report
 from merkit.prediction import Predictions
 from merkit.training.engine import train_model
 
@@ -129,3 +130,26 @@ def test_report_and_compare(informative_run, tmp_path):
     pair = comparison["paired_bootstrap"][0]
     assert pair["ci95"][0] <= pair["difference"] <= pair["ci95"][1] and 0 <= pair["p_value"] <= 1
     assert comparison["utterances"] == evaluation["metrics"]["count"]
+
+
+def _fake_results(folder, model, test_scores):
+    folder.mkdir(parents=True)
+    summary = {"mean": float(np.mean(test_scores)), "std": float(np.std(test_scores, ddof=1)), "n": len(test_scores)}
+    results = {"model": model, "preset": None, "seeds": list(range(len(test_scores))), "summary": {"test": {"weighted_f1": summary}}}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_summary_table_reads_mean_and_std_of_each_run(tmp_path):
+    a = _fake_results(tmp_path / "a", "bigru", [0.61, 0.63, 0.62])
+    b = _fake_results(tmp_path / "b", "sure", [0.70, 0.60])
+    rows = summarize_runs([a, b], ["weighted_f1"], ["test"])
+    assert rows[0]["test weighted_f1"] == pytest.approx((62.0, 1.0))
+    assert rows[1]["test weighted_f1"] == pytest.approx((65.0, 7.0710678))
+    table = markdown_table(rows).splitlines()
+    assert table[2].endswith("| bigru | 3 | 62.00 ± 1.00 |") and table[3].endswith("| sure | 2 | 65.00 ± 7.07 |")
+    with pytest.raises(MerkitError, match="no valid weighted_f1"):
+        summarize_runs([a], ["weighted_f1"], ["valid"])
+    with pytest.raises(MerkitError, match="no results.json") as error:
+        summarize_runs([tmp_path], ["weighted_f1"])
+    assert str(tmp_path) in str(error.value)

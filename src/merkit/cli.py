@@ -327,6 +327,19 @@ def compare(
         )
 
 
+@app.command("summary")
+def summary(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (each with results.json).")],
+    metrics: Annotated[str, typer.Option(help="Comma-separated metrics.")] = "accuracy,weighted_f1",
+    splits: Annotated[str, typer.Option(help="Comma-separated splits.")] = "valid,test",
+) -> None:
+    """Mean ± std over seeds of several multi-seed runs, as one Markdown table."""
+    from merkit.evaluation.report import markdown_table, summarize_runs
+
+    rows = summarize_runs(run_dirs, metrics.split(","), splits.split(","))
+    typer.echo(markdown_table(rows))
+
+
 PROGRESS_FROM = 50  # utterances from which `merkit predict` shows progress bars
 
 

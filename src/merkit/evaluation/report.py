@@ -233,3 +233,32 @@ def compare_runs(run_dirs: Sequence[Path], seed: int = 0, samples: int = 2000, b
             "p_value": float(p_value), "samples": samples,
         })  # fmt: skip
     return {"seed": seed, "utterances": len(ids), "metric": metric, "runs": table, "paired_bootstrap": pairs}
+
+
+def summarize_runs(run_dirs: Sequence[Path], metrics: Sequence[str], splits: Sequence[str] = ("valid", "test")) -> list[dict[str, Any]]:
+    """One row per run from its ``results.json``: model, preset, overrides, seeds and mean ± std (percent)."""
+    rows = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "results.json"
+        if not path.is_file():
+            raise MerkitError("no results.json (has `merkit train` finished in this directory?)", path=run_dir)
+        results = json.loads(path.read_text())
+        row: dict[str, Any] = {"run": str(run_dir), "model": results["model"], "preset": results.get("preset"), "seeds": results["seeds"]}
+        for split in splits:
+            for metric in metrics:
+                stats = results["summary"].get(split, {}).get(metric)
+                if stats is None:
+                    raise MerkitError(f"results.json has no {split} {metric}", path=path)
+                row[f"{split} {metric}"] = (100 * stats["mean"], 100 * stats["std"])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """``summarize_runs`` rows as a Markdown table (mean ± sample std)."""
+    value_columns = [key for key in rows[0] if isinstance(rows[0][key], tuple)]
+    lines = ["| run | model | seeds | " + " | ".join(value_columns) + " |", "|---|---|---|" + "---|" * len(value_columns)]
+    for row in rows:
+        cells = [f"{mean:.2f} ± {std:.2f}" for mean, std in (row[c] for c in value_columns)]
+        lines.append(f"| {row['run']} | {row['model']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
