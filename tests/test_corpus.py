@@ -76,3 +76,17 @@ def test_utterance_times_must_be_ordered():
 def test_label_schema_needs_unique_names():
     with pytest.raises(Exception, match="duplicate class names"):
         LabelSchema(names=("a", "a"))
+
+
+def test_valid_pattern_moves_matching_dialogues_into_validation_and_keeps_test():
+    from merkit.data import read_data
+    from merkit.errors import MerkitError
+
+    plain = read_data("synthetic", dialogues=12).corpus.splits
+    resplit = read_data("synthetic", dialogues=12, valid_pattern="syn000[1-4]").corpus.splits
+    assert resplit["test"] == plain["test"]
+    assert resplit["valid"] == ("syn0001", "syn0002", "syn0004", "syn0003")  # train order, then old valid
+    assert set(resplit["train"]) == (set(plain["train"]) | set(plain["valid"])) - set(resplit["valid"])
+    for pattern in ("^nothing", "syn", "("):
+        with pytest.raises(MerkitError, match="valid_pattern"):
+            read_data("synthetic", dialogues=12, valid_pattern=pattern)

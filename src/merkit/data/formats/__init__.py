@@ -9,6 +9,7 @@ the input; a user names one explicitly with ``--format``.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -112,6 +113,7 @@ def read_data(path: str | Path, format: str = "auto", *, trust_pickle: bool = Fa
     >>> bundle.corpus.labels.num_classes
     6
     """
+    valid_pattern = options.pop("valid_pattern", None)
     source = Source(path, trust_pickle=trust_pickle)
     if format == "auto":
         if not source.path.exists() and not get_reader("synthetic").detect(source):
@@ -121,13 +123,33 @@ def read_data(path: str | Path, format: str = "auto", *, trust_pickle: bool = Fa
     if not reader.detect(source) and source.path.exists():
         raise MerkitError(f"this input does not look like the {format!r} format ({reader.description})", path=source.spec)
     try:
-        return reader.read(source, **options)
+        bundle = reader.read(source, **options)
+        return bundle if valid_pattern is None else resplit_validation(bundle, str(valid_pattern))
     except MerkitError as exc:
         raise exc.at(source.spec) from None
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             raise MerkitError(f"option not understood by the {format!r} reader: {exc}") from None
         raise
+
+
+def resplit_validation(bundle: DataBundle, pattern: str) -> DataBundle:
+    """Make the train/valid dialogues whose id matches ``pattern`` the validation split and the
+    rest of them the training split; test is untouched. For a validation split of held-out
+    speakers, e.g. ``valid_pattern=^Ses04`` on IEMOCAP (whose standard valid ids share training's
+    sessions). Every reader takes it (``--option valid_pattern=REGEX``)."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise MerkitError(f"valid_pattern {pattern!r} is not a regular expression: {exc}") from None
+    splits = bundle.corpus.splits
+    pool = [*splits.get("train", ()), *splits.get("valid", ())]
+    valid = tuple(d for d in pool if regex.search(d))
+    if not valid or len(valid) == len(pool):
+        raise MerkitError(f"valid_pattern {pattern!r} matches {len(valid)} of the {len(pool)} train/valid dialogues; it must leave some for each")
+    train = tuple(d for d in pool if not regex.search(d))
+    corpus = bundle.corpus.model_copy(update={"splits": {**splits, "train": train, "valid": valid}})
+    return DataBundle(corpus=corpus, features=bundle.features)
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
