@@ -236,7 +236,7 @@ def compare_runs(run_dirs: Sequence[Path], seed: int = 0, samples: int = 2000, b
 
 
 def summarize_runs(run_dirs: Sequence[Path], metrics: Sequence[str], splits: Sequence[str] = ("valid", "test")) -> list[dict[str, Any]]:
-    """One row per run from its ``results.json``: model, preset, overrides, seeds and mean ± std (percent)."""
+    """One row per run from its ``results.json``: model, preset, seeds and each split/metric's mean ± std (percent)."""
     rows = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "results.json"
