@@ -32,6 +32,17 @@ def _subsets(modalities):
     return [list(c) for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
 
 
+def _tiny_batch(tiny, modalities):
+    """Six training dialogues of the tiny corpus as one batch, and the matching data spec."""
+    dataset = DialogueDataset(tiny.corpus, tiny.features, ["train"], modalities)
+    spec = DataSpec(
+        modalities={m: tiny.features[m].dim for m in modalities},
+        num_classes=tiny.corpus.labels.num_classes,
+        class_names=tiny.corpus.labels.names,
+    )
+    return dataset.collate([dataset[i] for i in range(6)]), spec
+
+
 SMOKE_CASES = [(name, subset) for name, entry in available_models().items() for subset in _subsets(entry.modalities)]
 
 
@@ -39,13 +50,7 @@ SMOKE_CASES = [(name, subset) for name, entry in available_models().items() for 
 def test_every_model_learns_on_every_modality_subset(tiny, name, modalities):
     entry = available_models()[name]
     torch.manual_seed(0)
-    dataset = DialogueDataset(tiny.corpus, tiny.features, ["train"], modalities)
-    batch = dataset.collate([dataset[i] for i in range(6)])
-    spec = DataSpec(
-        modalities={m: tiny.features[m].dim for m in modalities},
-        num_classes=tiny.corpus.labels.num_classes,
-        class_names=tiny.corpus.labels.names,
-    )
+    batch, spec = _tiny_batch(tiny, modalities)
     model = entry.model_class(entry.config_class(), spec)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
@@ -166,10 +171,7 @@ def test_settings_resolve_from_preset_and_overrides():
 def test_every_model_trains_under_bf16_autocast(tiny, name):
     """The mixed-precision path the GPU uses by default: dtypes mix inside the model and losses."""
     entry = available_models()[name]
-    modalities = list(entry.modalities)
-    dataset = DialogueDataset(tiny.corpus, tiny.features, ["train"], modalities)
-    batch = dataset.collate([dataset[i] for i in range(6)])
-    spec = DataSpec(modalities={m: tiny.features[m].dim for m in modalities}, num_classes=tiny.corpus.labels.num_classes)
+    batch, spec = _tiny_batch(tiny, list(entry.modalities))
     torch.manual_seed(0)
     model = entry.model_class(entry.config_class(), spec)
     with torch.autocast("cpu", dtype=torch.bfloat16):
