@@ -127,8 +127,8 @@ def test_thresholds_are_tuned_on_valid_only_and_stored(multilabel_run):
     metrics = json.loads((out / "seed0" / "metrics.json").read_text())
     checkpoint = load_checkpoint(out / "seed0" / "best")
     assert checkpoint.meta["thresholds"] == metrics["thresholds"] and metrics["threshold_strategy"] == "per_class"
-    valid = DialogueDataset(bundle.corpus, bundle.features, ["valid"], checkpoint.modalities, checkpoint.modalities)
-    test = DialogueDataset(bundle.corpus, bundle.features, ["test"], checkpoint.modalities, checkpoint.modalities)
+    valid = checkpoint.dataset(bundle.corpus, bundle.features, ["valid"])
+    test = checkpoint.dataset(bundle.corpus, bundle.features, ["test"])
     on_valid = predict(checkpoint.model, make_loader(valid, 16))
     on_test = predict(checkpoint.model, make_loader(test, 16))
     # Exactly one tuning call after training, and it saw the validation labels, never the test ones.

@@ -9,7 +9,7 @@ makes shuffling identical after a resume and across DDP ranks.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from merkit.data.corpus import Corpus, Dialogue, Split
 from merkit.data.features import FeatureSet
 from merkit.errors import MerkitError
+from merkit.normalization import Scaler
 
 IGNORE_INDEX = -100
 
@@ -76,6 +77,8 @@ class DialogueDataset(Dataset):
 
     Modalities in ``sequence_modalities`` (models that read frames ask for them) are delivered
     as padded frame sequences; every other modality must have one vector per utterance.
+    ``scalers`` (from :mod:`merkit.normalization`, fitted on the training split) scale the rows
+    of their modality as they are read.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class DialogueDataset(Dataset):
         splits: Sequence[Split],
         modalities: Sequence[str],
         sequence_modalities: Sequence[str] = (),
+        scalers: Mapping[str, Scaler] | None = None,
     ):
         missing = [m for m in modalities if m not in features]
         if missing:
@@ -98,6 +102,12 @@ class DialogueDataset(Dataset):
         self.modalities = list(modalities)
         self.sequence_modalities = [m for m in modalities if m in sequence_modalities]
         self.features = {m: features[m] for m in modalities}
+        self.scalers = {m: s for m, s in (scalers or {}).items() if m in self.features}
+        for modality, scaler in self.scalers.items():
+            if scaler.center.shape != (self.features[modality].dim,):
+                raise MerkitError(
+                    f"{modality} normalization has {scaler.center.shape[0]} columns, the features {self.features[modality].dim}"
+                )
         self.multi_label = corpus.labels.multi_label
         self.num_classes = corpus.labels.num_classes
         starts, offset = {}, 0
@@ -128,12 +138,14 @@ class DialogueDataset(Dataset):
         }
 
     def _rows(self, features: FeatureSet, rows: slice) -> np.ndarray | list[np.ndarray]:
-        """``[n, D]`` utterance vectors, or one ``[L_i, D]`` array per utterance for a sequence modality."""
+        """``[n, D]`` utterance vectors, or one ``[L_i, D]`` array per utterance for a sequence modality (scaled)."""
+        scaler = self.scalers.get(features.modality)
+        scale = scaler.apply if scaler is not None else (lambda values: values)
         if features.modality not in self.sequence_modalities:
-            return np.array(features.values[rows], dtype=np.float32)
+            return scale(np.array(features.values[rows], dtype=np.float32))
         if features.offsets is None:
-            return [row[None, :] for row in np.array(features.values[rows], dtype=np.float32)]
-        return [np.array(features.row(i), dtype=np.float32) for i in range(rows.start, rows.stop)]
+            return [row[None, :] for row in scale(np.array(features.values[rows], dtype=np.float32))]
+        return [scale(np.array(features.row(i), dtype=np.float32)) for i in range(rows.start, rows.stop)]
 
     def _pad_sequences(self, items: list[dict], length: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         sequences, masks = {}, {}

@@ -1,7 +1,8 @@
 """Model checkpoints: weights in safetensors + one JSON with everything needed to rebuild and check them.
 
 ``model.json`` holds the model name and typed config, the data spec (modality widths,
-classes), the label schema, the feature manifest (extractor and dimension per modality),
+classes), the label schema, the feature manifest (extractor and dimension per modality), the
+feature scaling fitted on the training split (``normalization``),
 the training config and the merkit version. Loading rebuilds the model from the registry,
 verifies the weights' checksum, and :func:`check_compatible` says exactly what does not
 match a given dataset. No pickle.
@@ -27,6 +28,7 @@ from merkit.errors import MerkitError
 from merkit.io import atomic_path, atomic_write_json
 from merkit.models.base import DataSpec, ERCModel
 from merkit.models.registry import get_model
+from merkit.normalization import Scaler, scalers_from_json
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -90,8 +92,13 @@ class Checkpoint:
         return self.modalities if get_model(self.meta["model"]).feature_level == "sequence" else []
 
     def dataset(self, corpus: Corpus, features: Mapping[str, FeatureSet], splits: list[str]) -> DialogueDataset:
-        """The splits' dialogues with the features this model reads."""
-        return DialogueDataset(corpus, dict(features), splits, self.modalities, self.sequence_modalities)
+        """The splits' dialogues with the features this model reads, scaled as in training."""
+        return DialogueDataset(corpus, dict(features), splits, self.modalities, self.sequence_modalities, self.scalers)
+
+    @property
+    def scalers(self) -> dict[str, Scaler]:
+        """The per-modality feature scaling fitted on the training split (none in older checkpoints)."""
+        return scalers_from_json(self.meta.get("normalization"))
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

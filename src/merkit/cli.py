@@ -7,6 +7,7 @@ Errors a user can fix (bad file, bad option) print one line on stderr and exit w
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -121,6 +122,41 @@ def data_convert(
     typer.echo(f"wrote {out}: {len(store.corpus.dialogues):,} dialogues, {store.corpus.num_utterances:,} utterances, {dims}")
 
 
+@data_app.command("add-features")
+def data_add_features(
+    store: Annotated[Path, typer.Argument(help="Feature store directory (e.g. from `merkit data convert`).")],
+    source: Annotated[Path, typer.Argument(help="CSV/TSV/Parquet table keyed by utterance, or a folder of OpenFace CSVs or .npy files.")],
+    modality: Annotated[str, typer.Option("--modality", help="text, audio or visual.")],
+    columns: Annotated[Optional[str], typer.Option(help="Comma-separated names or globs, e.g. 'AU*_r,AU*_c' (default: every numeric column).")] = None,
+    key: Annotated[Optional[str], typer.Option(help="Key column of a table (default: utterance_id, id, clip, file or name).")] = None,
+    frames: Annotated[str, typer.Option(help="mean (one vector per utterance) or sequence (keep the frames).")] = "mean",
+    min_confidence: Annotated[float, typer.Option(help="OpenFace: drop frames with a lower confidence (and success 0).")] = 0.8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the import report as JSON.")] = False,
+) -> None:
+    """Attach precomputed per-utterance features (OpenFace CSVs, a table, .npy files) to a store as one modality."""
+    import warnings
+
+    from merkit.data.external import add_features
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the report carries them; printed below
+        written, report = add_features(store, modality, source, columns=columns, key=key, frames=frames, min_confidence=min_confidence)
+    for warning in report.warnings:
+        typer.echo(f"merkit: warning: {warning}", err=True)
+    if as_json:
+        typer.echo(json.dumps({"store": str(store), **report.to_dict()}, indent=2, ensure_ascii=False))
+        return
+    total = written.corpus.num_utterances
+    level = "frame sequences" if frames == "sequence" else "utterance vectors"
+    typer.echo(f"added {modality} to {store}: {report.matched:,} of {total:,} utterances, {report.dim}-d {level} ({report.kind})")
+    if report.columns:
+        shown = ", ".join(report.columns[:6]) + (f", … ({len(report.columns)} columns)" if len(report.columns) > 6 else "")
+        typer.echo(f"columns: {shown}" + (f"; key {report.key}" if report.key else ""))
+    if report.missing:
+        examples = ", ".join(f"{uid} ({why})" for uid, why in list(report.missing.items())[:5])
+        typer.echo(f"missing (masked): {len(report.missing):,} utterances, e.g. {examples}")
+
+
 @data_app.command("formats")
 def data_formats() -> None:
     """List the input formats merkit reads."""
@@ -164,14 +200,22 @@ def train(
     precision: Annotated[Optional[str], typer.Option(help="32-true, bf16-mixed, 16-mixed (default: bf16 on GPU).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    folds: Annotated[
+        Optional[int], typer.Option(help="K-fold cross-validation: each fold tests on one part, selects on the next, trains on the rest.")
+    ] = None,
+    group_by: Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")] = "speaker",
     trust_pickle: TrustOption = False,
     option: ReaderOptions = None,
 ) -> None:
-    """Train a model (one run per seed) with selection on the validation split; write results.json."""
+    """Train a model (one run per seed) with selection on the validation split; write results.json.
+
+    With --folds K: K runs on speaker-independent parts (OUT/fold<i>/), mean ± std over folds × seeds."""
     from merkit.data.formats import parse_options
+    from merkit.training.crossval import cross_validate
     from merkit.training.engine import train_model
 
-    results = train_model(
+    run = train_model if folds is None else functools.partial(cross_validate, folds=folds, group_by=group_by)
+    results = run(
         data,
         model,
         out=out,
@@ -193,6 +237,32 @@ def train(
         print_results(results, _console())
 
 
+@app.command("baseline")
+def baseline(
+    data: Annotated[str, typer.Argument(help="Feature store or corpus with features.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (results.json, as `merkit train` writes).")],
+    modalities: Annotated[str, typer.Option(help="Comma-separated modalities, concatenated.")],
+    c_grid: Annotated[str, typer.Option("--c", help="Comma-separated C values; the best on valid is tested.")] = "0.1,0.3,1,3,10,30,100",
+    folds: Annotated[Optional[int], typer.Option(help="The same K speaker-independent folds as `merkit train --folds`.")] = None,
+    group_by: Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")] = "speaker",
+    trust_pickle: TrustOption = False,
+    option: ReaderOptions = None,
+) -> None:
+    """An RBF-SVM (scikit-learn) on the same features, C chosen on valid: the baseline to report models against."""
+    from merkit.evaluation.baselines import svm_baseline
+    from merkit.training.engine import _source_of
+
+    try:
+        grid = [float(c) for c in c_grid.split(",") if c.strip()]
+    except ValueError:
+        raise MerkitError(f"--c {c_grid!r} is not a comma-separated list of numbers") from None
+    bundle = _read(data, "auto", trust_pickle, option)
+    results = svm_baseline(
+        bundle, [m.strip() for m in modalities.split(",")], out=out, folds=folds, group_by=group_by, c_grid=grid, source=_source_of(data)
+    )
+    print_results(results, _console())
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -210,7 +280,9 @@ def print_results(results: dict, console: Console) -> None:
     for split, values in results["summary"].items():
         table.add_row(split, *(f"{100 * values[m]['mean']:.2f} ± {100 * values[m]['std']:.2f}" for m in metrics))
     console.print(table)
-    console.print(f"seeds {results['seeds']}, {results['wall_seconds']:.0f} s")
+    folds = results.get("cross_validation", {}).get("folds")
+    runs = f"{folds} folds × " if folds else ""
+    console.print(f"{runs}seeds {results['seeds']}, {results['wall_seconds']:.0f} s")
 
 
 @app.command("evaluate")

@@ -64,7 +64,8 @@ class Utterance(_Frozen):
 
     ``label`` is a class index for single-label corpora, a sorted tuple of class indices
     for multi-label ones (possibly empty: no emotion present), or ``None`` when unlabelled.
-    ``media`` maps a modality (``audio``, ``video``, ...) to a file path.
+    ``media`` maps a modality (``audio``, ``video``, ...) to a file path; ``meta`` keeps what a
+    corpus says about the utterance beyond these fields (RAVDESS: gender, intensity, ...), as strings.
     """
 
     id: str = Field(min_length=1)
@@ -75,6 +76,7 @@ class Utterance(_Frozen):
     start: float | None = None
     end: float | None = None
     media: Mapping[str, str] = Field(default_factory=dict)
+    meta: Mapping[str, str] = Field(default_factory=dict)
 
     @field_validator("label")
     @classmethod

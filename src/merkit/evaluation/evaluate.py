@@ -71,11 +71,14 @@ class Evaluator:
         return np.array([owner[u] for u in predictions.utterance_ids])
 
     def feature_std(self, split: str) -> dict[str, float]:
+        """Spread of each modality's features as the model reads them (after the training split's scaling)."""
         dataset = self.dataset(split)
         stds = {}
         for modality, features in dataset.features.items():
             rows = np.concatenate([np.arange(s, s + n) for s, n in zip(dataset.row_starts, dataset.lengths)])
             values = np.asarray(features.values[rows])[np.asarray(features.present[rows])]
+            if modality in dataset.scalers:
+                values = dataset.scalers[modality].apply(values)
             stds[modality] = float(values.std()) if values.size else 1.0
         return stds
 

@@ -243,7 +243,10 @@ def summarize_runs(run_dirs: Sequence[Path], metrics: Sequence[str], splits: Seq
         if not path.is_file():
             raise MerkitError("no results.json (has `merkit train` finished in this directory?)", path=run_dir)
         results = json.loads(path.read_text())
-        row: dict[str, Any] = {"run": str(run_dir), "model": results["model"], "preset": results.get("preset"), "seeds": results["seeds"]}
+        row: dict[str, Any] = {
+            "run": str(run_dir), "model": results["model"], "preset": results.get("preset"), "seeds": results["seeds"],
+            "runs": results.get("runs", len(results["seeds"])),  # folds × seeds for cross-validation
+        }  # fmt: skip
         for split in splits:
             for metric in metrics:
                 stats = results["summary"].get(split, {}).get(metric)
@@ -257,8 +260,8 @@ def summarize_runs(run_dirs: Sequence[Path], metrics: Sequence[str], splits: Seq
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """``summarize_runs`` rows as a Markdown table (mean ± sample std)."""
     value_columns = [key for key in rows[0] if isinstance(rows[0][key], tuple)]
-    lines = ["| run | model | seeds | " + " | ".join(value_columns) + " |", "|---|---|---|" + "---|" * len(value_columns)]
+    lines = ["| run | model | runs | " + " | ".join(value_columns) + " |", "|---|---|---|" + "---|" * len(value_columns)]
     for row in rows:
         cells = [f"{mean:.2f} ± {std:.2f}" for mean, std in (row[c] for c in value_columns)]
-        lines.append(f"| {row['run']} | {row['model']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['run']} | {row['model']} | {row['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

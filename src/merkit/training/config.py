@@ -30,6 +30,11 @@ class TrainConfig(BaseModel):
     monitor: Literal["auto", "weighted_f1", "macro_f1", "accuracy", "micro_f1", "jaccard_accuracy"] = Field(
         "auto", description="selection metric; auto = weighted_f1 (single-label) or micro_f1 (multi-label)"
     )
+    normalize: Literal["auto", "none", "standard", "robust"] | dict[str, Literal["auto", "none", "standard", "robust"]] = Field(
+        "auto",
+        description="feature scaling fitted on the training split, one method or {modality: method}; auto = none for "
+        "merkit's text encoders, standard for everything else [R] (see merkit.normalization)",
+    )
     threshold: Literal["per_class", "per_class_f1", "global", "lddu_search"] | Annotated[float, Field(ge=0, lt=1)] = Field(
         "per_class",
         description="multi-label decision threshold: a fixed value, or tuned on the selection split "

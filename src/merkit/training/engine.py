@@ -19,7 +19,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +37,7 @@ from merkit.io import atomic_write_json, atomic_write_text
 from merkit.metrics import headline, score_metrics, summarize
 from merkit.models.base import DataSpec
 from merkit.models.registry import ModelEntry, get_model
+from merkit.normalization import Scaler, fit_scalers, resolve_methods, scalers_to_json
 from merkit.prediction import Predictions, make_loader, predict
 from merkit.thresholds import choose_thresholds
 from merkit.training.config import PROTOCOLS, TrainConfig, resolve_configs
@@ -115,10 +116,10 @@ def _choose_modalities(entry: ModelEntry, bundle: DataBundle, modalities: Sequen
     return chosen
 
 
-def _dataset(plan: "TrainPlan", bundle: DataBundle, splits: Sequence[str]) -> DialogueDataset:
-    """The splits' dialogues with the features the model reads (frame sequences for sequence-level models)."""
+def _dataset(plan: "TrainPlan", bundle: DataBundle, splits: Sequence[str], scalers: Mapping[str, Scaler]) -> DialogueDataset:
+    """The splits' dialogues with the features the model reads (frame sequences for sequence-level models), scaled."""
     sequence_modalities = plan.modalities if plan.entry.feature_level == "sequence" else ()
-    return DialogueDataset(bundle.corpus, bundle.features, splits, plan.modalities, sequence_modalities)
+    return DialogueDataset(bundle.corpus, bundle.features, splits, plan.modalities, sequence_modalities, scalers)
 
 
 _SELECTION_METRICS = {False: ("weighted_f1", "macro_f1", "accuracy"), True: ("micro_f1", "macro_f1", "jaccard_accuracy")}
@@ -185,8 +186,11 @@ def train_model(
     resume: bool = False,
     progress: bool = True,
     data_options: dict[str, Any] | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` for every seed and return (and write) ``results.json``'s content."""
+    """Train ``model`` for every seed and return (and write) ``results.json``'s content.
+
+    ``source`` names where an in-memory ``data`` bundle was read from (recorded in the results)."""
     if protocol not in PROTOCOLS:
         raise MerkitError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     entry = get_model(model)
@@ -204,7 +208,7 @@ def train_model(
         protocol=protocol,
         data_manifest={
             "corpus": bundle.corpus.name,
-            "source": _source_of(data),
+            "source": source or _source_of(data),
             "options": {k: v for k, v in (data_options or {}).items() if k != "trust_pickle"},
             "features": features_manifest,
         },
@@ -261,8 +265,10 @@ def _train_seed(
     config, corpus = plan.train_config, bundle.corpus
     protocol = PROTOCOLS[plan.protocol]
     L.seed_everything(seed, workers=True, verbose=False)
-    train_set = _dataset(plan, bundle, protocol["train"])
-    select_set = _dataset(plan, bundle, [protocol["select"]])
+    methods = resolve_methods(config.normalize, bundle.features, plan.modalities)
+    scalers = fit_scalers(bundle.features, corpus, protocol["train"], methods)
+    train_set = _dataset(plan, bundle, protocol["train"], scalers)
+    select_set = _dataset(plan, bundle, [protocol["select"]], scalers)
     spec = DataSpec(
         modalities={m: bundle.features[m].dim for m in plan.modalities},
         num_classes=corpus.labels.num_classes,
@@ -280,6 +286,7 @@ def _train_seed(
         "preset": plan.preset,
         "protocol": plan.protocol,
         "seed": seed,
+        "normalization": scalers_to_json(scalers),
     }
     exporter = BestModelExport(best_dir, config.monitor, info)
     callbacks = [
@@ -326,9 +333,10 @@ def _train_seed(
         "epochs_run": trainer.current_epoch,
         "protocol": plan.protocol,
         "world_size": trainer.world_size,
+        "normalization": methods,
     }
     predictions = {
-        split: predict(best.model, make_loader(_dataset(plan, bundle, [split]), config.batch_size))
+        split: predict(best.model, make_loader(_dataset(plan, bundle, [split], scalers), config.batch_size))
         for split in dict.fromkeys(("valid", "test", protocol["select"]))
         if corpus.splits.get(split)
     }

@@ -22,6 +22,7 @@ from merkit.errors import MerkitError
 
 _READER_MODULES = (
     "store_dir",
+    "ravdess",
     "meld_csv",
     "iemocap_cosmic",
     "goemotions_tsv",

@@ -1,0 +1,79 @@
+"""Speaker-independent K-fold cross-validation: ``merkit train … --folds K --group-by speaker``.
+
+Each fold is an ordinary run of :func:`merkit.training.engine.train_model` in ``OUT/fold<i>/``
+(its own validation part for selection, its own test part scored once; see
+:mod:`merkit.data.folds`), so every fold resumes, exports and reports like any run. ``OUT/results.json``
+gathers them: per fold × seed headline metrics, mean ± std over all of them, and which speakers
+each fold tested and selected on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from merkit.data.folds import make_folds
+from merkit.data.formats import DataBundle
+from merkit.errors import MerkitError
+from merkit.io import atomic_write_json
+from merkit.metrics import summarize
+from merkit.training.engine import _launched_rank, _load_bundle, _source_of, train_model
+
+
+def cross_validate(
+    data: str | Path | DataBundle,
+    model: str,
+    *,
+    out: str | Path,
+    folds: int,
+    group_by: str = "speaker",
+    seeds: Sequence[int] = (0,),
+    resume: bool = False,
+    data_options: dict[str, Any] | None = None,
+    **train_options: Any,
+) -> dict[str, Any]:
+    """Train ``model`` on every fold (all ``seeds``) and return (and write) the gathered ``results.json``."""
+    if train_options.get("protocol", "honest") != "honest":
+        raise MerkitError("--folds selects on each fold's validation part; it runs under the honest protocol only")
+    bundle = _load_bundle(data, data_options)
+    plan = make_folds(bundle.corpus, folds, group_by)
+    out = Path(out)
+    layout = {"folds": folds, "group_by": group_by, "parts": {f"fold{f.index}": f.groups for f in plan}}
+    config_path = out / "crossval.json"
+    if _launched_rank() == 0:
+        if config_path.exists() and not resume:
+            raise MerkitError("this output directory already holds a run; pass --resume to continue it or choose another --out", path=out)
+        if config_path.exists() and json.loads(config_path.read_text()) != json.loads(json.dumps(layout)):
+            raise MerkitError("--resume with different folds than the stored run (see its crossval.json)", path=out)
+        atomic_write_json(config_path, layout)
+    started = time.time()
+    per_fold = {}
+    for fold in plan:
+        per_fold[f"fold{fold.index}"] = train_model(
+            DataBundle(fold.corpus, bundle.features), model, out=out / f"fold{fold.index}", seeds=seeds, resume=resume,
+            source=_source_of(data), data_options=data_options, **train_options,
+        )  # fmt: skip
+    if not all(per_fold.values()):  # non-zero DDP ranks do not evaluate or write
+        return {}
+    first = next(iter(per_fold.values()))
+    rows = {f"{fold}/seed{seed}": row for fold, result in per_fold.items() for seed, row in result["per_seed"].items()}
+    summary = {}
+    for split in ("valid", "test"):
+        values = [row[split] for row in rows.values() if split in row]
+        if values:
+            summary[split] = {metric: summarize([v[metric] for v in values]) for metric in values[0]}
+    results = {
+        **{k: v for k, v in first.items() if k not in ("per_seed", "summary", "wall_seconds", "seeds")},
+        "cross_validation": layout,
+        "seeds": list(seeds),
+        "runs": len(rows),
+        "per_seed": rows,
+        "per_fold": {fold: result["summary"] for fold, result in per_fold.items()},
+        "summary": summary,
+        "wall_seconds": round(time.time() - started, 2),
+    }
+    atomic_write_json(out / "results.json", results)
+    return results

@@ -1,0 +1,94 @@
+"""Speaker-independent K-fold cross-validation: grouping, parts, and the gathered results."""
+
+import json
+
+import numpy as np
+import pytest
+
+from merkit.data import read_data
+from merkit.data.corpus import Dialogue, LabelSchema, build_corpus, build_utterance
+from merkit.data.folds import dialogue_groups, make_folds
+from merkit.data.formats import DataBundle
+from merkit.data.features import FeatureSet
+from merkit.errors import MerkitError
+from merkit.training.crossval import cross_validate
+
+from conftest import run_cli
+
+
+def _actor_corpus(actors=12, clips=5, seed=0):
+    """One-utterance dialogues of ``actors`` speakers, with audio vectors that carry the label."""
+    rng = np.random.default_rng(seed)
+    dialogues, labels = [], []
+    for a in range(1, actors + 1):
+        for c in range(clips):
+            label = int(rng.integers(0, 3))
+            labels.append(label)
+            utterance = build_utterance(id=f"a{a:02d}c{c}", speaker=f"Actor_{a:02d}", label=label)
+            dialogues.append(Dialogue(id=utterance.id, utterances=(utterance,)))
+    ids = tuple(d.id for d in dialogues)
+    corpus = build_corpus(name="actors", labels=LabelSchema(names=("a", "b", "c")), dialogues=tuple(dialogues), splits={"train": ids})
+    values = (np.eye(3)[labels] * 3 + rng.normal(size=(len(labels), 3))).astype(np.float32)
+    return DataBundle(corpus, {"audio": FeatureSet("audio", values, np.ones(len(labels), bool))})
+
+
+def _speakers(corpus, split):
+    return {u.speaker for d in corpus.split_dialogues(split) for u in d.utterances}
+
+
+@pytest.mark.parametrize("k", [3, 4, 6])
+def test_no_speaker_is_in_two_parts_and_every_dialogue_is_tested_once(k):
+    corpus = _actor_corpus().corpus
+    folds = make_folds(corpus, k)
+    tested = [d for fold in folds for d in fold.corpus.splits["test"]]
+    assert sorted(tested) == sorted(d.id for d in corpus.dialogues)
+    for fold in folds:
+        parts = [_speakers(fold.corpus, s) for s in ("train", "valid", "test")]
+        assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert fold.groups["test"] == sorted(parts[2]) and fold.groups["valid"] == sorted(parts[1])
+    assert folds[0].groups["test"] == [f"Actor_{a:02d}" for a in range(1, 12 // k + 1)]  # contiguous actors
+
+
+def test_dialogues_sharing_a_speaker_stay_together():
+    rows = [("d1", "ann"), ("d1", "bob"), ("d2", "bob"), ("d2", "cid"), ("d3", "dan"), ("d4", "eve"), ("d5", "fay")]
+    by_dialogue: dict[str, list] = {}
+    for i, (d, s) in enumerate(rows):
+        by_dialogue.setdefault(d, []).append(build_utterance(id=f"u{i}", speaker=s, label=0))
+    dialogues = tuple(Dialogue(id=d, utterances=tuple(u)) for d, u in by_dialogue.items())
+    corpus = build_corpus(name="c", labels=LabelSchema(names=("x",)), dialogues=dialogues, splits={"train": tuple(by_dialogue)})
+    groups = sorted(sorted(g) for g in dialogue_groups(corpus, "speaker"))
+    assert groups == [["d1", "d2"], ["d3"], ["d4"], ["d5"]]
+    assert len(dialogue_groups(corpus, "dialogue")) == 5
+    with pytest.raises(MerkitError, match="at least 5 speaker groups"):
+        make_folds(corpus, 5)
+    with pytest.raises(MerkitError, match="choose one of"):
+        dialogue_groups(corpus, "session")
+
+
+def test_cross_validation_trains_every_fold_and_gathers_folds_times_seeds(tmp_path):
+    bundle = _actor_corpus()
+    out = tmp_path / "cv"
+    results = cross_validate(bundle, "mlp", out=out, folds=3, seeds=[0, 1], overrides={"epochs": 3}, progress=False)
+    assert results["runs"] == 6 and set(results["per_seed"]) == {f"fold{f}/seed{s}" for f in range(3) for s in (0, 1)}
+    tests = [r["test"]["accuracy"] for r in results["per_seed"].values()]
+    assert results["summary"]["test"]["accuracy"]["mean"] == pytest.approx(np.mean(tests))
+    assert (out / "fold2" / "seed1" / "best" / "model.json").is_file()
+    assert results["cross_validation"]["parts"]["fold0"]["test"] == ["Actor_01", "Actor_02", "Actor_03", "Actor_04"]
+    assert json.loads((out / "results.json").read_text())["runs"] == 6
+    with pytest.raises(MerkitError, match="already holds a run"):
+        cross_validate(bundle, "mlp", out=out, folds=3, overrides={"epochs": 3}, progress=False)
+    again = cross_validate(bundle, "mlp", out=out, folds=3, seeds=[0, 1], overrides={"epochs": 3}, progress=False, resume=True)
+    assert again["summary"] == results["summary"]
+
+
+def test_train_folds_from_the_command_line(tmp_path):
+    corpus = tmp_path / "talk.jsonl"
+    lines = [
+        {"dialogue_id": f"d{i}", "speaker": f"s{i % 4}", "text": "hi", "label": "ab"[i % 2], "split": "train"} for i in range(16)
+    ]
+    corpus.write_text("\n".join(json.dumps(line) for line in lines))
+    bundle = read_data(corpus)
+    assert len(dialogue_groups(bundle.corpus)) == 4
+    result = run_cli("train", str(corpus), "--model", "mlp", "--folds", "4", "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode != 0 and "no features" in result.stderr  # a corpus without features: one clear line
+    assert "Traceback" not in result.stderr
