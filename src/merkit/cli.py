@@ -404,11 +404,19 @@ def summary(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (each with results.json).")],
     metrics: Annotated[str, typer.Option(help="Comma-separated metrics.")] = "accuracy,weighted_f1",
     splits: Annotated[str, typer.Option(help="Comma-separated splits.")] = "valid,test",
+    baseline: Annotated[
+        Optional[Path], typer.Option(help="A run (e.g. `merkit baseline`'s) to give each run's last split/metric as a ratio to.")
+    ] = None,
 ) -> None:
-    """Mean ± std over seeds of several multi-seed runs, as one Markdown table."""
+    """Mean ± std over seeds (and folds) of several runs, as one Markdown table."""
     from merkit.evaluation.report import markdown_table, summarize_runs
 
     rows = summarize_runs(run_dirs, metrics.split(","), splits.split(","))
+    if baseline is not None:
+        (reference,) = summarize_runs([baseline], metrics.split(","), splits.split(","))
+        column = [key for key, value in reference.items() if isinstance(value, tuple)][-1]
+        for row in rows:
+            row[f"÷ {reference['model']}"] = row[column][0] / reference[column][0]
     typer.echo(markdown_table(rows))
 
 

@@ -259,9 +259,9 @@ def summarize_runs(run_dirs: Sequence[Path], metrics: Sequence[str], splits: Seq
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """``summarize_runs`` rows as a Markdown table (mean ± sample std)."""
-    value_columns = [key for key in rows[0] if isinstance(rows[0][key], tuple)]
+    value_columns = [key for key in rows[0] if isinstance(rows[0][key], (tuple, float))]
     lines = ["| run | model | runs | " + " | ".join(value_columns) + " |", "|---|---|---|" + "---|" * len(value_columns)]
     for row in rows:
-        cells = [f"{mean:.2f} ± {std:.2f}" for mean, std in (row[c] for c in value_columns)]
+        cells = [f"{row[c][0]:.2f} ± {row[c][1]:.2f}" if isinstance(row[c], tuple) else f"{row[c]:.3f}" for c in value_columns]
         lines.append(f"| {row['run']} | {row['model']} | {row['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
