@@ -402,9 +402,14 @@ class Predictor:
         self.dims = dict(self.meta["data_spec"]["modalities"])
         self.thresholds = checkpoint_thresholds(self.meta, self.labels.names)
         self.extractors: dict[str, Extractor] = {}
+        # Features imported with `merkit data add-features` cannot be computed from raw input: those
+        # modalities are masked (the model was trained to work without a modality) and every row says so.
+        self.imported = {m: self.meta["features"][m] for m in self.modalities if self.meta["features"][m].get("extractor") == "external"}
         try:
             for modality in self.modalities:
                 entry = self.meta["features"][modality]
+                if modality in self.imported and len(self.imported) < len(self.modalities):
+                    continue
                 self.extractors[modality] = rebuild_extractor(modality, entry, device=self.device, workers=workers)
         except BaseException:
             self.close()
@@ -419,6 +424,8 @@ class Predictor:
             "multi_label": self.labels.multi_label,
             "modalities": {
                 m: {"extractor": self.extractors[m].record_name, "dim": self.dims[m], "level": self.extractors[m].level}
+                if m in self.extractors
+                else {"extractor": "external", "dim": self.dims[m], "level": self.imported[m].get("level"), "computed": False}
                 for m in self.modalities
             },
             "thresholds": dict(zip(self.labels.names, self.thresholds.round(6).tolist())) if self.labels.multi_label else None,
@@ -487,8 +494,13 @@ class Predictor:
         Unlike :func:`merkit.features.extract.run_extraction` there is no cache or store, and a
         conversation where every file of a medium fails is masked rather than an error.
         """
-        extractor = self.extractors[modality]
         ids = [u.id for u in corpus.utterances()]
+        if modality in self.imported:
+            source = Path(str(self.imported[modality].get("source") or "a file")).name
+            note = f"the model's {modality} features were imported ({source}); merkit cannot compute them, so they are not used"
+            sequence = self.imported[modality].get("level") == "sequence"
+            return _absent(modality, len(ids), self.dims[modality], sequence), dict.fromkeys(ids, note)
+        extractor = self.extractors[modality]
         items = extractor.plan(corpus)
         rows: list[np.ndarray | None] = [None] * len(ids)
         reasons: dict[str, str] = {}
