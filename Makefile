@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 $(BIN)/.merkit-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[text,report]'
+	$(BIN)/python -m pip install --quiet -e '.[text,report,audio]'
 	touch $@
 
 $(BIN)/.merkit-test-installed: $(BIN)/.merkit-installed

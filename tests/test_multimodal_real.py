@@ -51,3 +51,23 @@ def test_a_fusion_model_trains_on_real_audio_and_action_units_and_predicts_a_raw
     (utterance,) = json.loads(predicted.stdout)["utterances"]
     assert utterance["label"] in EMOTIONS.values() and utterance["modalities"] == ["audio"]
     assert "imported" in utterance["notes"]["visual"]
+
+
+def test_the_demo_multimodal_part_on_a_few_actors(tmp_path):
+    from rich.console import Console
+
+    from merkit.demo import _predict_clip, _ravdess_part
+
+    ravdess = shared("ravdess")
+    folder = tmp_path / "ravdess"
+    for actor in ("01", "02", "17", "19"):
+        (folder / "audio" / f"Actor_{actor}").mkdir(parents=True)
+        for clip in sorted((ravdess / "audio" / f"Actor_{actor}").glob("*.flac"))[::4]:
+            (folder / "audio" / f"Actor_{actor}" / clip.name).symlink_to(clip)
+    (folder / "face_action_units.csv").symlink_to(ravdess / "face_action_units.csv")
+    console = Console(record=True, width=200)
+    results = _ravdess_part(folder, tmp_path / "demo", console)
+    assert results["modalities"] == ["audio", "visual"] and results["protocol"] == "honest"
+    assert set(results["data"]["features"]) == {"audio", "visual"}
+    _predict_clip(tmp_path / "demo" / "runs" / "ravdess-late-fusion" / "seed0" / "best", folder, console)
+    assert "predicted from the raw audio of 03-01-05-02-" in console.export_text()
