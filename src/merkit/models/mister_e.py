@@ -41,7 +41,7 @@ Embedding substitution: the paper feeds 2048-d utterance embeddings from LoRA-fi
 Qwen2.5-7B (text) and Qwen2-Audio-7B (speech) encoders (models.md §5.2); those weights cannot
 ship with merkit, so the embedding source is a config choice (``text_embedding``,
 ``audio_embedding``: the paper's ``llm-lora``, or merkit's ``mpnet``/``minilm`` text and
-``whisper-tiny``/``opensmile`` audio features). Input widths are always read from the data;
+``whisper-tiny``/``whisper-base``/``opensmile`` audio features). Input widths are always read from the data;
 a named source only checks that the data has that source's width. Results on merkit's
 features are therefore not the paper's numbers.
 
@@ -72,6 +72,7 @@ EMBEDDING_WIDTHS: dict[str, int | None] = {
     "mpnet": 768,
     "minilm": 384,
     "whisper-tiny": 384,
+    "whisper-base": 512,
     "opensmile": None,  # depends on the feature set (IS10 1582, eGeMAPS 88, ...)
     "any": None,
 }
@@ -104,7 +105,7 @@ class MisterEConfig(ModelConfig):
     kl: bool = True
     cross_modal_expert: bool = True
     text_embedding: Literal["llm-lora", "mpnet", "minilm", "any"] = "any"
-    audio_embedding: Literal["llm-lora", "whisper-tiny", "opensmile", "any"] = "any"
+    audio_embedding: Literal["llm-lora", "whisper-tiny", "whisper-base", "opensmile", "any"] = "any"
 
     @field_validator("conv_kernels")
     @classmethod
