@@ -153,3 +153,15 @@ def test_summary_table_reads_mean_and_std_of_each_run(tmp_path):
     with pytest.raises(MerkitError, match="no results.json") as error:
         summarize_runs([tmp_path], ["weighted_f1"])
     assert str(tmp_path) in str(error.value)
+
+
+def test_expert_summary_gives_mean_weight_and_uncertainty_per_modality():
+    from merkit.evaluation.evaluate import expert_summary
+
+    weights = np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]])
+    uncertainty = np.array([[0.1, 0.4, 0.9], [0.3, 0.2, 0.7]])
+    predictions = Predictions(["a", "b"], np.array([0, 1]), np.full((2, 2), 0.5), uncertainty, weights, ("audio", "visual", "text"))
+    summary = expert_summary(predictions, ["audio", "visual", "text"])
+    assert summary["text"] == pytest.approx({"weight": 0.15, "uncertainty": 0.8})
+    assert summary["audio"]["weight"] == pytest.approx(0.6)
+    assert expert_summary(Predictions(["a"], np.array([0]), np.ones((1, 2))), ["audio"]) == {}

@@ -326,6 +326,8 @@ def print_evaluation(result: dict, console: Console) -> None:
     console.print(table)
     for warning in result["metrics"].get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
+    for name, values in result.get("experts", {}).items():
+        console.print(f"{name:<12} " + "  ".join(f"mean {key} {value:.3f}" for key, value in values.items()))
     metric = result["metric"]
     if "missing_modality" in result:
         for row in result["missing_modality"]["combinations"]:

@@ -43,6 +43,20 @@ def bootstrap_intervals(
     return {name: {"low": float(np.percentile(v, 2.5)), "high": float(np.percentile(v, 97.5))} for name, v in draws.items()}
 
 
+def expert_summary(predictions: Predictions, modalities: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Mean expert (modality) weight and, when the model gives one per modality, mean uncertainty on the split:
+    what SURE's claim "the noisy modality gets the least weight and the highest uncertainty" is checked with."""
+    summary: dict[str, dict[str, float]] = {}
+    if predictions.expert_weights is not None:
+        for name, column in zip(predictions.expert_names, predictions.expert_weights.T):
+            summary.setdefault(name, {})["weight"] = float(column.mean())
+    uncertainty = predictions.uncertainty
+    if uncertainty is not None and uncertainty.ndim == 2 and uncertainty.shape[1] == len(modalities) and predictions.labels.ndim == 1:
+        for name, column in zip(modalities, uncertainty.T):
+            summary.setdefault(name, {})["uncertainty"] = float(column.mean())
+    return summary
+
+
 class Evaluator:
     """A checkpoint and the data it is evaluated on, checked for compatibility once."""
 
@@ -98,6 +112,9 @@ class Evaluator:
             result["ci95"] = bootstrap_intervals(
                 predictions, self.dialogue_groups(predictions), self.labels.names, self.labels.multi_label, self.threshold, bootstrap, seed
             )
+        experts = expert_summary(predictions, self.checkpoint.modalities)
+        if experts:
+            result["experts"] = experts
         names, multi = self.labels.names, self.labels.multi_label
         run = lambda transform: self.predict(split, transform)  # noqa: E731
         if "missing-modality" in protocols:
