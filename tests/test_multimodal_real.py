@@ -56,7 +56,7 @@ def test_a_fusion_model_trains_on_real_audio_and_action_units_and_predicts_a_raw
 def test_the_demo_multimodal_part_on_a_few_actors(tmp_path):
     from rich.console import Console
 
-    from merkit.demo import _predict_clip, _ravdess_part
+    from merkit.demo import RAVDESS_MODEL, _predict_clip, _ravdess_part
 
     ravdess = shared("ravdess")
     folder = tmp_path / "ravdess"
@@ -69,5 +69,5 @@ def test_the_demo_multimodal_part_on_a_few_actors(tmp_path):
     results = _ravdess_part(folder, tmp_path / "demo", console)
     assert results["modalities"] == ["audio", "visual"] and results["protocol"] == "honest"
     assert set(results["data"]["features"]) == {"audio", "visual"}
-    _predict_clip(tmp_path / "demo" / "runs" / "ravdess-late-fusion" / "seed0" / "best", folder, console)
+    _predict_clip(tmp_path / "demo" / "runs" / f"ravdess-{RAVDESS_MODEL}" / "seed0" / "best", folder, console)
     assert "predicted from the raw audio of 03-01-05-02-" in console.export_text()

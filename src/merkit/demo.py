@@ -28,7 +28,7 @@ from merkit.training.engine import train_model
 
 REAL_CORPORA = ("iemocap", "meld")
 DEMO_MODEL = "bigru"
-RAVDESS_MODEL = "late-fusion"  # the best audio + face model of README "Results on real audio and faces"
+RAVDESS_MODEL = "sdt"  # the best audio + face model of README "Results on real audio and faces"
 RAVDESS_AUDIO = "is10"
 
 
