@@ -48,3 +48,16 @@ def iemocap_minilm_store(tmp_path_factory):
     result = run_cli("extract", str(iemocap), "--modality", "text", "--extractor", "minilm", "--out", str(store), "--quiet")
     assert result.returncode == 0, result.stderr
     return store
+
+
+def run_main(args, capsys):
+    """Run the real entry point in-process (with its error handling); return (exit code, stdout, stderr)."""
+    from merkit.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

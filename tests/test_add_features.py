@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import shared
+from conftest import run_main, shared
 from typer.testing import CliRunner
 
-from merkit.cli import app, main
+from merkit.cli import app
 from merkit.data import build_corpus, open_store, read_data, stack_rows, write_store
 from merkit.data.corpus import LabelSchema, Dialogue, Utterance
 from merkit.data.external import add_features, import_features
@@ -242,17 +242,6 @@ def test_parquet_table_and_a_clear_message_without_pyarrow(tmp_path, store, monk
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(MerkitError, match="aus.parquet: reading Parquet needs pandas and pyarrow: pip install"):
         import_features(store, "visual", path)
-
-
-def run_main(args, capsys):
-    """The real entry point (with its error handling): (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_summary_json_and_one_line_error(tmp_path, store, capsys):

@@ -5,24 +5,13 @@ import pickle
 import subprocess
 import sys
 
-from conftest import shared
+from conftest import run_main, shared
 from typer.testing import CliRunner
 
-from merkit.cli import app, main
+from merkit.cli import app
 from merkit.data import open_store
 
 runner = CliRunner()
-
-
-def run_main(args, capsys):
-    """Run the real entry point (with its error handling); return (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_stats_json_on_real_meld(capsys):
