@@ -78,3 +78,13 @@ def test_help_formats_models_and_demo(tmp_path):
     assert open_store(tmp_path / "demo" / "stores" / "synthetic").corpus.name == "synthetic"
     assert "weighted F1" in demo.output
     assert json.loads((tmp_path / "demo" / "runs" / "synthetic-bigru" / "results.json").read_text())["protocol"] == "honest"
+
+
+def test_stats_of_a_speech_csv_warns_about_ignored_columns_on_one_line(tmp_path, capsys):
+    path = tmp_path / "speech.csv"
+    path.write_text("file,Emotion,notes\nclip1,happy,x\nclip2,sad,y\n")
+    code, out, err = run_main(["data", "stats", str(path), "--json", "-o", "dialogue_column=none", "-o", "utterance_column=file"], capsys)
+    assert code == 0 and json.loads(out)["labels"] == {"happy": 1, "sad": 1}
+    assert err.count("\n") == 1 and err.startswith("merkit: warning: ") and "'notes'" in err
+    code, _, err = run_main(["data", "stats", str(path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "dialogue_column=none" in err

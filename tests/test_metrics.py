@@ -1,5 +1,7 @@
 """Metrics against scikit-learn on random inputs, and on hand-computable cases."""
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -21,6 +23,9 @@ def test_matches_sklearn_on_random_inputs(seed):
     assert ours["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert ours["weighted_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0))
     assert ours["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn: "y_pred contains classes not in y_true"
+        assert ours["uar"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
     precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     for c, name in enumerate(names):
         assert ours["per_class"][name]["precision"] == pytest.approx(precision[c])
@@ -37,6 +42,9 @@ def test_hand_computed_case_and_zero_f1_warning():
     f1_a, f1_b = 2 * 0.5 * 0.5 / 1.0, 2 * 0.5 * 1.0 / 1.5
     assert result["weighted_f1"] == pytest.approx((2 * f1_a + f1_b) / 4)
     assert result["warnings"] == ["class 'c' has F1 = 0 (never predicted correctly)"]
+    assert result["uar"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert classification_metrics([0, 0], [0, 0], ["a", "b", "c"])["uar"] == 1.0  # classes absent from gold do not count
+    assert classification_metrics([], [], ["a", "b"])["uar"] == 0.0
     assert confusion_matrix(np.array([0, 1]), np.array([1, 1]), 2).tolist() == [[0, 1], [0, 1]]
 
 

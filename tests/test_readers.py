@@ -225,3 +225,68 @@ def test_example_file_shipped_with_the_package_reads():
     example = files("merkit") / "examples" / "conversations.jsonl"
     corpus = read_data(str(example)).corpus
     assert corpus.num_utterances >= 6 and set(corpus.splits) == {"train", "valid", "test"}
+
+
+# ---------------------------------------------------------------- user files: column names
+@pytest.mark.parametrize("column", ["emotion", "Emotion", "labels", "class", "LABEL"])
+def test_user_csv_recognises_common_label_column_names(tmp_path, column):
+    path = tmp_path / "mine.csv"
+    path.write_text(f"dialogue_id,text,{column}\nd1,hi,joy\nd2,no,anger\n")
+    corpus = read_data(path).corpus
+    assert corpus.labels.names == ("anger", "joy")
+    assert [u.label for u in corpus.utterances()] == [1, 0]
+
+
+def test_user_table_column_options_and_unknown_columns_warn_once(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text("conv,turn,who,words,emo,part,wav,extra1,extra2\nc1,1,A,hi,joy,train,a.wav,x,y\nc2,1,B,yo,sad,test,b.wav,x,y\n")
+    options = {"dialogue_column": "conv", "utterance_column": "turn", "speaker_column": "who", "text_column": "words",
+               "label_column": "emo", "split_column": "part", "audio_column": "wav"}  # fmt: skip
+    with pytest.warns(UserWarning) as caught:
+        corpus = read_data(path, **{**options, "split_column": "none"}).corpus
+    assert len(caught) == 1 and "'extra1', 'extra2'" in str(caught[0].message) and "'part'" in str(caught[0].message)
+    with pytest.warns(UserWarning, match="'extra1', 'extra2'"):
+        corpus = read_data(path, **options).corpus
+    first = next(corpus.utterances())
+    assert (first.id, first.speaker, first.text, first.label) == ("c1/1", "A", "hi", 0)
+    assert first.media["audio"] == str((tmp_path / "a.wav").resolve())
+    assert corpus.splits["train"] == ("c1",) and corpus.splits["test"] == ("c2",) and corpus.labels.names == ("joy", "sad")
+    jsonl = _jsonl(tmp_path / "mine.jsonl", [{"dialogue_id": "d", "Emotion": "joy", "mood": "x"}])
+    with pytest.warns(UserWarning, match="ignoring column.s. 'mood'"):
+        assert next(read_data(jsonl).corpus.utterances()).label == 0
+
+
+def test_user_table_option_naming_a_missing_column_is_an_error(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text("dialogue_id,text,label\nd1,hi,joy\n")
+    with pytest.raises(MerkitError, match=r"label_column='emo': no such column; the file has: dialogue_id, text, label") as info:
+        read_data(path, label_column="emo")
+    assert str(path) in str(info.value)
+    with pytest.raises(MerkitError, match="option not understood.*nope_column"):
+        read_data(path, nope_column="x")
+
+
+def test_user_csv_without_dialogue_ids_one_dialogue_per_row(tmp_path):
+    path = tmp_path / "speech.csv"
+    path.write_text("file,emotion,speaker\nclip1,happy,s1\nclip2,sad,s2\nclip3,sad,s1\n")
+    with pytest.raises(MerkitError, match="missing dialogue_id column.*-o dialogue_column=none") as info:
+        read_data(path)  # auto-detected as csv (used to be "cannot tell the format")
+    assert str(path) in str(info.value)
+    with pytest.warns(UserWarning, match="'file'"):
+        corpus = read_data(path, dialogue_column="none").corpus
+    assert [len(d) for d in corpus.dialogues] == [1, 1, 1] and corpus.labels.names == ("happy", "sad")
+    corpus = read_data(path, dialogue_column="none", utterance_column="file").corpus
+    assert [d.id for d in corpus.dialogues] == ["clip1", "clip2", "clip3"]
+    path.write_text("file,emotion\nclip1,happy\nclip1,sad\n")
+    with pytest.raises(MerkitError, match="line 3: duplicate utterance id 'clip1'"):
+        read_data(path, dialogue_column="none", utterance_column="file")
+
+
+def test_meld_csv_is_still_detected_before_the_generic_csv(tmp_path):
+    path = tmp_path / "episode.csv"
+    path.write_text("Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID\n1,hi,Ross,joy,positive,0,0\n")
+    from merkit.data.formats import Source, detect_format
+
+    assert detect_format(Source(path)) == "meld-csv"
+    path.write_text("dialogue_id,text\nd,hi\n")
+    assert detect_format(Source(path)) == "csv"

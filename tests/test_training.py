@@ -179,3 +179,41 @@ def test_every_model_trains_under_bf16_autocast(tiny, name):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_training_split_without_labels_is_an_error_not_a_run(tmp_path, tiny):
+    from merkit.data.formats import DataBundle
+
+    corpus = tiny.corpus
+    dialogues = tuple(
+        d.model_copy(update={"utterances": tuple(u.model_copy(update={"label": None}) for u in d.utterances)}) for d in corpus.dialogues
+    )
+    unlabelled = DataBundle(corpus.model_copy(update={"dialogues": dialogues}), tiny.features)
+    with pytest.raises(MerkitError, match=r"training split \(train\) of 'synthetic' has no labelled utterances.*label_column") as info:
+        train_model(unlabelled, "mlp", out=tmp_path / "run", overrides=["epochs=1"], progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_finished_seed_drops_its_resume_state_unless_kept(tmp_path, tiny):
+    results = train_model(tiny, "mlp", out=tmp_path / "run", overrides=["epochs=2", "monitor=uar"], progress=False)
+    seed = tmp_path / "run" / "seed0"
+    metrics = json.loads((seed / "metrics.json").read_text())
+    assert not (seed / "checkpoints" / "last.ckpt").exists() and metrics["resume_state_bytes"] > 0
+    assert "uar" in metrics["test"] and results["summary"]["test"]["uar"]["n"] == 1
+    assert json.loads((seed / "best" / "model.json").read_text())["train_config"]["monitor"] == "uar"
+    again = train_model(tiny, "mlp", out=tmp_path / "run", overrides=["epochs=2", "monitor=uar"], progress=False, resume=True)
+    assert again["per_seed"] == results["per_seed"]  # a finished seed is read back from metrics.json
+    train_model(tiny, "mlp", out=tmp_path / "kept", overrides=["epochs=1"], progress=False, keep_resume_state=True)
+    kept = tmp_path / "kept" / "seed0"
+    assert (kept / "checkpoints" / "last.ckpt").stat().st_size == json.loads((kept / "metrics.json").read_text())["resume_state_bytes"]
+    with pytest.raises(MerkitError, match="monitor=uar is not a multi-label metric"):
+        train_model(read_data("synthetic", **TINY, multi_label=True), "mlp", out=tmp_path / "multi", overrides=["monitor=uar"], progress=False)
+
+
+def test_cli_train_threads_and_keep_resume_state(tmp_path):
+    done = _cli(*RUN, "--set", "epochs=1", "--threads", "1", "--keep-resume-state", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "seed0" / "checkpoints" / "last.ckpt").exists()
+    bad = _cli(*RUN, "--threads", "0", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and bad.stderr.strip() == "merkit: error: --threads must be at least 1"

@@ -64,9 +64,18 @@ def _root(
 
 
 def _read(path: str, format: str, trust_pickle: bool, option: list[str] | None):
+    """Read an input; the reader's warnings (e.g. ignored columns) print as one ``merkit: warning:`` line each."""
+    import warnings
+
     from merkit.data.formats import parse_options, read_data
 
-    return read_data(path, format, trust_pickle=trust_pickle, **parse_options(option or []))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return read_data(path, format, trust_pickle=trust_pickle, **parse_options(option or []))
+        finally:
+            for warning in dict.fromkeys(str(w.message) for w in caught):
+                typer.echo(f"merkit: warning: {' '.join(warning.split())}", err=True)
 
 
 def print_stats(stats: dict, console: Console) -> None:
@@ -204,6 +213,10 @@ def train(
         Optional[int], typer.Option(help="K-fold cross-validation: each fold tests on one part, selects on the next, trains on the rest.")
     ] = None,
     group_by: Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")] = "speaker",
+    keep_resume_state: Annotated[
+        bool, typer.Option("--keep-resume-state", help="Keep each finished seed's checkpoints/last.ckpt (deleted by default).")
+    ] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
     trust_pickle: TrustOption = False,
     option: ReaderOptions = None,
 ) -> None:
@@ -214,6 +227,7 @@ def train(
     from merkit.training.crossval import cross_validate
     from merkit.training.engine import train_model
 
+    _torch_threads(threads)
     run = train_model if folds is None else functools.partial(cross_validate, folds=folds, group_by=group_by)
     results = run(
         data,
@@ -232,6 +246,7 @@ def train(
         resume=resume,
         progress=progress,
         data_options={"trust_pickle": trust_pickle, **parse_options(option or [])},
+        keep_resume_state=keep_resume_state,
     )
     if results:
         print_results(results, _console())

@@ -25,11 +25,13 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 def classification_metrics(
     y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, class_names: Sequence[str]
 ) -> dict[str, Any]:
-    """Accuracy, weighted and macro F1, per-class precision/recall/F1/support, confusion matrix.
+    """Accuracy, weighted and macro F1, UAR, per-class precision/recall/F1/support, confusion matrix.
 
     Weighted F1 = Σ_c (n_c/N)·F1_c with n_c the gold support (sklearn ``average="weighted"``);
     macro F1 averages F1 over all classes (a class absent from gold and prediction scores 0,
-    as sklearn with ``zero_division=0``). ``warnings`` lists classes with zero F1.
+    as sklearn with ``zero_division=0``). UAR (unweighted average recall, the headline of speech
+    emotion recognition) is the mean recall over the classes present in gold (sklearn
+    ``balanced_accuracy_score``). ``warnings`` lists classes with zero F1.
     """
     num_classes = len(class_names)
     matrix = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), num_classes)
@@ -49,6 +51,7 @@ def classification_metrics(
         "accuracy": float(true_positive.sum() / total) if total else 0.0,
         "weighted_f1": float((f1 * support).sum() / total) if total else 0.0,
         "macro_f1": float(f1.mean()),
+        "uar": float(recall[support > 0].mean()) if total else 0.0,
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
         "count": int(total),

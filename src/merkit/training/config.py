@@ -27,7 +27,7 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = 1.0
     patience: int | None = Field(10, ge=1, description="early stopping on the selection split; None = off")
     class_weights: Literal["none", "inverse_frequency"] | list[float] = "none"
-    monitor: Literal["auto", "weighted_f1", "macro_f1", "accuracy", "micro_f1", "jaccard_accuracy"] = Field(
+    monitor: Literal["auto", "weighted_f1", "macro_f1", "accuracy", "uar", "micro_f1", "jaccard_accuracy"] = Field(
         "auto", description="selection metric; auto = weighted_f1 (single-label) or micro_f1 (multi-label)"
     )
     normalize: Literal["auto", "none", "standard", "robust"] | dict[str, Literal["auto", "none", "standard", "robust"]] = Field(

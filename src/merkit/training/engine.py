@@ -3,7 +3,9 @@
 Run directory layout (``--out``)::
 
     config.json                  what was asked (model, preset, configs, protocol, data)
-    seed<N>/checkpoints/last.ckpt  Lightning resume state (optimizer, epoch, RNG, callbacks)
+    seed<N>/checkpoints/last.ckpt  Lightning resume state (optimizer, epoch, RNG, callbacks); deleted
+                                 when the seed finishes unless keep_resume_state (its size stays in
+                                 metrics.json as resume_state_bytes)
     seed<N>/best/                model.safetensors + model.json of the selected epoch
     seed<N>/metrics.json         selection/valid/test metrics of the selected model
     seed<N>/predictions-test.jsonl  per-utterance scores on the test split
@@ -122,7 +124,21 @@ def _dataset(plan: "TrainPlan", bundle: DataBundle, splits: Sequence[str], scale
     return DialogueDataset(bundle.corpus, bundle.features, splits, plan.modalities, sequence_modalities, scalers)
 
 
-_SELECTION_METRICS = {False: ("weighted_f1", "macro_f1", "accuracy"), True: ("micro_f1", "macro_f1", "jaccard_accuracy")}
+_SELECTION_METRICS = {False: ("weighted_f1", "macro_f1", "accuracy", "uar"), True: ("micro_f1", "macro_f1", "jaccard_accuracy")}
+
+
+def _require_training_labels(bundle: DataBundle, protocol: str) -> None:
+    """A training split without one labelled utterance is an error, not a run (a label column the reader missed?)."""
+    corpus = bundle.corpus
+    splits = PROTOCOLS[protocol]["train"]
+    dialogues = [d for split in splits for d in corpus.split_dialogues(split)]
+    if any(u.label is not None for d in dialogues for u in d.utterances):
+        return
+    count = sum(len(d) for d in dialogues)
+    raise MerkitError(
+        f"the training split ({'+'.join(splits)}) of {corpus.name!r} has no labelled utterances ({count:,} utterances, none with a label); "
+        "if the labels are in a column the reader did not recognise, name it with -o label_column=NAME (see `merkit data stats`)"
+    )
 
 
 def _resolve_monitor(config: TrainConfig, multi_label: bool) -> TrainConfig:
@@ -187,15 +203,19 @@ def train_model(
     progress: bool = True,
     data_options: dict[str, Any] | None = None,
     source: str | None = None,
+    keep_resume_state: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` for every seed and return (and write) ``results.json``'s content.
 
-    ``source`` names where an in-memory ``data`` bundle was read from (recorded in the results)."""
+    ``source`` names where an in-memory ``data`` bundle was read from (recorded in the results).
+    A seed's resume state (``checkpoints/last.ckpt``) is deleted once the seed has finished,
+    unless ``keep_resume_state``; an interrupted seed keeps it for ``resume``."""
     if protocol not in PROTOCOLS:
         raise MerkitError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     entry = get_model(model)
     model_config, train_config = resolve_configs(entry, preset, overrides)
     bundle = _load_bundle(data, data_options)
+    _require_training_labels(bundle, protocol)
     train_config = _resolve_monitor(train_config, bundle.corpus.labels.multi_label)
     chosen = _choose_modalities(entry, bundle, modalities)
     features_manifest = {m: bundle.features[m].describe() for m in chosen}
@@ -229,7 +249,9 @@ def train_model(
     started = time.time()
     per_seed: dict[str, Any] = {}
     for seed in seeds:
-        result = _train_seed(plan, bundle, seed, out / f"seed{seed}", accelerator, devices, num_nodes, strategy, precision, resume, progress)
+        result = _train_seed(
+            plan, bundle, seed, out / f"seed{seed}", accelerator, devices, num_nodes, strategy, precision, resume, progress, keep_resume_state
+        )
         if result is not None:
             per_seed[str(seed)] = result
     if not per_seed:  # non-zero DDP ranks do not evaluate or write
@@ -251,6 +273,7 @@ def _train_seed(
     precision: str | None,
     resume: bool,
     progress: bool,
+    keep_resume_state: bool = False,
 ) -> dict[str, Any] | None:
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -353,7 +376,10 @@ def _train_seed(
         if split == "test":
             _write_predictions(run_dir / "predictions-test.jsonl", predictions[split], corpus.labels.names)
     result["wall_seconds"] = round(time.time() - started, 2)
-    atomic_write_json(metrics_path, result)
+    result["resume_state_bytes"] = last.stat().st_size if last.exists() else 0
+    atomic_write_json(metrics_path, result)  # first: a seed with metrics.json is finished, even without last.ckpt
+    if not keep_resume_state:
+        last.unlink(missing_ok=True)
     return result
 
 

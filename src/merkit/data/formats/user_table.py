@@ -5,12 +5,20 @@ name; for multi-label a JSON list or a ``;``-separated string), ``sentiment``, `
 ``end`` (seconds), ``split`` (train/valid/dev/test) and media paths ``audio``, ``video``
 (relative paths are resolved against the file's folder). Utterances keep file order within
 their dialogue. See README "Your own data" for an example.
+
+Column names: a label column called ``label``, ``labels``, ``emotion`` or ``class`` (any case) is
+the label; other fields match their name exactly, else case-insensitively. ``label_column=NAME``
+(and ``text_column``, ``speaker_column``, ``dialogue_column``, ``utterance_column``,
+``split_column``, ``audio_column``, ``video_column``) name a column explicitly, ``none`` drops the
+field; ``dialogue_column=none`` makes every row its own one-utterance dialogue (speech and tweet
+corpora). Columns that are neither a field nor mapped are listed in one warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,91 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(row, dict):
             raise MerkitError("each line must be a JSON object", path=path, place=f"line {line_number}")
         yield line_number, row
+
+
+FIELDS = ("dialogue_id", "utterance_id", "speaker", "text", "label", "sentiment", "start", "end", "split", *MEDIA_FIELDS, "media")
+LABEL_NAMES = ("label", "labels", "emotion", "class")  # matched case-insensitively
+# option name → the field it maps
+COLUMN_OPTIONS = {
+    "label_column": "label",
+    "text_column": "text",
+    "speaker_column": "speaker",
+    "dialogue_column": "dialogue_id",
+    "utterance_column": "utterance_id",
+    "split_column": "split",
+    "audio_column": "audio",
+    "video_column": "video",
+}
+_NO_DIALOGUE_HINT = (
+    "if every row is its own dialogue (speech or tweet corpora), pass -o dialogue_column=none; "
+    "or name the column with -o dialogue_column=NAME"
+)
+
+
+def _columns_of(rows: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """Every key of the rows, in order of first appearance (a CSV's header: its rows carry every column)."""
+    return list(dict.fromkeys(key for _, row in rows for key in row))
+
+
+def _find_column(field: str, columns: list[str]) -> str | None:
+    """The column that holds ``field``: its exact name, else (the first) in any case; for the label also its common names."""
+    if field in columns:
+        return field
+    names = LABEL_NAMES if field == "label" else (field,)
+    return next((c for c in columns if c.lower() in names), None)
+
+
+def map_columns(
+    rows: list[tuple[int, dict[str, Any]]], path: Path, columns: list[str], mapping: dict[str, Any]
+) -> list[tuple[int, dict[str, Any]]]:
+    """Rows with their columns renamed to merkit's fields (see the module docstring).
+
+    ``mapping`` is the ``*_column`` options; a named column that does not exist is an error."""
+    unknown_options = [key for key in mapping if key not in COLUMN_OPTIONS]
+    if unknown_options:
+        raise MerkitError(
+            f"option not understood by this reader: {', '.join(unknown_options)} (it takes labels, multi_label, name, "
+            f"valid_pattern and {', '.join(COLUMN_OPTIONS)})"
+        )
+    source_of: dict[str, str | None] = {}
+    for option, value in mapping.items():
+        name = str(value).strip() if value is not None else "none"
+        if name.lower() == "none":
+            source_of[COLUMN_OPTIONS[option]] = None
+        elif name not in columns:
+            raise MerkitError(f"{option}={name!r}: no such column; the file has: {', '.join(columns) or 'no columns'}", path=path)
+        else:
+            source_of[COLUMN_OPTIONS[option]] = name
+    taken = {c for c in source_of.values() if c is not None}
+    for field in FIELDS:
+        if field not in source_of:
+            column = _find_column(field, [c for c in columns if c not in taken])
+            source_of[field] = column
+            if column is not None:
+                taken.add(column)
+    one_per_row = "dialogue_column" in mapping and source_of["dialogue_id"] is None
+    if source_of["dialogue_id"] is None and not one_per_row and columns:
+        raise MerkitError(f"missing dialogue_id column; found: {', '.join(columns)}; {_NO_DIALOGUE_HINT}", path=path, place="line 1")
+    ignored = [c for c in columns if c not in taken]
+    if ignored:
+        warnings.warn(
+            f"{path.name}: ignoring column(s) {', '.join(map(repr, ignored))} (neither a known field nor mapped; "
+            f"map one with -o label_column=NAME, text_column=NAME, ...)",
+            UserWarning,
+            stacklevel=2,
+        )
+    renamed: list[tuple[int, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for number, (line, row) in enumerate(rows, start=1):
+        new = {field: row[column] for field, column in source_of.items() if column is not None and column in row}
+        if one_per_row:
+            dialogue_id = str(new.get("utterance_id") or "").strip() or f"row{number}"
+            if dialogue_id in seen:
+                raise MerkitError(f"duplicate utterance id {dialogue_id!r} (dialogue_column=none: one dialogue per row)", path=path, place=f"line {line}")
+            seen.add(dialogue_id)
+            new["dialogue_id"] = dialogue_id
+        renamed.append((line, new))
+    return renamed
 
 
 def _hash_split(dialogue_id: str) -> str:
@@ -72,9 +165,11 @@ def rows_to_corpus(
     labels: str | list[str] | None = None,
     multi_label: bool | None = None,
     name: str | None = None,
+    **column_options: Any,
 ) -> DataBundle:
     if not rows:
         raise MerkitError("no utterances in file", path=path)
+    rows = map_columns(rows, path, _columns_of(rows), column_options)
     multi = _is_multi_label(rows) if multi_label is None else multi_label
     if labels is None:
         names = sorted({label for _, row in rows for label in _labels_of(row.get("label"), multi)})
@@ -95,7 +190,7 @@ def rows_to_corpus(
         try:
             dialogue_id = str(row.get("dialogue_id") or "").strip()
             if not dialogue_id:
-                raise MerkitError("missing dialogue_id")
+                raise MerkitError(f"missing dialogue_id; {_NO_DIALOGUE_HINT}")
             raw_split = str(row.get("split") or "").strip().lower()
             split = _SPLIT_ALIASES.get(raw_split) if raw_split else _hash_split(dialogue_id)
             if split is None:
@@ -145,13 +240,12 @@ class JsonlReader:
 @register_reader
 class CsvReader:
     name = "csv"
-    description = "your own conversations, one CSV row per utterance with a dialogue_id column (see README)"
+    description = "your own conversations, one CSV row per utterance (see README; -o dialogue_column=none: one per row)"
 
     def detect(self, source: Source) -> bool:
-        if not (source.path.is_file() and source.path.suffix.lower() == ".csv"):
-            return False
-        with source.path.open("rb") as handle:
-            return "dialogue_id" in handle.readline().decode("utf-8-sig", errors="replace")
+        # Any .csv: the corpus CSVs merkit knows (MELD) are detected by readers that come first.
+        return source.path.is_file() and source.path.suffix.lower() == ".csv"
 
     def read(self, source: Source, **options: Any) -> DataBundle:
-        return rows_to_corpus(list(csv_rows(source.path, required=("dialogue_id",))), source.path, **options)
+        return rows_to_corpus(list(csv_rows(source.path, required=())), source.path, **options)
+
