@@ -123,7 +123,9 @@ def map_columns(
         if one_per_row:
             dialogue_id = str(new.get("utterance_id") or "").strip() or f"row{number}"
             if dialogue_id in seen:
-                raise MerkitError(f"duplicate utterance id {dialogue_id!r} (dialogue_column=none: one dialogue per row)", path=path, place=f"line {line}")
+                raise MerkitError(
+                    f"duplicate utterance id {dialogue_id!r} (dialogue_column=none: one dialogue per row)", path=path, place=f"line {line}"
+                )
             seen.add(dialogue_id)
             new["dialogue_id"] = dialogue_id
         renamed.append((line, new))
