@@ -153,6 +153,24 @@ def test_truncated_checkpoint_is_refused(tmp_path, tiny):
 def test_paper_compat_protocol_selects_on_test_and_says_so(tmp_path, tiny):
     results = train_model(tiny, "mlp", out=tmp_path / "run", overrides=["epochs=2"], protocol="paper-compat", progress=False)
     assert results["protocol"] == "paper-compat" and "TEST" in results["protocol_label"]
+    assert "valid" not in results["summary"]  # valid was merged into training: no score that looks held out
+    assert "valid" not in results["per_seed"]["0"]
+
+
+def test_train_prints_zero_f1_warnings_and_a_table_that_fits_80_columns(tmp_path, tiny):
+    from rich.console import Console
+
+    from merkit.cli import print_results
+
+    results = train_model(tiny, "mlp", out=tmp_path / "run", overrides=["epochs=1"], progress=False)  # one epoch: rare classes missed
+    console = Console(record=True, width=80)
+    print_results(results, console)
+    text = console.export_text()
+    assert "warning: seed 0 test: class" in text
+    rows = [line for line in text.splitlines() if "±" in line]
+    assert rows and all(line.count("±") == len(results["summary"]) for line in rows)  # no ± broken over two lines
+    saved = json.loads((tmp_path / "run" / "seed0" / "metrics.json").read_text())
+    assert results["warnings"] == [f"seed 0 {s}: {w}" for s in ("valid", "test") for w in saved[s]["warnings"]]
 
 
 def test_settings_resolve_from_preset_and_overrides():

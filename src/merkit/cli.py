@@ -287,14 +287,17 @@ def _int_list(text: str) -> list[int]:
 
 def print_results(results: dict, console: Console) -> None:
     title = f"{results['model']} on {results['data']['corpus']} ({', '.join(results['modalities'])}; {results['protocol_label']})"
+    # One row per metric, one column per split: fits an 80-column terminal however many metrics there are.
     table = Table(title=title)
-    table.add_column("split")
-    metrics = list(next(iter(results["summary"].values())))
-    for metric in metrics:
-        table.add_column(metric, justify="right")
-    for split, values in results["summary"].items():
-        table.add_row(split, *(f"{100 * values[m]['mean']:.2f} ± {100 * values[m]['std']:.2f}" for m in metrics))
+    table.add_column("metric")
+    splits = list(results["summary"])
+    for split in splits:
+        table.add_column(split, justify="right", no_wrap=True)
+    for metric in next(iter(results["summary"].values())):
+        table.add_row(metric, *(f"{100 * results['summary'][s][metric]['mean']:.2f} ± {100 * results['summary'][s][metric]['std']:.2f}" for s in splits))
     console.print(table)
+    for warning in results.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     folds = results.get("cross_validation", {}).get("folds")
     runs = f"{folds} folds × " if folds else ""
     console.print(f"{runs}seeds {results['seeds']}, {results['wall_seconds']:.0f} s")

@@ -66,13 +66,14 @@ def cross_validate(
         if values:
             summary[split] = {metric: summarize([v[metric] for v in values]) for metric in values[0]}
     results = {
-        **{k: v for k, v in first.items() if k not in ("per_seed", "summary", "wall_seconds", "seeds")},
+        **{k: v for k, v in first.items() if k not in ("per_seed", "summary", "wall_seconds", "seeds", "warnings")},
         "cross_validation": layout,
         "seeds": list(seeds),
         "runs": len(rows),
         "per_seed": rows,
         "per_fold": {fold: result["summary"] for fold, result in per_fold.items()},
         "summary": summary,
+        "warnings": [f"{fold} {w}" for fold, result in per_fold.items() for w in result.get("warnings", [])],
         "wall_seconds": round(time.time() - started, 2),
     }
     atomic_write_json(out / "results.json", results)

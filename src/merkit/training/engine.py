@@ -367,7 +367,7 @@ def _train_seed(
     if corpus.labels.multi_label:
         threshold = _tune_thresholds(config, predictions[protocol["select"]], corpus.labels.names, best_dir, result)
     for split in ("valid", "test"):
-        if split not in predictions:
+        if split not in predictions or split in protocol["train"]:  # paper-compat trains on valid: no valid score
             continue
         labels, scores = predictions[split].labels, predictions[split].scores
         result[split] = score_metrics(labels, scores, corpus.labels.names, corpus.labels.multi_label, threshold=threshold)
@@ -408,6 +408,7 @@ def _summarise(plan: TrainPlan, per_seed: dict[str, Any], wall: float) -> dict[s
         "seeds": [int(s) for s in per_seed],
         "per_seed": {seed: {split: headline(r[split]) for split in ("valid", "test") if split in r} | {"best_epoch": r["best_epoch"]} for seed, r in per_seed.items()},
         "summary": summary,
+        "warnings": [f"seed {seed} {split}: {w}" for seed, r in per_seed.items() for split in ("valid", "test") for w in r.get(split, {}).get("warnings", [])],
         "environment": environment(),
         "wall_seconds": round(wall, 2),
     }
