@@ -78,9 +78,7 @@ def resolve_methods(choice: str | Mapping[str, str], features: Mapping[str, Feat
 
 def _training_rows(features: FeatureSet, corpus: Corpus, splits: Sequence[str]) -> np.ndarray:
     """Rows of the present utterances of ``splits`` (frame rows for sequence features)."""
-    index = {u.id: i for i, u in enumerate(corpus.utterances())}
-    rows = [index[u.id] for split in splits for d in corpus.split_dialogues(split) for u in d.utterances]
-    rows = np.array([r for r in rows if features.present[r]], dtype=np.int64)
+    rows = np.array([row for row, _ in corpus.split_rows(splits) if features.present[row]], dtype=np.int64)
     if features.offsets is None:
         return np.asarray(features.values[rows], dtype=np.float64)
     frames = np.concatenate([np.arange(features.offsets[r], features.offsets[r + 1]) for r in rows]) if len(rows) else rows

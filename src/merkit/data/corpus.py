@@ -9,7 +9,7 @@ dialogue, unique ids, and each dialogue in at most one split.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -171,6 +171,12 @@ class Corpus(_Frozen):
     @property
     def num_utterances(self) -> int:
         return sum(len(dialogue) for dialogue in self.dialogues)
+
+    def split_rows(self, splits: Sequence[Split]) -> list[tuple[int, Utterance]]:
+        """``(row, utterance)`` for the utterances of ``splits``; ``row`` is the position in corpus order,
+        i.e. the utterance's row in feature arrays."""
+        row_of = {u.id: i for i, u in enumerate(self.utterances())}
+        return [(row_of[u.id], u) for split in splits for d in self.split_dialogues(split) for u in d.utterances]
 
     def split_dialogues(self, split: Split) -> list[Dialogue]:
         by_id = {dialogue.id: dialogue for dialogue in self.dialogues}

@@ -29,17 +29,16 @@ from merkit.metrics import headline, score_metrics, summarize
 DEFAULT_C = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
-def _matrix(corpus: Corpus, features: dict[str, FeatureSet], modalities: Sequence[str], split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``[N, ΣD]`` features (NaN where a modality is absent), labels, and presence of the split's labelled utterances."""
-    index = {u.id: i for i, u in enumerate(corpus.utterances())}
-    rows = [index[u.id] for d in corpus.split_dialogues(split) for u in d.utterances if u.label is not None]
-    labels = np.array([u.label for d in corpus.split_dialogues(split) for u in d.utterances if u.label is not None])
+def _matrix(corpus: Corpus, features: dict[str, FeatureSet], modalities: Sequence[str], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, ΣD]`` features (NaN where a modality is absent) and labels of the split's labelled utterances."""
+    labelled = [(row, u) for row, u in corpus.split_rows([split]) if u.label is not None]
+    rows = [row for row, _ in labelled]
     blocks = []
     for modality in modalities:
         values = np.array(features[modality].values[rows], dtype=np.float64)
         values[~np.asarray(features[modality].present[rows])] = np.nan
         blocks.append(values)
-    return np.concatenate(blocks, axis=1), labels, np.isfinite(blocks[0]).all(axis=1)
+    return np.concatenate(blocks, axis=1), np.array([u.label for _, u in labelled])
 
 
 def svm_split(bundle: DataBundle, modalities: Sequence[str], c_grid: Sequence[float] = DEFAULT_C) -> dict[str, Any]:

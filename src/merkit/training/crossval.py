@@ -9,7 +9,6 @@ each fold tested and selected on.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from merkit.data.formats import DataBundle
 from merkit.errors import MerkitError
 from merkit.io import atomic_write_json
 from merkit.metrics import summarize
-from merkit.training.engine import _launched_rank, _load_bundle, _source_of, train_model
+from merkit.training.engine import _load_bundle, _source_of, claim_run_dir, train_model
 
 
 def cross_validate(
@@ -42,13 +41,7 @@ def cross_validate(
     plan = make_folds(bundle.corpus, folds, group_by)
     out = Path(out)
     layout = {"folds": folds, "group_by": group_by, "parts": {f"fold{f.index}": f.groups for f in plan}}
-    config_path = out / "crossval.json"
-    if _launched_rank() == 0:
-        if config_path.exists() and not resume:
-            raise MerkitError("this output directory already holds a run; pass --resume to continue it or choose another --out", path=out)
-        if config_path.exists() and json.loads(config_path.read_text()) != json.loads(json.dumps(layout)):
-            raise MerkitError("--resume with different folds than the stored run (see its crossval.json)", path=out)
-        atomic_write_json(config_path, layout)
+    claim_run_dir(out / "crossval.json", layout, resume, "different folds")
     started = time.time()
     per_fold = {}
     for fold in plan:

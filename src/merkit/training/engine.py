@@ -88,6 +88,20 @@ def _launched_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
 
 
+def claim_run_dir(path: Path, description: dict[str, Any], resume: bool, difference: str) -> None:
+    """Store what a run is (``path``: its config.json or crossval.json), or, with ``resume``, check it
+    is the stored run; another run in the same directory is an error. DDP workers leave it to rank 0."""
+    if _launched_rank() > 0:
+        return
+    if not path.exists():
+        atomic_write_json(path, description)
+        return
+    if not resume:
+        raise MerkitError("this output directory already holds a run; pass --resume to continue it or choose another --out", path=path.parent)
+    if json.loads(path.read_text()) != json.loads(json.dumps(description)):
+        raise MerkitError(f"--resume with {difference} than the stored run (see its {path.name})", path=path.parent)
+
+
 def _source_of(data: str | Path | DataBundle) -> str:
     """Where the data came from, absolute when it is a path, so reports can reload it from anywhere."""
     if isinstance(data, DataBundle):
@@ -234,24 +248,18 @@ def train_model(
         },
     )
     out = Path(out)
-    config_path = out / "config.json"
-    if _launched_rank() > 0:
-        pass  # a DDP worker: rank 0 owns config.json and the results
-    elif config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if not resume:
-            raise MerkitError("this output directory already holds a run; pass --resume to continue it or choose another --out", path=out)
-        if previous != json.loads(json.dumps(plan.describe())):
-            raise MerkitError("--resume with a different configuration than the stored run (see its config.json)", path=out)
-    else:
-        atomic_write_json(config_path, plan.describe())
+    claim_run_dir(out / "config.json", plan.describe(), resume, "a different configuration")
 
+    # One scaling for every seed: it depends on the training split only.
+    methods = resolve_methods(train_config.normalize, bundle.features, chosen)
+    scalers = fit_scalers(bundle.features, bundle.corpus, PROTOCOLS[protocol]["train"], methods)
     started = time.time()
     per_seed: dict[str, Any] = {}
     for seed in seeds:
         result = _train_seed(
-            plan, bundle, seed, out / f"seed{seed}", accelerator, devices, num_nodes, strategy, precision, resume, progress, keep_resume_state
-        )
+            plan, bundle, scalers, seed, out / f"seed{seed}", accelerator, devices, num_nodes, strategy, precision, resume,
+            progress, keep_resume_state,
+        )  # fmt: skip
         if result is not None:
             per_seed[str(seed)] = result
     if not per_seed:  # non-zero DDP ranks do not evaluate or write
@@ -264,6 +272,7 @@ def train_model(
 def _train_seed(
     plan: TrainPlan,
     bundle: DataBundle,
+    scalers: Mapping[str, Scaler],
     seed: int,
     run_dir: Path,
     accelerator: str,
@@ -288,8 +297,6 @@ def _train_seed(
     config, corpus = plan.train_config, bundle.corpus
     protocol = PROTOCOLS[plan.protocol]
     L.seed_everything(seed, workers=True, verbose=False)
-    methods = resolve_methods(config.normalize, bundle.features, plan.modalities)
-    scalers = fit_scalers(bundle.features, corpus, protocol["train"], methods)
     train_set = _dataset(plan, bundle, protocol["train"], scalers)
     select_set = _dataset(plan, bundle, [protocol["select"]], scalers)
     spec = DataSpec(
@@ -356,7 +363,7 @@ def _train_seed(
         "epochs_run": trainer.current_epoch,
         "protocol": plan.protocol,
         "world_size": trainer.world_size,
-        "normalization": methods,
+        "normalization": {m: scalers[m].method if m in scalers else "none" for m in plan.modalities},
     }
     predictions = {
         split: predict(best.model, make_loader(_dataset(plan, bundle, [split], scalers), config.batch_size))
