@@ -22,7 +22,8 @@ def test_valid_corpus_and_stats():
         splits={"train": ("d1",), "valid": ("d2",), "test": ("d3",)},
     )
     stats = corpus.stats()
-    assert stats["splits"]["train"] == {"dialogues": 1, "utterances": 3, "labels": {"neutral": 1, "joy": 2, "anger": 0}}
+    assert stats["splits"]["train"] == {
+        "dialogues": 1, "utterances": 3, "speakers": 1, "labels": {"neutral": 1, "joy": 2, "anger": 0}}  # fmt: skip
     assert stats["labels"] == {"neutral": 3, "joy": 2, "anger": 1}
     assert corpus.num_utterances == 6
     assert [u.id for u in corpus.utterances()][:2] == ["d1_0", "d1_1"]

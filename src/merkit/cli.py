@@ -83,8 +83,10 @@ def print_stats(stats: dict, console: Console) -> None:
     table.add_column("split")
     table.add_column("dialogues", justify="right")
     table.add_column("utterances", justify="right")
+    table.add_column("speakers", justify="right")
     for split, entry in stats["splits"].items():
-        table.add_row(split, f"{entry['dialogues']:,}", f"{entry['utterances']:,}")
+        table.add_row(split, f"{entry['dialogues']:,}", f"{entry['utterances']:,}", f"{entry['speakers']:,}")
+    table.add_row("all", f"{stats['dialogues']:,}", f"{stats['utterances']:,}", f"{stats['speakers']:,}", style="bold")
     console.print(table)
     labels = Table(title="labels")
     labels.add_column("class")
@@ -213,6 +215,9 @@ def train(
         Optional[int], typer.Option(help="K-fold cross-validation: each fold tests on one part, selects on the next, trains on the rest.")
     ] = None,
     group_by: Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")] = "speaker",
+    fold_assignment: Annotated[
+        str, typer.Option(help="contiguous (sorted speakers in runs) | stratified (each part with the class mix).")
+    ] = "contiguous",
     keep_resume_state: Annotated[
         bool, typer.Option("--keep-resume-state", help="Keep each finished seed's checkpoints/last.ckpt (deleted by default).")
     ] = False,
@@ -228,7 +233,9 @@ def train(
     from merkit.training.engine import train_model
 
     _torch_threads(threads)
-    run = train_model if folds is None else functools.partial(cross_validate, folds=folds, group_by=group_by)
+    run = train_model if folds is None else functools.partial(
+        cross_validate, folds=folds, group_by=group_by, assignment=fold_assignment
+    )
     results = run(
         data,
         model,
@@ -260,6 +267,9 @@ def baseline(
     c_grid: Annotated[str, typer.Option("--c", help="Comma-separated C values; the best on valid is tested.")] = "0.1,0.3,1,3,10,30,100",
     folds: Annotated[Optional[int], typer.Option(help="The same K speaker-independent folds as `merkit train --folds`.")] = None,
     group_by: Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")] = "speaker",
+    fold_assignment: Annotated[
+        str, typer.Option(help="contiguous (sorted speakers in runs) | stratified (each part with the class mix).")
+    ] = "contiguous",
     trust_pickle: TrustOption = False,
     option: ReaderOptions = None,
 ) -> None:
@@ -273,7 +283,8 @@ def baseline(
         raise MerkitError(f"--c {c_grid!r} is not a comma-separated list of numbers") from None
     bundle = _read(data, "auto", trust_pickle, option)
     results = svm_baseline(
-        bundle, [m.strip() for m in modalities.split(",")], out=out, folds=folds, group_by=group_by, c_grid=grid, source=_source_of(data)
+        bundle, [m.strip() for m in modalities.split(",")], out=out, folds=folds, group_by=group_by, assignment=fold_assignment,
+        c_grid=grid, source=_source_of(data),
     )
     print_results(results, _console())
 

@@ -12,13 +12,13 @@ with its prediction (``notes``).
 Inputs:
 
 * Python objects: a list of utterance dicts (``speaker``, ``text``, ``audio``, ``video``,
-  ``start``, ``end``, ``utterance_id``, ``dialogue_id``), ``{"dialogue_id": ..., "utterances":
+  ``image``, ``frames`` (a folder), ``start``, ``end``, ``utterance_id``, ``dialogue_id``), ``{"dialogue_id": ..., "utterances":
   [...]}``, or ``{"dialogues": [...]}``; media paths are relative to ``base_dir``;
 * a file: ``.json`` (the same objects), ``.txt`` ("Speaker: text" lines), or anything
   :func:`merkit.data.read_data` reads (your own ``.jsonl``/``.csv``, MELD, IEMOCAP, ...);
 * a folder of media with one transcript file (``.jsonl``, ``.csv``, ``.json`` or ``.txt``):
   utterances name their files, or the files are named after the utterance ids
-  (``3.wav``, ``3.mp4``).
+  (``3.wav``, ``3.mp4``, ``3.png``, a folder ``3/`` of frames).
 
 Gold annotations in the input (``label``, ``sentiment``, ``split``) are ignored.
 
@@ -45,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from merkit import __version__
 from merkit.checkpoint import META, WEIGHTS, Checkpoint, load_checkpoint
-from merkit.data.corpus import Corpus, Dialogue, LabelSchema, Utterance, build_corpus, build_utterance
+from merkit.data.corpus import MEDIA_KINDS, Corpus, Dialogue, LabelSchema, Utterance, build_corpus, build_utterance
+from merkit.data.images import IMAGE_SUFFIXES, is_frame_folder
 from merkit.data.features import FeatureSet, stack_rows
 from merkit.data.formats import Source, detect_format, read_data
 from merkit.errors import MerkitError
@@ -56,12 +57,13 @@ from merkit.prediction import Predictions, make_loader, predict
 from merkit.thresholds import checkpoint_thresholds
 from merkit.training.config import PROTOCOLS
 
-MEDIA_FIELDS = ("audio", "video")
+MEDIA_FIELDS = MEDIA_KINDS
 IGNORED_FIELDS = ("label", "sentiment", "split")  # gold annotations of a training file, not inputs
 TRANSCRIPT_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".json", ".txt")
 MEDIA_SUFFIXES = {
     "audio": (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus"),
     "video": (".mp4", ".mkv", ".avi", ".webm", ".mov"),
+    "image": IMAGE_SUFFIXES,
 }
 SPLIT = "test"  # the one split an inference corpus has: every dialogue in it
 EXTRACT_BATCH = 32  # inputs per extractor call
@@ -79,6 +81,8 @@ class UtteranceInput(BaseModel):
     text: str = ""
     audio: str | None = Field(None, description="audio file (or a video whose sound track is used)")
     video: str | None = Field(None, description="video file")
+    image: str | None = Field(None, description="image file: a face crop or a photograph")
+    frames: str | None = Field(None, description="folder of frames (or OpenFace's output folder with its *_aligned crops)")
     start: float | None = Field(None, ge=0, description="seconds from the start of the media file")
     end: float | None = Field(None, ge=0, description="seconds from the start of the media file")
 
@@ -91,7 +95,7 @@ class UtteranceInput(BaseModel):
         data = {key: value for key, value in data.items() if key not in IGNORED_FIELDS}
         media = data.pop("media", None) or {}
         if not isinstance(media, Mapping):
-            raise ValueError("media must map a modality (audio, video) to a file name")
+            raise ValueError(f"media must map a kind of medium ({', '.join(MEDIA_FIELDS)}) to a file name")
         for modality, path in media.items():
             if modality not in MEDIA_FIELDS:
                 raise ValueError(f"unknown modality {modality!r} in media (media can be: {', '.join(MEDIA_FIELDS)})")
@@ -100,7 +104,7 @@ class UtteranceInput(BaseModel):
         if unknown:
             raise ValueError(
                 f"unknown field {unknown[0]!r} (an utterance has: {', '.join(cls.model_fields)}; "
-                f"the media modalities are {' and '.join(MEDIA_FIELDS)})"
+                f"the media are {', '.join(MEDIA_FIELDS)})"
             )
         for key in ("utterance_id", "dialogue_id"):
             if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
@@ -232,12 +236,15 @@ def _unlabelled(corpus: Corpus, labels: LabelSchema) -> Corpus:
 
 
 def _attach_folder_media(corpus: Corpus, folder: Path) -> Corpus:
-    """Give each utterance without media the folder's files named after it (``<utterance_id>.wav`` ...)."""
+    """Give each utterance without media the folder's files named after it (``<utterance_id>.wav``, ``.png``, a
+    ``<utterance_id>/`` folder of frames ...)."""
     by_stem: dict[str, dict[str, str]] = {}
     for path in sorted(folder.iterdir()):
         for modality, suffixes in MEDIA_SUFFIXES.items():
             if path.is_file() and path.suffix.lower() in suffixes:
                 by_stem.setdefault(path.stem, {}).setdefault(modality, str(path.resolve()))
+        if path.is_dir() and is_frame_folder(path):
+            by_stem.setdefault(path.name, {}).setdefault("frames", str(path.resolve()))
     dialogues = []
     for dialogue in corpus.dialogues:
         utterances = []

@@ -19,6 +19,7 @@ from merkit.errors import MerkitError
 SPLITS = ("train", "valid", "test")
 Split = Literal["train", "valid", "test"]
 MODALITIES = ("text", "audio", "visual")
+MEDIA_KINDS = ("audio", "video", "image", "frames")  # the keys of Utterance.media (frames: a folder of images)
 
 Label = int | tuple[int, ...]
 
@@ -64,7 +65,8 @@ class Utterance(_Frozen):
 
     ``label`` is a class index for single-label corpora, a sorted tuple of class indices
     for multi-label ones (possibly empty: no emotion present), or ``None`` when unlabelled.
-    ``media`` maps a modality (``audio``, ``video``, ...) to a file path; ``meta`` keeps what a
+    ``media`` maps a kind of medium (:data:`MEDIA_KINDS`: ``audio``, ``video``, ``image``,
+    ``frames``) to a file or folder path; ``meta`` keeps what a
     corpus says about the utterance beyond these fields (RAVDESS: gender, intensity, ...), as strings.
     """
 
@@ -190,12 +192,16 @@ class Corpus(_Frozen):
             counts = Counter(index for d in dialogues for u in d.utterances for index in u.label_indices())
             return {name: counts.get(i, 0) for i, name in enumerate(names)}
 
+        def speaker_count(dialogues: list[Dialogue]) -> int:
+            return len({u.speaker for d in dialogues for u in d.utterances if u.speaker})
+
         splits = {}
         for split in SPLITS:
             dialogues = self.split_dialogues(split)
             entry = {
                 "dialogues": len(dialogues),
                 "utterances": sum(len(d) for d in dialogues),
+                "speakers": speaker_count(dialogues),
                 "labels": label_counts(dialogues),
             }
             if self.labels.multi_label:
@@ -210,6 +216,7 @@ class Corpus(_Frozen):
             "classes": list(names),
             "dialogues": len(every),
             "utterances": self.num_utterances,
+            "speakers": speaker_count(every),
             "splits": splits,
             "labels": label_counts(every),
         }

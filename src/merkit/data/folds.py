@@ -8,16 +8,24 @@ utterance counts, so RAVDESS's 24 actors give the 6 folds of 4 consecutive actor
 2 female) that its users report [R]. (scikit-learn's ``GroupKFold`` deals groups of equal size
 out round-robin, which on RAVDESS puts only odd, i.e. male, or only even actors in a part.)
 Fold ``i`` tests on part ``i``, selects on part ``i + 1`` (mod K) and trains on the rest.
+
+Contiguous parts keep whatever the speaker order carries: in CK+ the subjects above S138 posed
+mostly *contempt*, so its last part holds most of that class and the fold trained without it
+fails on it. ``assignment="stratified"`` deals the groups out with scikit-learn's
+``StratifiedGroupKFold`` (shuffled, seed 0 [R]) so that each part has about the corpus's class mix;
+either way a fold whose training holds under half its share of a class gets a note.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from merkit.data.corpus import Corpus
 from merkit.errors import MerkitError
 
 GROUPINGS = ("speaker", "dialogue")
+ASSIGNMENTS = ("contiguous", "stratified")
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,7 @@ class Fold:
     index: int
     corpus: Corpus
     groups: dict[str, list[str]]  # split → the speakers (or dialogues) it holds
+    notes: tuple[str, ...] = ()  # classes the fold's training split holds too few of
 
 
 def dialogue_groups(corpus: Corpus, group_by: str = "speaker") -> list[list[str]]:
@@ -54,8 +63,10 @@ def dialogue_groups(corpus: Corpus, group_by: str = "speaker") -> list[list[str]
     return list(groups.values())
 
 
-def make_folds(corpus: Corpus, k: int, group_by: str = "speaker") -> list[Fold]:
+def make_folds(corpus: Corpus, k: int, group_by: str = "speaker", assignment: str = "contiguous") -> list[Fold]:
     """K corpora with the same dialogues, each with its own train/valid/test parts (see the module doc)."""
+    if assignment not in ASSIGNMENTS:
+        raise MerkitError(f"--fold-assignment {assignment!r}: choose one of {', '.join(ASSIGNMENTS)}")
     if k < 3:
         raise MerkitError(f"--folds {k}: at least 3 are needed (a test part, a validation part and training)")
     by_id = {d.id: d for d in corpus.dialogues}
@@ -69,12 +80,7 @@ def make_folds(corpus: Corpus, k: int, group_by: str = "speaker") -> list[Fold]:
         return speakers[0] if group_by == "speaker" and speakers else sorted(group)[0]
 
     groups.sort(key=name)
-    sizes = [sum(len(by_id[d]) for d in g) for g in groups]
-    total, parts, running = sum(sizes), [[] for _ in range(k)], 0
-    for group, size in zip(groups, sizes):
-        part = min(k - 1, int(k * (running + size / 2) / total))
-        parts[part].append(group)
-        running += size
+    parts = _stratified_parts(groups, by_id, k) if assignment == "stratified" else _contiguous_parts(groups, by_id, k)
     if any(not p for p in parts):
         raise MerkitError(f"--folds {k}: the {len(groups)} {group_by} groups are too uneven to fill {k} parts")
     folds = []
@@ -82,5 +88,41 @@ def make_folds(corpus: Corpus, k: int, group_by: str = "speaker") -> list[Fold]:
         roles = {"test": [i], "valid": [(i + 1) % k], "train": [j for j in range(k) if j not in (i, (i + 1) % k)]}
         splits = {split: tuple(d for j in members for g in parts[j] for d in g) for split, members in roles.items()}
         fold_corpus = corpus.model_copy(update={"splits": splits})
-        folds.append(Fold(i, fold_corpus, {split: [name(g) for j in members for g in parts[j]] for split, members in roles.items()}))
+        groups_of = {split: [name(g) for j in members for g in parts[j]] for split, members in roles.items()}
+        folds.append(Fold(i, fold_corpus, groups_of, _scarce_classes(corpus, splits["train"], by_id, (k - 2) / k, assignment)))
     return folds
+
+
+def _contiguous_parts(groups: list[list[str]], by_id: dict, k: int) -> list[list[list[str]]]:
+    sizes = [sum(len(by_id[d]) for d in g) for g in groups]
+    total, parts, running = sum(sizes), [[] for _ in range(k)], 0
+    for group, size in zip(groups, sizes):
+        parts[min(k - 1, int(k * (running + size / 2) / total))].append(group)
+        running += size
+    return parts
+
+
+def _stratified_parts(groups: list[list[str]], by_id: dict, k: int) -> list[list[list[str]]]:
+    """Groups dealt into ``k`` parts of about the corpus's class mix (one row per labelled utterance)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rows = [(index, u.label_indices()[0]) for index, g in enumerate(groups) for d in g for u in by_id[d].utterances if u.label_indices()]
+    group_ids, labels = [r[0] for r in rows], [r[1] for r in rows]
+    parts: list[list[list[str]]] = [[] for _ in range(k)]
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0)
+    for part, (_, held) in enumerate(splitter.split(labels, labels, groups=group_ids)):
+        for index in sorted({group_ids[i] for i in held}):
+            parts[part].append(groups[index])
+    return parts
+
+
+def _scarce_classes(corpus: Corpus, train: tuple[str, ...], by_id: dict, share: float, assignment: str) -> tuple[str, ...]:
+    """Notes on the classes whose training share is under half the expected ``share`` of their items."""
+    names = corpus.labels.names
+    every = Counter(i for d in by_id.values() for u in d.utterances for i in u.label_indices())
+    trained = Counter(i for d in train for u in by_id[d].utterances for i in u.label_indices())
+    hint = "; --fold-assignment stratified balances the classes" if assignment == "contiguous" else ""
+    return tuple(
+        f"training holds {trained[c]} of the {every[c]} {names[c]!r} items{hint}"
+        for c in sorted(every) if trained[c] < 0.5 * share * every[c]
+    )  # fmt: skip

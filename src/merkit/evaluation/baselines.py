@@ -77,12 +77,14 @@ def svm_baseline(
     out: str | Path,
     folds: int | None = None,
     group_by: str = "speaker",
+    assignment: str = "contiguous",
     c_grid: Sequence[float] = DEFAULT_C,
     source: str = "",
 ) -> dict[str, Any]:
     """The SVM on the fixed split (or on each of ``folds`` speaker-independent folds); writes ``OUT/results.json``."""
     started = time.time()
-    corpora = {"fixed": bundle.corpus} if folds is None else {f"fold{f.index}": f.corpus for f in make_folds(bundle.corpus, folds, group_by)}
+    plan = [] if folds is None else make_folds(bundle.corpus, folds, group_by, assignment)
+    corpora = {f"fold{f.index}": f.corpus for f in plan} if plan else {"fixed": bundle.corpus}
     per_run = {name: svm_split(DataBundle(corpus, bundle.features), modalities, c_grid) for name, corpus in corpora.items()}
     summary = {
         split: {metric: summarize([headline(r[split])[metric] for r in per_run.values()]) for metric in headline(next(iter(per_run.values()))[split])}
@@ -102,7 +104,8 @@ def svm_baseline(
         "wall_seconds": round(time.time() - started, 2),
     }
     if folds is not None:
-        results["cross_validation"] = {"folds": folds, "group_by": group_by}
+        results["cross_validation"] = {"folds": folds, "group_by": group_by, "assignment": assignment}
+        results["warnings"] = [f"fold{f.index}: {note}" for f in plan for note in f.notes]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)

@@ -5,7 +5,10 @@ mkv, avi or webm video), decoded with PyAV; channels are averaged to mono, the u
 ``[start, end)`` span (seconds from the start of the file) is cut with sample precision,
 and the clip is resampled with soxr to the rate the extractor needs. Video frames are
 decoded with PyAV too and sampled at a fixed rate within the span (each sample time takes
-the frame on screen at that moment).
+the frame on screen at that moment). Still images (``image``) are read with Pillow (grey,
+palette and 16-bit images become 8-bit RGB), and a folder of frames (``frames``, see
+:mod:`merkit.data.images`) is sampled like a video whose frame ``i`` shows from
+``i / frame_rate`` seconds.
 
 :class:`MediaExtractor` is the base of every extractor that reads media files. It plans
 one item per utterance whose bytes are the file's SHA-256 and the span (so moving a
@@ -25,13 +28,14 @@ import os
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from merkit.data.corpus import Corpus, Utterance
+from merkit.data.images import frame_files
 from merkit.errors import MerkitError
 from merkit.features.extract import Absent
 from merkit.features.models_dir import file_sha256
@@ -50,6 +54,7 @@ class Clip:
     start: float | None = None
     end: float | None = None
     error: str | None = None  # why the file could not even be hashed (not found, no permission)
+    kind: str = ""  # the media key it came from (audio, video, image, frames); "" for a media file
 
 
 # ------------------------------------------------------------------ audio
@@ -228,13 +233,69 @@ def sample_frames(
     return frames
 
 
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB ``[H, W, 3]`` uint8 pixels of an image file; grayscale, palette and 16-bit images are converted."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith("I"):  # 16- or 32-bit grey: scale to 8 bits
+                pixels = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray(np.clip(pixels * 255.0 / (65535.0 if pixels.max() > 255 else 255.0), 0, 255).astype(np.uint8))
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise MediaError("file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise MediaError(f"unreadable image ({_reason(exc)})") from None
+
+
+def sample_frame_files(
+    files: Sequence[Path], *, start: float | None, end: float | None, fps: float, max_frames: int, frame_rate: float
+) -> list[tuple[float, Path]]:
+    """The frames of a frame folder at evenly spaced times in ``[start, end)``, as :func:`sample_frames` does for video.
+
+    Frame ``i`` is on screen from ``i / frame_rate`` seconds."""
+    begin = max(start or 0.0, 0.0)
+    stop = len(files) / frame_rate if end is None else min(end, len(files) / frame_rate)
+    if stop <= begin:
+        raise MediaError(f"no frames between {begin:.3f} s and {stop:.3f} s ({len(files)} frames at {frame_rate:g} per second)")
+    count = min(max_frames, max(1, math.ceil((stop - begin) * fps - 1e-9)))
+    step = (stop - begin) / count
+    picked = []
+    for k in range(count):
+        at = begin + (k + 0.5) * step
+        picked.append((at, files[min(int(at * frame_rate), len(files) - 1)]))
+    return picked
+
+
+def load_frames(clip: Clip, *, fps: float, max_frames: int, frame_rate: float) -> list[tuple[float, np.ndarray]]:
+    """RGB frames of a clip's visual input: the sampled frames of a video or a frame folder, or the one image."""
+    if clip.kind == "image":
+        return [(0.0, read_image(clip.path))]
+    if clip.kind == "frames":
+        try:
+            files = frame_files(clip.path)
+        except MerkitError as exc:
+            raise MediaError(exc.message) from None
+        picked = sample_frame_files(files, start=clip.start, end=clip.end, fps=fps, max_frames=max_frames, frame_rate=frame_rate)
+        frames = []
+        for at, path in picked:
+            try:
+                frames.append((at, read_image(path)))
+            except MediaError as exc:
+                raise MediaError(f"frame {path.name}: {exc.message}") from None
+        return frames
+    return sample_frames(clip.path, start=clip.start, end=clip.end, fps=fps, max_frames=max_frames)
+
+
 # ------------------------------------------------------------------ extractors that read media
 def media_clip(utterance: Utterance, sources: Sequence[str]) -> Clip | None:
     """The utterance's clip from the first of ``sources`` (media keys) it has; ``None`` when it has none."""
     for source in sources:
         path = utterance.media.get(source)
         if path:
-            return Clip(str(path), utterance.start, utterance.end)
+            return Clip(str(path), utterance.start, utterance.end, kind=source)
     return None
 
 
@@ -289,11 +350,19 @@ class MediaExtractor(Extractor):
                 continue
             span = {"start": clip.start, "end": clip.end}
             try:
-                content = {"sha256": file_sha256(Path(clip.path)), **span}
-                cost = round(1000 * (clip.end - (clip.start or 0.0))) if clip.end is not None else os.path.getsize(clip.path) // 1000
-            except OSError as exc:
-                reason = "file not found" if isinstance(exc, FileNotFoundError) else f"cannot read the file ({_reason(exc)})"
-                clip = Clip(clip.path, clip.start, clip.end, error=reason)
+                if clip.kind == "frames":
+                    files = frame_files(clip.path)
+                    content = {"frames": [[p.name, file_sha256(p)] for p in files], **span}
+                    cost = len(files)
+                else:
+                    content = {"sha256": file_sha256(Path(clip.path)), **span}
+                    cost = round(1000 * (clip.end - (clip.start or 0.0))) if clip.end is not None else os.path.getsize(clip.path) // 1000
+            except (OSError, MerkitError) as exc:
+                if isinstance(exc, MerkitError):
+                    reason = exc.message
+                else:
+                    reason = "file not found" if isinstance(exc, FileNotFoundError) else f"cannot read the file ({_reason(exc)})"
+                clip = replace(clip, error=reason)
                 content, cost = {"unreadable": clip.path, **span}, 0
             items.append(WorkItem(content=json.dumps(content, sort_keys=True).encode("utf-8"), cost=cost, payload=clip))
         return items

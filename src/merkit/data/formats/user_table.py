@@ -2,14 +2,15 @@
 
 Fields: ``dialogue_id`` (required), ``utterance_id``, ``speaker``, ``text``, ``label`` (a class
 name; for multi-label a JSON list or a ``;``-separated string), ``sentiment``, ``start``,
-``end`` (seconds), ``split`` (train/valid/dev/test) and media paths ``audio``, ``video``
-(relative paths are resolved against the file's folder). Utterances keep file order within
+``end`` (seconds), ``split`` (train/valid/dev/test) and media paths ``audio``, ``video``,
+``image`` (a face crop or photograph) and ``frames`` (a folder of frames, or OpenFace's output
+folder; see :mod:`merkit.data.images`); relative paths are resolved against the file's folder. Utterances keep file order within
 their dialogue. See README "Your own data" for an example.
 
 Column names: a label column called ``label``, ``labels``, ``emotion`` or ``class`` (any case) is
 the label; other fields match their name exactly, else case-insensitively. ``label_column=NAME``
 (and ``text_column``, ``speaker_column``, ``dialogue_column``, ``utterance_column``,
-``split_column``, ``audio_column``, ``video_column``) name a column explicitly, ``none`` drops the
+``split_column``, ``audio_column``, ``video_column``, ``image_column``, ``frames_column``) name a column explicitly, ``none`` drops the
 field; ``dialogue_column=none`` makes every row its own one-utterance dialogue (speech and tweet
 corpora). Columns that are neither a field nor mapped are listed in one warning.
 """
@@ -23,12 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from merkit.data.corpus import Dialogue, LabelSchema, build_corpus, build_utterance
+from merkit.data.corpus import MEDIA_KINDS, Dialogue, LabelSchema, build_corpus, build_utterance
 from merkit.data.formats import DataBundle, Source, register_reader
 from merkit.data.formats._text import csv_rows, repair_text, text_lines
 from merkit.errors import MerkitError
 
-MEDIA_FIELDS = ("audio", "video")
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "dev": "valid", "test": "test"}
 
 
@@ -45,7 +45,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield line_number, row
 
 
-FIELDS = ("dialogue_id", "utterance_id", "speaker", "text", "label", "sentiment", "start", "end", "split", *MEDIA_FIELDS, "media")
+FIELDS = ("dialogue_id", "utterance_id", "speaker", "text", "label", "sentiment", "start", "end", "split", *MEDIA_KINDS, "media")
 LABEL_NAMES = ("label", "labels", "emotion", "class")  # matched case-insensitively
 # option name → the field it maps
 COLUMN_OPTIONS = {
@@ -57,6 +57,8 @@ COLUMN_OPTIONS = {
     "split_column": "split",
     "audio_column": "audio",
     "video_column": "video",
+    "image_column": "image",
+    "frames_column": "frames",
 }
 _NO_DIALOGUE_HINT = (
     "if every row is its own dialogue (speech or tweet corpora), pass -o dialogue_column=none; "
@@ -205,7 +207,7 @@ def rows_to_corpus(
                 raise MerkitError("several labels in a single-label file")
             label = indices if multi else (indices[0] if indices else None)
             media = dict(row.get("media") or {})
-            media.update({field: row[field] for field in MEDIA_FIELDS if row.get(field)})
+            media.update({field: row[field] for field in MEDIA_KINDS if row.get(field)})
             media = {m: str((path.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p) for m, p in media.items()}
             turns.append(
                 build_utterance(
