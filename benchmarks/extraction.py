@@ -5,6 +5,7 @@
         --visual face-effnet,face-fer,face-landmarks [--clips 8] [--workers 1,2]
     python benchmarks/extraction.py --extractors "" --ravdess 24 [--threads 1] \
         [--audio is10,egemaps,compare,whisper-tiny,whisper-base]
+    python benchmarks/extraction.py --extractors "" --images 100 [--threads 1] [--visual face-fer,...]
 
 For each text extractor, on the same utterances (the first N of MELD when ../shared/data is
 there, else the packaged example conversations repeated with numbered variants):
@@ -88,9 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=8, help="spoken sentences / face videos made for the media runs")
     parser.add_argument("--workers", default="1,2", help="worker counts to time the media extractors with")
     parser.add_argument("--ravdess", type=int, default=0, help="time the audio extractors on this many real RAVDESS clips")
+    parser.add_argument("--images", type=int, default=0, help="time the visual extractors on this many CK+ crops and photographs")
     args = parser.parse_args(argv)
     if args.ravdess:
         ravdess_benchmark(args)
+    elif args.images:
+        images_benchmark(args)
     elif args.audio or args.visual:
         media_benchmark(args)
     if not args.extractors:
@@ -283,6 +287,82 @@ def ravdess_benchmark(args) -> None:
             print(f"| `{name}` | {shown} | {dim} | {per_clip:.3f} | {ratio} | {realtime:.1f} |")
         print(f"load average at the end {os.getloadavg()[0]:.2f}")
         print()
+
+
+IMAGE_VISUAL = ("face-fer", "face-fer-conv", "face-effnet", "face-landmarks")
+
+
+def image_corpora(root: Path, count: int):
+    """Two corpora of ``count`` one-image utterances: CK+ crops and astronaut photographs."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    from merkit.data import read_data
+
+    crops = sorted((SHARED / "ckplus" / "images").glob("*/*.png"))
+    if not crops:
+        raise SystemExit(f"no CK+ crops under {SHARED / 'ckplus' / 'images'} (set MERKIT_SHARED_DATA)")
+    photo = skimage_data.astronaut()
+    photos = []
+    for index in range(count):
+        path = root / f"photo{index}.png"
+        Image.fromarray(np.ascontiguousarray(photo[:, ::-1]) if index % 2 else photo).save(path)
+        photos.append(path)
+    corpora = {}
+    for name, paths in (("CK+ 48×48", crops[:: max(1, len(crops) // count)][:count]), ("photo 512×512", photos)):
+        rows = [{"dialogue_id": f"i{k}", "image": str(p), "label": "neutral"} for k, p in enumerate(paths)]
+        table = root / f"{name.split()[0]}.jsonl"
+        table.write_text("".join(json.dumps(row) + "\n" for row in rows), "utf-8")
+        corpora[name] = read_data(table).corpus
+    return corpora
+
+
+def images_benchmark(args) -> None:
+    import torch
+
+    from merkit.features import get_extractor
+    from merkit.features.extract import run_extraction
+    from merkit.features.media import read_image
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = list(filter(None, args.visual.split(","))) or list(IMAGE_VISUAL)
+    with tempfile.TemporaryDirectory() as folder:
+        corpora = image_corpora(Path(folder), args.images)
+        print(f"{args.images} images per input kind; torch {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+              f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+        rows = []
+        for kind, corpus in corpora.items():
+            paths = [u.media["image"] for u in corpus.utterances()]
+            started = time.perf_counter()
+            for path in paths:
+                read_image(path)
+            decode = len(paths) / (time.perf_counter() - started)
+            for name in names:
+                rates = {}
+                for detection in ("on", "off"):
+                    if detection == "off" and name == "face-landmarks":
+                        continue
+                    extractor = get_extractor(name, detection=detection)
+                    extractor.encode([extractor.plan(corpus)[0].payload])  # warm-up: networks and Face Mesh loaded once
+                    started = time.perf_counter()
+                    result = run_extraction(corpus, extractor, use_cache=False, progress=False, log=None)
+                    rates[detection] = len(paths) / (time.perf_counter() - started)
+                    assert not result.failures, result.failures
+                    print(f"  {kind} {name} detection={detection}: {rates[detection]:.1f} images/s "
+                          f"({result.masked} without a face)", flush=True)  # fmt: skip
+                rows.append((kind, name, rates, decode))
+        print()
+        print("| images | extractor | detection on (img/s) | off (img/s) | off / on | decoding only (img/s) |")
+        print("|---|---|---|---|---|---|")
+        for kind, name, rates, decode in rows:
+            off = rates.get("off")
+            shown = (f"{off:.1f}", f"{off / rates['on']:.1f}") if off else ("—", "—")
+            print(f"| {kind} | `{name}` | {rates['on']:.1f} | {shown[0]} | {shown[1]} | {decode:.0f} |")
+        print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

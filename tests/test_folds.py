@@ -92,3 +92,26 @@ def test_train_folds_from_the_command_line(tmp_path):
     result = run_cli("train", str(corpus), "--model", "mlp", "--folds", "4", "--out", str(tmp_path / "run"), "--no-progress")
     assert result.returncode != 0 and "no features" in result.stderr  # a corpus without features: one clear line
     assert "Traceback" not in result.stderr
+
+
+def test_stratified_assignment_spreads_a_class_that_sorted_speakers_bunch():
+    """Like CK+: the last speakers posed only class 'c'; contiguous parts put them in one part, with a note."""
+    dialogues = []
+    for s in range(1, 21):
+        for c in range(4):
+            label = 2 if s > 16 else c % 2
+            utterance = build_utterance(id=f"s{s:02d}c{c}", speaker=f"S{s:03d}", label=label)
+            dialogues.append(Dialogue(id=utterance.id, utterances=(utterance,)))
+    corpus = build_corpus(name="bunched", labels=LabelSchema(names=("a", "b", "c")), dialogues=tuple(dialogues),
+                          splits={"train": tuple(d.id for d in dialogues)})  # fmt: skip
+    contiguous = make_folds(corpus, 5)
+    assert any("'c' items" in note and "stratified" in note for f in contiguous for note in f.notes)
+    stratified = make_folds(corpus, 5, assignment="stratified")
+    assert not any(f.notes for f in stratified)
+    for fold in stratified:
+        assert not _speakers(fold.corpus, "train") & (_speakers(fold.corpus, "test") | _speakers(fold.corpus, "valid"))
+    tested = [sum(u.label == 2 for d in f.corpus.split_dialogues("test") for u in d.utterances) for f in stratified]
+    assert sum(tested) == 16 and max(tested) <= 8  # contiguous: all 16 in the last part
+    assert make_folds(corpus, 5, assignment="stratified")[0].corpus.splits == stratified[0].corpus.splits  # seeded
+    with pytest.raises(MerkitError, match="--fold-assignment 'random'"):
+        make_folds(corpus, 5, assignment="random")

@@ -25,6 +25,8 @@ name                dim    embedding of one face crop
                            global average of the last feature map; 224×224 RGB, (x − 127) / 128
 ``face-fer``        304    FER2013 CNN of ``what-the-face-classification``: the 304-unit
                            layer before its 7 emotion logits; 48×48 grey, x / 255
+``face-fer-conv``   1792   the FER CNN's last convolutional map (112 × 4 × 4, after pooling), flattened:
+                           less specialised to FER2013's faces than the 304 units after it
 ``face-effnet-fer`` 1584   both, concatenated
 ``face-landmarks``  1434   the 478 landmarks (x, y, z) relative to the face box
 =================== ====== =====================================================================
@@ -80,6 +82,7 @@ class FaceSettings(ExtractorSettings):
     tight_crop: float = Field(0.6, gt=0, le=1, description="auto: a face spanning this fraction of an image's shorter side means the image is a crop [R]")
     small_image: int = Field(256, ge=1, description="auto: an image of at most this many pixels (longer side) with no face found is a crop [R]")
     frame_rate: float = Field(30.0, gt=0, description="frames per second of a frame folder (OpenFace's default video rate) [R]")
+    flip: bool = Field(False, description="average each CNN embedding with that of the mirrored face (test-time flip) [R]")
     workers: int = Field(1, ge=0, description="worker processes (0: one per CPU core); does not change the numbers")
 
 
@@ -157,10 +160,13 @@ def _fer_cnn():
             self.conv1, self.conv2, self.conv3 = nn.Conv2d(1, 28, 3), nn.Conv2d(28, 56, 3), nn.Conv2d(56, 112, 3)
             self.fc1, self.fc2, self.fc3 = nn.Linear(1792, 2000), nn.Linear(2000, 304), nn.Linear(304, 7)
 
-        def embed(self, x):
+        def conv_features(self, x):
             for conv in (self.conv1, self.conv2, self.conv3):
                 x = F.max_pool2d(F.tanh(conv(x)), 2)
-            return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+            return x.flatten(1)
+
+        def embed(self, x):
+            return F.relu(self.fc2(F.relu(self.fc1(self.conv_features(x)))))
 
         def forward(self, x):
             return self.fc3(self.embed(x))
@@ -263,7 +269,7 @@ class FaceExtractor(MediaExtractor):
         files = {f"mediapipe/{name}": models_dir.file_sha256(mediapipe / name) for name in FACE_MESH_FILES}
         if "effnet" in self.embedders:
             files["efficientnet-lite0"] = models_dir.file_sha256(effnet_weights_file())
-        if "fer" in self.embedders:
+        if {"fer", "fer-conv"} & set(self.embedders):
             files["fer2013-cnn"] = models_dir.file_sha256(fer_weights_file())
         return {"files": files, "sha256": models_dir.folder_sha256(files)}
 
@@ -307,8 +313,12 @@ class FaceExtractor(MediaExtractor):
             else:
                 pixels = np.asarray(face.resize((48, 48), Image.Resampling.BILINEAR).convert("L"), dtype=np.float32)
                 batch = torch.from_numpy(pixels / 255.0)[None, None]
+            if self.settings.flip:
+                batch = torch.cat([batch, batch.flip(-1)])
             with torch.inference_mode():
-                parts.append(load_network(kind).embed(batch)[0].numpy())
+                network = load_network("effnet" if kind == "effnet" else "fer")
+                rows = network.conv_features(batch) if kind == "fer-conv" else network.embed(batch)
+                parts.append(rows.mean(dim=0).numpy())
         return np.concatenate(parts).astype(np.float32)
 
     def encode_clip(self, clip: Clip) -> np.ndarray | Absent:
@@ -346,6 +356,14 @@ class FaceFer(FaceExtractor):
     description = "FER2013 CNN (what-the-face-classification) embeddings of MediaPipe face crops, averaged"
     dim = 304
     embedders = ("fer",)
+
+
+@register_extractor
+class FaceFerConv(FaceExtractor):
+    name = "face-fer-conv"
+    description = "FER2013 CNN's last convolutional map (112×4×4) of face crops, flattened and averaged"
+    dim = 1792
+    embedders = ("fer-conv",)
 
 
 @register_extractor
