@@ -9,7 +9,8 @@ BIN    := $(VENV)/bin
 $(BIN)/.merkit-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[text,report,audio]'
+	$(BIN)/python -m pip install --quiet -e '.[text,report,audio,video]'
+	$(BIN)/python -m pip install --quiet --no-deps what-the-face-classification==0.0.27
 	touch $@
 
 $(BIN)/.merkit-test-installed: $(BIN)/.merkit-installed

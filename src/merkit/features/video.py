@@ -264,9 +264,16 @@ class FaceExtractor(MediaExtractor):
     Settings: ClassVar[type[ExtractorSettings]] = FaceSettings
     embedders: ClassVar[tuple[str, ...]]
 
+    @property
+    def uses_face_mesh(self) -> bool:
+        """Whether Face Mesh runs (not for ``detection=off`` without landmarks: then MediaPipe need not be installed)."""
+        return self.settings.detection != "off" or "landmarks" in self.embedders
+
     def weights(self) -> dict[str, Any]:
-        mediapipe = mediapipe_folder()
-        files = {f"mediapipe/{name}": models_dir.file_sha256(mediapipe / name) for name in FACE_MESH_FILES}
+        files = {}
+        if self.uses_face_mesh:
+            mediapipe = mediapipe_folder()
+            files = {f"mediapipe/{name}": models_dir.file_sha256(mediapipe / name) for name in FACE_MESH_FILES}
         if "effnet" in self.embedders:
             files["efficientnet-lite0"] = models_dir.file_sha256(effnet_weights_file())
         if {"fer", "fer-conv"} & set(self.embedders):
@@ -283,7 +290,7 @@ class FaceExtractor(MediaExtractor):
         ``still``: the frame is an image or comes from a frame folder (see ``detection`` in the module docstring)."""
         s = self.settings
         wants_points = "landmarks" in self.embedders
-        points = find_landmarks(image, s.min_confidence) if s.detection != "off" or wants_points else None
+        points = find_landmarks(image, s.min_confidence) if self.uses_face_mesh else None
         if s.detection == "off":
             return None if wants_points and points is None else (whole_box(image), points)
         auto = s.detection == "auto" and still
