@@ -88,3 +88,15 @@ def test_stats_of_a_speech_csv_warns_about_ignored_columns_on_one_line(tmp_path,
     assert err.count("\n") == 1 and err.startswith("merkit: warning: ") and "'notes'" in err
     code, _, err = run_main(["data", "stats", str(path)], capsys)
     assert code == 2 and err.count("\n") == 1 and "dialogue_column=none" in err
+
+
+def test_reader_warnings_print_as_one_merkit_line_in_every_command(tmp_path, capsys):
+    """A reader's warning (an ignored column) reaches the user as `merkit: warning: …`, not a Python warning."""
+    from conftest import run_main
+
+    table = tmp_path / "mine.csv"
+    table.write_text("scene,line,emotion,note\nd1,Hello there.,joy,x\nd1,Go away.,anger,y\n", encoding="utf-8")
+    code, _, err = run_main(["extract", str(table), "-o", "dialogue_column=scene", "-o", "text_column=line",
+                             "-m", "text", "-e", "minilm", "--out", str(tmp_path / "store"), "--quiet"], capsys)  # fmt: skip
+    assert "merkit: warning: mine.csv: ignoring column(s) 'note'" in err, err
+    assert "UserWarning" not in err and "map_columns(" not in err

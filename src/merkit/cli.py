@@ -561,11 +561,28 @@ def demo(
     run_demo(out, None if synthetic else shared_data_root(data_root), model, _console())
 
 
+def _warning_printer(original):
+    """``warnings.showwarning`` that prints merkit's own warnings as one ``merkit: warning:`` line (others as before)."""
+    package = str(Path(__file__).resolve().parent)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            print(f"merkit: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="merkit")
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            app(args=args, prog_name="merkit")
     except MerkitError as exc:
         if debug:
             raise
