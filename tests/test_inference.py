@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -332,3 +333,21 @@ def test_a_folder_of_media_with_one_transcript(media_run, media_predictor, tmp_p
     )
     result = media_predictor.predict(tmp_path)
     assert [u.modalities for u in result.utterances] == [["text", "audio"], ["text", "audio", "visual"], ["text"]]
+
+
+def test_a_media_folder_numbered_from_one_and_files_named_after_no_utterance(tmp_path):
+    from merkit.data.corpus import LabelSchema
+    from merkit.inference import read_input
+
+    (tmp_path / "talk.txt").write_text("Ana: Hello.\nBen: Hi.\nAna: Bye.\n")  # lines are utterances 0, 1, 2
+    for name in ("1.wav", "2.wav", "3.wav"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.warns(UserWarning, match="numbered 1-3 and the utterances 0-2"):
+        corpus = read_input(tmp_path, LabelSchema(names=("joy", "anger")))
+    assert [Path(u.media["audio"]).name for u in corpus.utterances()] == ["1.wav", "2.wav", "3.wav"]
+
+    (tmp_path / "4.wav").write_bytes(b"")
+    (tmp_path / "intro.mp4").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"3 media file\(s\) named after no utterance, not used: 3.wav, 4.wav, intro.mp4"):
+        corpus = read_input(tmp_path, LabelSchema(names=("joy", "anger")))  # 1..4 for 0..2: no longer a shift
+    assert [Path(u.media.get("audio", "-")).name for u in corpus.utterances()] == ["-", "1.wav", "2.wav"]

@@ -35,6 +35,7 @@ import csv
 import io
 import json
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,10 @@ def _unlabelled(corpus: Corpus, labels: LabelSchema) -> Corpus:
 
 def _attach_folder_media(corpus: Corpus, folder: Path) -> Corpus:
     """Give each utterance without media the folder's files named after it (``<utterance_id>.wav``, ``.png``, a
-    ``<utterance_id>/`` folder of frames ...)."""
+    ``<utterance_id>/`` folder of frames ...).
+
+    Files numbered 1…N beside utterances numbered 0…N−1 (a ``.txt`` transcript's lines count from 0)
+    are matched in order, with a warning; files named after no utterance are listed in a warning."""
     by_stem: dict[str, dict[str, str]] = {}
     for path in sorted(folder.iterdir()):
         for modality, suffixes in MEDIA_SUFFIXES.items():
@@ -245,16 +249,32 @@ def _attach_folder_media(corpus: Corpus, folder: Path) -> Corpus:
                 by_stem.setdefault(path.stem, {}).setdefault(modality, str(path.resolve()))
         if path.is_dir() and is_frame_folder(path):
             by_stem.setdefault(path.name, {}).setdefault("frames", str(path.resolve()))
+    own_ids = [u.id.removeprefix(f"{d.id}/") for d in corpus.dialogues for u in d.utterances]
+    count = len(own_ids)
+    shift = 0
+    if set(by_stem) == {str(i) for i in range(1, count + 1)} and set(own_ids) == {str(i) for i in range(count)}:
+        shift = 1
+        warnings.warn(f"{folder}: the media files are numbered 1-{count} and the utterances 0-{count - 1}: "
+                      f"matched in order (1.* to the first utterance)", UserWarning, stacklevel=3)  # fmt: skip
+    used: set[str] = set()
     dialogues = []
     for dialogue in corpus.dialogues:
         utterances = []
         for utterance in dialogue.utterances:
             own_id = utterance.id.removeprefix(f"{dialogue.id}/")
-            found = by_stem.get(own_id) or by_stem.get(f"{dialogue.id}_{own_id}")
-            if not utterance.media and found:
-                utterance = utterance.model_copy(update={"media": found})
+            if shift:
+                own_id = str(int(own_id) + shift)
+            stem = next((s for s in (own_id, f"{dialogue.id}_{own_id}") if s in by_stem), None)
+            if not utterance.media and stem is not None:
+                utterance = utterance.model_copy(update={"media": by_stem[stem]})
+                used.add(stem)
             utterances.append(utterance)
         dialogues.append(Dialogue(id=dialogue.id, utterances=tuple(utterances)))
+    unused = [Path(p).name for stem, media in by_stem.items() if stem not in used for p in media.values()]
+    if unused:
+        shown = ", ".join(unused[:5]) + (", …" if len(unused) > 5 else "")
+        warnings.warn(f"{folder}: {len(unused)} media file(s) named after no utterance, not used: {shown} "
+                      f"(name them after the utterance ids: {', '.join(own_ids[:3])}, …)", UserWarning, stacklevel=3)  # fmt: skip
     return _inference_corpus(corpus.name, dialogues, corpus.labels)
 
 
