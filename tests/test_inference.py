@@ -351,3 +351,17 @@ def test_a_media_folder_numbered_from_one_and_files_named_after_no_utterance(tmp
     with pytest.warns(UserWarning, match=r"3 media file\(s\) named after no utterance, not used: 3.wav, 4.wav, intro.mp4"):
         corpus = read_input(tmp_path, LabelSchema(names=("joy", "anger")))  # 1..4 for 0..2: no longer a shift
     assert [Path(u.media.get("audio", "-")).name for u in corpus.utterances()] == ["-", "1.wav", "2.wav"]
+
+
+@pytest.mark.parametrize("start", [1e308, float("inf"), float("nan"), -1.0])
+def test_media_times_out_of_range_are_a_clear_error(start, tmp_path):
+    from merkit.inference import read_conversations
+
+    with pytest.raises(MerkitError, match="start"):
+        read_conversations([{"text": "Hi.", "audio": "a.wav", "start": start}])
+    table = tmp_path / "t.csv"
+    table.write_text(f"dialogue_id,text,start\nd,Hi.,{start}\n")
+    from merkit.data import read_data
+
+    with pytest.raises(MerkitError, match=r"t.csv, line 2: start .* is not a time in seconds between 0 and 1e\+07"):
+        read_data(table)

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from merkit import __version__
 from merkit.checkpoint import META, WEIGHTS, Checkpoint, load_checkpoint
-from merkit.data.corpus import MEDIA_KINDS, Corpus, Dialogue, LabelSchema, Utterance, build_corpus, build_utterance
+from merkit.data.corpus import MAX_SECONDS, MEDIA_KINDS, Corpus, Dialogue, LabelSchema, Utterance, build_corpus, build_utterance
 from merkit.data.images import IMAGE_SUFFIXES, is_frame_folder
 from merkit.data.features import FeatureSet, stack_rows
 from merkit.data.formats import Source, detect_format, read_data
@@ -84,8 +84,8 @@ class UtteranceInput(BaseModel):
     video: str | None = Field(None, description="video file")
     image: str | None = Field(None, description="image file: a face crop or a photograph")
     frames: str | None = Field(None, description="folder of frames (or OpenFace's output folder with its *_aligned crops)")
-    start: float | None = Field(None, ge=0, description="seconds from the start of the media file")
-    end: float | None = Field(None, ge=0, description="seconds from the start of the media file")
+    start: float | None = Field(None, ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="seconds from the start of the media file")
+    end: float | None = Field(None, ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="seconds from the start of the media file")
 
     @model_validator(mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from merkit.errors import MerkitError
 SPLITS = ("train", "valid", "test")
 Split = Literal["train", "valid", "test"]
 MODALITIES = ("text", "audio", "visual")
+MAX_SECONDS = 1e7  # about 115 days: a media time beyond it is a mistake, not a recording
 MEDIA_KINDS = ("audio", "video", "image", "frames")  # the keys of Utterance.media (frames: a folder of images)
 
 Label = int | tuple[int, ...]
@@ -75,8 +76,8 @@ class Utterance(_Frozen):
     text: str = ""
     label: Label | None = None
     sentiment: str | None = None
-    start: float | None = None
-    end: float | None = None
+    start: float | None = Field(None, le=MAX_SECONDS, allow_inf_nan=False)
+    end: float | None = Field(None, le=MAX_SECONDS, allow_inf_nan=False)
     media: Mapping[str, str] = Field(default_factory=dict)
     meta: Mapping[str, str] = Field(default_factory=dict)
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from merkit.data.corpus import MEDIA_KINDS, Dialogue, LabelSchema, build_corpus, build_utterance
+from merkit.data.corpus import MAX_SECONDS, MEDIA_KINDS, Dialogue, LabelSchema, build_corpus, build_utterance
 from merkit.data.formats import DataBundle, Source, register_reader
 from merkit.data.formats._text import csv_rows, repair_text, text_lines
 from merkit.errors import MerkitError
@@ -157,9 +157,12 @@ def _number(value: Any, field: str) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
         raise MerkitError(f"{field} {value!r} is not a number of seconds") from None
+    if not 0 <= seconds <= MAX_SECONDS:  # also NaN and infinities
+        raise MerkitError(f"{field} {value!r} is not a time in seconds between 0 and {MAX_SECONDS:g}")
+    return seconds
 
 
 def rows_to_corpus(
