@@ -365,3 +365,11 @@ def test_media_times_out_of_range_are_a_clear_error(start, tmp_path):
 
     with pytest.raises(MerkitError, match=r"t.csv, line 2: start .* is not a time in seconds between 0 and 1e\+07"):
         read_data(table)
+
+
+def test_a_lone_surrogate_is_a_clear_error():
+    from merkit.inference import read_conversations
+
+    for field in ("text", "speaker"):
+        with pytest.raises(MerkitError, match=r"not valid Unicode text: '\\ud800' at character 2"):
+            read_conversations(json.loads('[{"%s": "ab\\ud800c"}]' % field))

@@ -243,3 +243,18 @@ def test_the_web_page_shows_the_predicted_labels(server, predictor):
     assert widths[0] == pytest.approx(top * track, abs=2) and widths == sorted(widths, reverse=True)  # bars drawn to scale
     assert "not given by this model" in uncertainty
     assert too_many.startswith("422: too many utterances")
+
+
+def test_bad_numbers_and_lone_surrogates_are_422_not_500(client):
+    bodies = [
+        '{"utterances": [{"text": "ab\\ud800"}]}',
+        '{"utterances": [{"speaker": "\\udfff", "text": "Hi."}]}',
+        '{"utterances": [{"text": "Hi.", "start": Infinity}]}',
+        '{"utterances": [{"text": "Hi.", "start": 1e308}]}',
+    ]
+    for body in bodies:
+        response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (body, response.status_code, response.text)
+        _readable(response)
+    multipart = client.post("/predict", files={"conversation": (None, '[{"text": "x\\ud800"}]')})
+    assert multipart.status_code == 422, multipart.text

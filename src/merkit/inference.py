@@ -112,6 +112,17 @@ class UtteranceInput(BaseModel):
                 data[key] = str(data[key])
         return data
 
+    @field_validator("utterance_id", "dialogue_id", "speaker", "text", *MEDIA_FIELDS)
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        """A lone surrogate (``"\\ud800"`` in JSON) is not Unicode text: refused here, not a crash when encoding the answer."""
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"not valid Unicode text: {value[exc.start:exc.end]!a} at character {exc.start}") from None
+        return value
+
 
 class ConversationInput(BaseModel):
     """One dialogue: its turns in order."""
