@@ -258,3 +258,16 @@ def test_bad_numbers_and_lone_surrogates_are_422_not_500(client):
         _readable(response)
     multipart = client.post("/predict", files={"conversation": (None, '[{"text": "x\\ud800"}]')})
     assert multipart.status_code == 422, multipart.text
+
+
+def test_deep_nesting_huge_numbers_and_long_file_names_are_answered(client):
+    deep = client.post("/predict", content="[" * 100_000 + "]" * 100_000, headers={"content-type": "application/json"})
+    assert deep.status_code == 400 and "nested too deeply" in _readable(deep)
+    digits = '{"utterances": [{"text": "Hi.", "start": ' + "9" * 5000 + "}]}"
+    huge = client.post("/predict", content=digits, headers={"content-type": "application/json"})
+    assert huge.status_code == 400 and "too many digits" in _readable(huge)
+    name = "a" * 300 + ".wav"  # longer than a file name may be on disk: saved under a name of the server's own
+    conversation = json.dumps([{"text": "Hi.", "audio": name}])
+    response = client.post("/predict", files={"conversation": (None, conversation), "files": (name, b"RIFF", "audio/wav")})
+    assert response.status_code == 200, response.text
+    assert response.json()["utterances"][0]["modalities"] == ["text"]

@@ -128,6 +128,10 @@ def _parse_json(raw: bytes | str, what: str) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise HTTPException(400, f"{what} is not valid JSON{where}") from None
+    except RecursionError:
+        raise HTTPException(400, f"{what} is nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise HTTPException(400, f"{what} holds a number with too many digits ({exc})") from None
 
 
 def _conversations(data: Any, limits: ServeLimits) -> list[ConversationInput]:
@@ -263,7 +267,8 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
                         raise HTTPException(422, "an uploaded file has no name; utterances refer to files by name")
                     if name in files:
                         raise HTTPException(422, f"two uploaded files are named {name!r}")
-                    files[name] = Path(folder) / name
+                    # Saved under a short name of our own: the client's name is only the key utterances use.
+                    files[name] = Path(folder) / f"upload{len(files)}{Path(name).suffix[:16]}"
                     with files[name].open("wb") as handle:
                         shutil.copyfileobj(upload.file, handle)
                 return await run_in_threadpool(run, _with_uploads(conversations, files, limits))
