@@ -373,3 +373,17 @@ def test_a_lone_surrogate_is_a_clear_error():
     for field in ("text", "speaker"):
         with pytest.raises(MerkitError, match=r"not valid Unicode text: '\\ud800' at character 2"):
             read_conversations(json.loads('[{"%s": "ab\\ud800c"}]' % field))
+
+
+def test_predictions_from_nothing_and_unread_media_say_so(text_predictor, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "f.png").write_bytes(b"")
+    result = text_predictor.predict(
+        [{"text": ""}, {"text": "Hello.", "audio": "a.wav"}, {"audio": "a.wav"}, {"text": "Hi.", "image": "f.png"}], base_dir=tmp_path
+    )
+    empty, spoken, audio_only, pictured = result.utterances
+    assert empty.modalities == [] and "nothing this model reads (text) was usable" in empty.notes["input"]
+    assert empty.expert_weights is None  # no weights invented for a turn with no input
+    assert spoken.modalities == ["text"] and spoken.notes == {"audio": "the model does not read audio; the audio file was not used"}
+    assert "input" in audio_only.notes and "audio" in audio_only.notes
+    assert pictured.notes == {"visual": "the model does not read visual; the image file was not used"}

@@ -66,6 +66,7 @@ MEDIA_SUFFIXES = {
     "video": (".mp4", ".mkv", ".avi", ".webm", ".mov"),
     "image": IMAGE_SUFFIXES,
 }
+MEDIA_MODALITY = {"audio": "audio", "video": "visual", "image": "visual", "frames": "visual"}  # what each medium gives
 SPLIT = "test"  # the one split an inference corpus has: every dialogue in it
 EXTRACT_BATCH = 32  # inputs per extractor call
 
@@ -337,7 +338,11 @@ class UtterancePrediction(BaseModel):
     uncertainty_components: list[float] | None = Field(None, description="per modality or per class, as the model gives it")
     expert_weights: dict[str, float] | None = Field(None, description="how much each expert/modality contributed")
     modalities: list[str] = Field(description="the modalities the model had for this utterance")
-    notes: dict[str, str] = Field(default_factory=dict, description="per modality: why an available medium gave no features")
+    notes: dict[str, str] = Field(
+        default_factory=dict,
+        description="per modality: why an available medium gave no features, or that the model does not read it; "
+        "'input': the turn had nothing the model reads",
+    )
 
 
 class PredictionResult(BaseModel):
@@ -493,15 +498,31 @@ class Predictor:
         dataset = self.checkpoint.dataset(corpus, features, [SPLIT])
         scored = predict(self.model, make_loader(dataset, self.batch_size), self.device, all_utterances=True)
         position = {utterance_id: i for i, utterance_id in enumerate(scored.utterance_ids)}
-        rows = [
-            self._utterance(scored, position[u.id], d.id, u, [m for m in self.modalities if features[m].present[row]],
-                            {m: notes[m][u.id] for m in self.modalities if u.id in notes[m]})
-            for row, (d, u) in enumerate((d, u) for d in corpus.dialogues for u in d.utterances)
-        ]  # fmt: skip
+        rows = []
+        for row, (d, u) in enumerate((d, u) for d in corpus.dialogues for u in d.utterances):
+            used = [m for m in self.modalities if features[m].present[row]]
+            said = {m: notes[m][u.id] for m in self.modalities if u.id in notes[m]}
+            rows.append(self._utterance(scored, position[u.id], d.id, u, used, {**said, **self._unused_input_notes(u, used)}))
         return PredictionResult(
             model=self.meta["model"], labels=list(self.labels.names), multi_label=self.labels.multi_label,
             modalities=self.modalities, utterances=rows,
         )  # fmt: skip
+
+    def _unused_input_notes(self, utterance: Utterance, used: list[str]) -> dict[str, str]:
+        """Notes on media the model does not read, and on a prediction made from no input at all."""
+        found: dict[str, str] = {}
+        for kind in utterance.media:
+            modality = MEDIA_MODALITY[kind]
+            if modality in self.modalities:
+                continue
+            if kind == "video" and "audio" in self.modalities:
+                found.setdefault(modality, "the model does not read faces; only the video's sound track was used")
+            else:
+                found.setdefault(modality, f"the model does not read {modality}; the {kind} file was not used")
+        if not used:
+            found["input"] = (f"nothing this model reads ({', '.join(self.modalities)}) was usable: the label is the "
+                              "model's output on an empty input, not evidence")  # fmt: skip
+        return found
 
     def _utterance(
         self, scored: Predictions, i: int, dialogue_id: str, utterance: Utterance, used: list[str], notes: dict[str, str]
@@ -518,7 +539,7 @@ class Predictor:
             values = np.atleast_1d(scored.uncertainty[i]).astype(float)
             uncertainty = round(float(values.mean()), 6)
             components = np.round(values, 6).tolist() if values.size > 1 else None
-        if scored.expert_weights is not None:
+        if scored.expert_weights is not None and used:  # no weights for a turn with no input: there was nothing to weigh
             weights = dict(zip(scored.expert_names, np.round(scored.expert_weights[i].astype(float), 6).tolist()))
         return UtterancePrediction(
             dialogue_id=dialogue_id, utterance_id=utterance.id.removeprefix(f"{dialogue_id}/"), speaker=utterance.speaker,
