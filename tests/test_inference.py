@@ -387,3 +387,14 @@ def test_predictions_from_nothing_and_unread_media_say_so(text_predictor, tmp_pa
     assert spoken.modalities == ["text"] and spoken.notes == {"audio": "the model does not read audio; the audio file was not used"}
     assert "input" in audio_only.notes and "audio" in audio_only.notes
     assert pictured.notes == {"visual": "the model does not read visual; the image file was not used"}
+
+
+def test_a_media_file_alone_and_a_run_folder_get_a_hint(text_run, tmp_path):
+    from merkit.data.corpus import LabelSchema
+    from merkit.inference import read_input
+
+    (tmp_path / "x.wav").write_bytes(b"x")
+    with pytest.raises(MerkitError, match=r'an audio file alone is not a conversation: give JSON naming it \(\[\{"audio": "x.wav"\}\]\)'):
+        read_input(tmp_path / "x.wav", LabelSchema(names=("joy",)))
+    with pytest.raises(MerkitError, match=r"not a merkit checkpoint \(no model.json\); a run folder: its checkpoints are .*seed0/best"):
+        merkit.load(text_run.run)

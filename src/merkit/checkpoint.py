@@ -104,7 +104,9 @@ class Checkpoint:
 def read_meta(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / META
     if not path.is_file():
-        raise MerkitError(f"not a merkit checkpoint (no {META})", path=directory)
+        inside = sorted(Path(directory).glob(f"seed*/best/{META}")) + sorted(Path(directory).glob(f"fold*/seed*/best/{META}"))
+        hint = f"; a run folder: its checkpoints are {', '.join(str(p.parent) for p in inside[:3])}" if inside else ""
+        raise MerkitError(f"not a merkit checkpoint (no {META}){hint}", path=directory)
     try:
         meta = json.loads(path.read_text("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -501,7 +501,7 @@ def predict_conversations(
 def serve(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
     host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     max_utterances: Annotated[Optional[int], typer.Option(help="Utterances per request (default 200).")] = None,
     max_upload_mb: Annotated[Optional[float], typer.Option(help="Request size in MB (default 50).")] = None,
     max_media_seconds: Annotated[Optional[float], typer.Option(help="Duration of each uploaded media file (default 600).")] = None,

@@ -309,6 +309,13 @@ def read_input(source: str | Path, labels: LabelSchema) -> Corpus:
             ) from None
         return _unlabelled(read_data(path).corpus, labels)
     suffix = path.suffix.lower()
+    kind = next((k for k, suffixes in MEDIA_SUFFIXES.items() if suffix in suffixes), None)
+    if kind is not None:
+        raise MerkitError(
+            f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} file alone is not a conversation: give JSON naming it ([{{\"{kind}\": \"{path.name}\"}}]), a transcript "
+            f"({', '.join(TRANSCRIPT_SUFFIXES)}), or a folder holding the media and one transcript",
+            path=path,
+        )
     try:
         if suffix == ".json":
             data = json.loads(path.read_text("utf-8"))
