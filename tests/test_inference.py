@@ -10,12 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import REPO
 from media_helpers import blank_video, face_video, speak, tone, untrained_checkpoint, write_jsonl
 from typer.testing import CliRunner
 
@@ -129,6 +131,24 @@ def test_dialogues_keep_their_order_and_context(text_predictor):
     assert alone.utterances[0].probabilities != result.utterances[1].probabilities
 
 
+def test_a_flat_list_of_interleaved_dialogues_comes_back_in_its_order(text_predictor):
+    turns = [
+        {"dialogue_id": "a", "text": "We won the final, I am so happy!"},
+        {"dialogue_id": "b", "text": "The train leaves at nine."},
+        {"dialogue_id": "a", "text": "Stop interrupting me, I am furious."},
+    ]
+    flat = text_predictor.predict(turns)
+    assert [(u.dialogue_id, u.utterance_id, u.text) for u in flat.utterances] == [
+        ("a", "0", turns[0]["text"]), ("b", "0", turns[1]["text"]), ("a", "1", turns[2]["text"]),
+    ]  # fmt: skip
+    grouped = text_predictor.predict({"dialogues": [
+        {"dialogue_id": "a", "utterances": [turns[0], turns[2]]}, {"dialogue_id": "b", "utterances": [turns[1]]},
+    ]})  # fmt: skip
+    assert flat.utterances[2].probabilities == grouped.utterances[1].probabilities  # dialogue a was read as one context
+    wrapped = text_predictor.predict({"utterances": turns})  # the turns' own dialogue_ids group them here too
+    assert [(u.dialogue_id, u.text) for u in wrapped.utterances] == [(u.dialogue_id, u.text) for u in flat.utterances]
+
+
 @pytest.mark.parametrize(
     ("conversation", "message"),
     [
@@ -138,7 +158,9 @@ def test_dialogues_keep_their_order_and_context(text_predictor):
         ([{"text": "hi", "media": {"eeg": "a.edf"}}], "unknown modality 'eeg'"),
         ([{"text": 5}], "valid string"),
         ([{"text": "hi", "start": 2.0, "end": 1.0}], "before start"),
-        ([{"utterance_id": "1", "text": "a"}, {"utterance_id": "1", "text": "b"}], "duplicate utterance id"),
+        ([{"utterance_id": "1", "text": "a"}, {"utterance_id": "1", "text": "b"}], "utterances 0 and 1 are both named '1'; give"),
+        ([{"utterance_id": "1", "text": "a"}, {"text": "b"}], r"both named '1' \(a turn without an utterance_id is named by its position"),
+        ({"dialogue_id": "q", "utterances": [{"dialogue_id": "x", "text": "a"}]}, "utterances.0.dialogue_id 'x' is not the conversation's"),
         ("not a path", "no such file"),
         (42, "not int"),
     ],
@@ -222,9 +244,28 @@ def test_predict_and_export_commands(text_run, tmp_path):
     for part in ("## Intended use", "## Data", "## Metrics", "## Limitations", "honest: epoch selected on the validation split", "minilm"):
         assert part in card
     assert json.loads((folder / "labels.json").read_text())["names"] == ["anger", "joy", "neutral"]
+    for written in folder.iterdir():  # shareable: none of the builder's absolute paths (venv, store, home)
+        text = written.read_text(errors="replace")
+        assert str(REPO) not in text and str(tmp_path) not in text and "site-packages" not in text, written.name
+    assert json.loads((folder / "features.json").read_text())["text"]["settings"]["weights"]["path"].endswith("/model")
     with merkit.load(folder) as predictor:  # the exported folder is a checkpoint itself
         again = predictor.predict(text_run.table)
     np.testing.assert_allclose(_probabilities(again, again.labels)["d5/2"], text_run.engine["d5/2"], atol=2e-5)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """Atomic writes go through ``mkstemp`` (mode 0600); the renamed file gets what ``open()`` would give."""
+    import subprocess
+    import sys
+
+    script = "import os, sys; from merkit.io import atomic_write_text; atomic_write_text(sys.argv[1], 'x')"
+    previous = os.umask(umask)
+    try:
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "f.txt")], check=True)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_large_inputs_show_a_progress_bar_unless_quiet(text_run, tmp_path):

@@ -181,8 +181,9 @@ def data_formats() -> None:
 
 @app.command("models")
 def models() -> None:
-    """List the registered models with their modalities and presets."""
+    """List the registered models with their modalities and presets, and which corpus shape each preset suits."""
     from merkit.models import available_models
+    from merkit.models.registry import PRESET_SHAPES
 
     entries = available_models()
     if not entries:
@@ -190,8 +191,14 @@ def models() -> None:
         return
     table = Table("model", "modalities", "presets", "description")
     for entry in entries.values():
-        table.add_row(entry.name, ", ".join(entry.modalities), ", ".join(entry.presets) or "-", entry.description)
-    _console().print(table)
+        table.add_row(entry.name, ", ".join(entry.modalities), ", ".join([*entry.presets, "auto"]), entry.description)
+    console = _console()
+    console.print(table)
+    shapes = Table("preset", "models", "suits")
+    for preset, shape in PRESET_SHAPES.items():
+        users = [e.name for e in entries.values() if preset in e.presets or preset == "auto"]
+        shapes.add_row(preset, ", ".join(users), shape)
+    console.print(shapes)
 
 
 @app.command("train")
@@ -199,7 +206,10 @@ def train(
     data: Annotated[str, typer.Argument(help="Feature store, corpus with features, or 'synthetic'.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `merkit models`).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (results.json, checkpoints, logs).")],
-    preset: Annotated[Optional[str], typer.Option(help="Named hyper-parameter preset of the model.")] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(help="Named hyper-parameter preset of the model (`merkit models`), or 'auto': chosen from the training split's shape."),
+    ] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: key=value (repeatable).")] = None,
     modalities: Annotated[Optional[str], typer.Option(help="Comma-separated modalities (default: all the model takes).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one run each, mean ± std in results.json.")] = "0",
@@ -254,6 +264,7 @@ def train(
         progress=progress,
         data_options={"trust_pickle": trust_pickle, **parse_options(option or [])},
         keep_resume_state=keep_resume_state,
+        announce=lambda line: typer.echo(f"merkit: {line}", err=True),
     )
     if results:
         print_results(results, _console())

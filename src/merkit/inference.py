@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from merkit import __version__
 from merkit.checkpoint import META, WEIGHTS, Checkpoint, load_checkpoint
@@ -68,6 +68,7 @@ MEDIA_SUFFIXES = {
 }
 MEDIA_MODALITY = {"audio": "audio", "video": "visual", "image": "visual", "frames": "visual"}  # what each medium gives
 SPLIT = "test"  # the one split an inference corpus has: every dialogue in it
+INPUT_POSITION = "input_position"  # utterance meta: its place in a flat input list of turns
 EXTRACT_BATCH = 32  # inputs per extractor call
 
 
@@ -132,6 +133,8 @@ class ConversationInput(BaseModel):
 
     dialogue_id: str = Field("conversation", min_length=1)
     utterances: list[UtteranceInput]
+    # Where each turn stood in a flat input list (turns of several dialogues, interleaved): answers keep that order.
+    _positions: list[int] | None = PrivateAttr(None)
 
     @field_validator("utterances")
     @classmethod
@@ -139,6 +142,16 @@ class ConversationInput(BaseModel):
         if not utterances:
             raise ValueError("the conversation is empty (no utterances)")
         return utterances
+
+    @model_validator(mode="after")
+    def _one_dialogue(self) -> "ConversationInput":
+        for index, turn in enumerate(self.utterances):
+            if turn.dialogue_id is not None and turn.dialogue_id != self.dialogue_id:
+                raise ValueError(
+                    f"utterances.{index}.dialogue_id {turn.dialogue_id!r} is not the conversation's dialogue_id "
+                    f"{self.dialogue_id!r}; to send several dialogues, give a flat list of turns or 'dialogues'"
+                )
+        return self
 
 
 class _Dialogues(BaseModel):
@@ -172,22 +185,35 @@ def read_conversations(data: Any) -> list[ConversationInput]:
         if isinstance(data, Mapping):
             if "dialogues" in data and "utterances" not in data:
                 return _Dialogues.model_validate(data).dialogues
+            turns = data.get("utterances")
+            if set(data) == {"utterances"} and isinstance(turns, list) and any(isinstance(t, Mapping) and t.get("dialogue_id") is not None for t in turns):
+                return _grouped(turns)  # no dialogue_id of its own: the turns' dialogue_ids group them
             return [ConversationInput.model_validate(data)]
         if isinstance(data, list):
             if data and all(isinstance(item, Mapping) and "utterances" in item for item in data):
                 return _Dialogues.model_validate({"dialogues": data}).dialogues
-            turns = _TURNS.validate_python(data)
-            if not turns:
-                raise MerkitError("the conversation is empty (no utterances)")
-            grouped: dict[str, list[UtteranceInput]] = {}
-            for turn in turns:
-                grouped.setdefault(turn.dialogue_id or "conversation", []).append(turn)
-            return [ConversationInput(dialogue_id=d, utterances=u) for d, u in grouped.items()]
+            return _grouped(data)
     except ValidationError as exc:
         raise MerkitError(validation_message(exc)) from None
     raise MerkitError(
         f"a conversation is a list of utterances or an object with 'utterances', not {type(data).__name__}"
     )
+
+
+def _grouped(data: list[Any]) -> list[ConversationInput]:
+    """A flat list of turns → one conversation per ``dialogue_id`` (first appearance first), each turn's place kept."""
+    turns = _TURNS.validate_python(data)
+    if not turns:
+        raise MerkitError("the conversation is empty (no utterances)")
+    grouped: dict[str, list[tuple[int, UtteranceInput]]] = {}
+    for position, turn in enumerate(turns):
+        grouped.setdefault(turn.dialogue_id or "conversation", []).append((position, turn))
+    conversations = []
+    for dialogue_id, placed in grouped.items():
+        conversation = ConversationInput(dialogue_id=dialogue_id, utterances=[turn for _, turn in placed])
+        conversation._positions = [position for position, _ in placed]
+        conversations.append(conversation)
+    return conversations
 
 
 def parse_lines(text: str, dialogue_id: str = "conversation") -> ConversationInput:
@@ -220,19 +246,38 @@ def corpus_of_conversations(conversations: Sequence[ConversationInput], labels: 
     dialogues = []
     for conversation in conversations:
         utterances = []
-        for index, turn in enumerate(conversation.utterances):
+        ids = _utterance_ids(conversation)
+        positions = conversation._positions or [None] * len(ids)
+        for index, (turn, utterance_id, position) in enumerate(zip(conversation.utterances, ids, positions, strict=True)):
             media = {field: _resolve(getattr(turn, field), base) for field in MEDIA_FIELDS if getattr(turn, field)}
             try:
                 utterances.append(
                     build_utterance(
-                        id=f"{conversation.dialogue_id}/{turn.utterance_id or index}", speaker=turn.speaker,
-                        text=turn.text, start=turn.start, end=turn.end, media=media,
+                        id=f"{conversation.dialogue_id}/{utterance_id}", speaker=turn.speaker, text=turn.text,
+                        start=turn.start, end=turn.end, media=media,
+                        meta={} if position is None else {INPUT_POSITION: str(position)},
                     )
                 )  # fmt: skip
             except MerkitError as exc:
                 raise exc.at(place=f"dialogue {conversation.dialogue_id!r}, utterance {index}") from None
         dialogues.append(Dialogue(id=conversation.dialogue_id, utterances=tuple(utterances)))
     return _inference_corpus(name, dialogues, labels)
+
+
+def _utterance_ids(conversation: ConversationInput) -> list[str]:
+    """Each turn's ``utterance_id``, or its position (from 0) when it has none; a clash is an error naming both turns."""
+    ids = [turn.utterance_id or str(index) for index, turn in enumerate(conversation.utterances)]
+    first: dict[str, int] = {}
+    for index, utterance_id in enumerate(ids):
+        if utterance_id in first:
+            given = [i for i in (first[utterance_id], index) if conversation.utterances[i].utterance_id]
+            why = "" if len(given) == 2 else " (a turn without an utterance_id is named by its position, from 0)"
+            raise MerkitError(
+                f"dialogue {conversation.dialogue_id!r}: utterances {first[utterance_id]} and {index} are both named "
+                f"{utterance_id!r}{why}; give every turn its own utterance_id, or none"
+            )
+        first[utterance_id] = index
+    return ids
 
 
 def _inference_corpus(name: str, dialogues: Sequence[Dialogue], labels: LabelSchema) -> Corpus:
@@ -505,11 +550,13 @@ class Predictor:
         dataset = self.checkpoint.dataset(corpus, features, [SPLIT])
         scored = predict(self.model, make_loader(dataset, self.batch_size), self.device, all_utterances=True)
         position = {utterance_id: i for i, utterance_id in enumerate(scored.utterance_ids)}
-        rows = []
+        rows, order = [], []
         for row, (d, u) in enumerate((d, u) for d in corpus.dialogues for u in d.utterances):
             used = [m for m in self.modalities if features[m].present[row]]
             said = {m: notes[m][u.id] for m in self.modalities if u.id in notes[m]}
             rows.append(self._utterance(scored, position[u.id], d.id, u, used, {**said, **self._unused_input_notes(u, used)}))
+            order.append(int(u.meta.get(INPUT_POSITION, row)))
+        rows = [rows[i] for i in sorted(range(len(rows)), key=order.__getitem__)]  # a flat input list's order
         return PredictionResult(
             model=self.meta["model"], labels=list(self.labels.names), multi_label=self.labels.multi_label,
             modalities=self.modalities, utterances=rows,
@@ -629,7 +676,7 @@ def export_model(checkpoint: str | Path, out: str | Path) -> Path:
     ``labels.json``, ``features.json``, the run's ``metrics.json``/``results.json`` when they are found beside
     the checkpoint (``RUN/seedN/best`` → ``RUN/seedN/metrics.json``, ``RUN/results.json``), and a ``README.md`` model card."""
     source, out = Path(checkpoint), Path(out)
-    meta = dict(load_checkpoint(source).meta)  # verifies the weights' checksum and that the model rebuilds
+    meta = portable(dict(load_checkpoint(source).meta))  # verifies the weights' checksum and that the model rebuilds
     if out.resolve() == source.resolve():
         raise MerkitError("export into another folder than the checkpoint's", path=out)
     if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
@@ -646,6 +693,7 @@ def export_model(checkpoint: str | Path, out: str | Path) -> Path:
     here = source.resolve()  # an exported folder holds its own; a training run has them above the checkpoint
     seed_metrics = _json_if_present(here / "metrics.json") or _json_if_present(here.parent / "metrics.json")
     run_results = _json_if_present(here / "results.json") or _json_if_present(here.parent.parent / "results.json")
+    seed_metrics, run_results = portable(seed_metrics), portable(run_results)
     for name, content in (("metrics.json", seed_metrics), ("results.json", run_results)):
         if content is not None:
             atomic_write_json(out / name, content)
@@ -653,6 +701,27 @@ def export_model(checkpoint: str | Path, out: str | Path) -> Path:
             (out / name).unlink(missing_ok=True)
     atomic_write_text(out / "README.md", model_card(meta, seed_metrics, run_results))
     return out
+
+
+def portable(value: Any) -> Any:
+    """``value`` without the builder's absolute paths (an exported folder is shared): the ``path`` and ``source``
+    entries keep the part below ``site-packages`` (weights that came in a package) or the last name (a store,
+    a feature file). Settings that rebuild an extractor (the ``hf`` extractor's ``model`` folder) stay as they are."""
+    if isinstance(value, Mapping):
+        return {k: _short_path(v) if k in ("path", "source") and isinstance(v, str) else portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    return value
+
+
+def _short_path(text: str) -> str:
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    parts = path.parts
+    if "site-packages" in parts:
+        return "/".join(parts[parts.index("site-packages") + 1 :])
+    return path.name
 
 
 def _percent(value: float) -> str:

@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under this process's umask (``mkstemp`` makes 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # read once, at import: setting the umask is process-wide and not thread-safe
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; on success it is renamed over ``path``.
@@ -21,6 +31,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -19,7 +19,28 @@ class ModelEntry:
     # "utterance": one vector per utterance; "sequence": every modality as frames
     # (batch.sequences; utterance vectors come as one-frame sequences).
     feature_level: str = "utterance"
+    # The model's own rules for ``--preset auto``: ``auto(shape, chosen)`` sets fields on ``chosen``
+    # (a merkit.training.auto.AutoPreset) after the shared rules.
+    auto: Callable[[Any, Any], None] | None = None
 
+
+# The corpus shape each preset name was made for (one name means the same corpus in every model);
+# ``merkit models`` prints it so that a user can tell which preset, if any, suits their corpus.
+PRESET_SHAPES = {
+    "iemocap": "IEMOCAP's published features, paper settings: 2-speaker dialogues of ~50 turns, 6 classes",
+    "meld": "MELD's published features, paper settings: multi-party dialogues of ~10 turns, 7 imbalanced classes",
+    "mosi": "CMU-MOSI's published features, paper settings: one-speaker video segments, sentiment",
+    "iemocap-mpnet": "merkit's own MPNet text vectors on long 2-speaker dialogues (IEMOCAP-like), CPU-sized",
+    "meld-mpnet": "merkit's own MPNet text vectors on short multi-party dialogues (MELD-like), CPU-sized",
+    "iemocap-minilm": "merkit's own MiniLM text vectors on long 2-speaker dialogues (IEMOCAP-like), CPU-sized",
+    "meld-minilm": "merkit's own MiniLM text vectors on short multi-party dialogues (MELD-like), CPU-sized",
+    "mosei-aligned": "CMU-MOSEI word-aligned features (50 frames a modality), 6 labels, multi-label",
+    "mosei-unaligned": "CMU-MOSEI unaligned features (audio/visual 500 frames), 6 labels, multi-label",
+    "m3ed": "M3ED features, one sample a dialogue, 7 labels, multi-label",
+    "goemotions": "one-vector texts (MiniLM/MPNet), ~43k training items, 28 labels, multi-label",
+    "auto": "any other corpus: settings chosen from its training split's size, turns and class balance "
+    "(`merkit train --preset auto` prints what it chose and why)",
+}
 
 _MODEL_MODULES = ("mlp", "bigru", "late_fusion", "mister_e", "sigmoid_mlp", "lddu", "sdt", "sure")
 _MODELS: dict[str, ModelEntry] = {}
@@ -33,15 +54,22 @@ def register_model(
     description: str,
     presets: Mapping[str, Mapping[str, Any]] | None = None,
     feature_level: str = "utterance",
+    auto: Callable[[Any, Any], None] | None = None,
 ) -> Callable[[type], type]:
-    """Class decorator registering a model under ``name`` with its typed config and presets."""
+    """Class decorator registering a model under ``name`` with its typed config and presets (each may say
+    which corpus shape it ``suits``; the name ``auto`` is kept for the corpus-adaptive preset)."""
 
     def decorate(cls: type) -> type:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
         if feature_level not in ("utterance", "sequence"):
             raise ValueError(f"model {name!r}: feature_level must be 'utterance' or 'sequence'")
-        _MODELS[name] = ModelEntry(name, cls, config, modalities, description, dict(presets or {}), feature_level)
+        if "auto" in (presets or {}):
+            raise ValueError(f"model {name!r}: 'auto' is the corpus-adaptive preset, not a name to register")
+        undescribed = set(presets or {}) - set(PRESET_SHAPES)
+        if undescribed:
+            raise ValueError(f"model {name!r}: say in PRESET_SHAPES which corpus shape {sorted(undescribed)} suit")
+        _MODELS[name] = ModelEntry(name, cls, config, modalities, description, dict(presets or {}), feature_level, auto)
         return cls
 
     return decorate

@@ -153,12 +153,18 @@ def presets(model_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> d
     return {name: {"model": {**model, **extra.get(name, {})}, "train": dict(train)} for name, (model, train) in table.items()}
 
 
+def auto_rules(shape: Any, chosen: Any) -> None:
+    """``--preset auto`` for SDT and SURE (after the shared rules of :mod:`merkit.training.auto`)."""
+    chosen.set("model", "max_speakers", max(shape.max_speakers, 1), "the most speakers in one training dialogue")
+
+
 @register_model(
     "sdt",
     config=SDTConfig,
     modalities=("text", "audio", "visual"),
     description="SDT: intra/inter-modal transformers, hierarchical gated fusion, self-distillation",
     presets=presets(),
+    auto=auto_rules,
 )
 class SDT(ERCModel):
     """Projection → ``M²`` speaker/position-aware transformers → unimodal gates → per-modality

@@ -70,7 +70,7 @@ from torch import nn
 from merkit.batching import ConversationBatch
 from merkit.models.base import DataSpec, ERCModel
 from merkit.models.registry import register_model
-from merkit.models.sdt import ModalityHeadsOutput, SDTConfig, check_single_label, presets, self_distillation_losses
+from merkit.models.sdt import ModalityHeadsOutput, SDTConfig, auto_rules, check_single_label, presets, self_distillation_losses
 from merkit.models.transformer_blocks import (
     IterativeReasoning,
     MultimodalGatedFusion,
@@ -122,6 +122,7 @@ class SUREConfig(SDTConfig):
     modalities=("text", "audio", "visual"),
     description="SURE: uncertainty-aware Gaussian MoE + iterative reasoning + SDT transformer gate",
     presets=presets({name: OWN_FEATURE_SETTINGS for name in ("iemocap-mpnet", "meld-mpnet")}),
+    auto=auto_rules,
 )
 class SURE(ERCModel):
     config_class = SUREConfig

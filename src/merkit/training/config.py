@@ -62,20 +62,29 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+AUTO = "auto"
+
+
 def resolve_configs(
-    entry: ModelEntry, preset: str | None, overrides: Mapping[str, str] | list[str] | None = None
+    entry: ModelEntry,
+    preset: str | None,
+    overrides: Mapping[str, str] | list[str] | None = None,
+    chosen: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[ModelConfig, TrainConfig]:
     """Defaults ← preset ← ``--set`` overrides. A key goes to the model config if it names a model
-    field, else to the training config; ``model.x`` / ``train.x`` force one of them."""
-    model_fields: dict[str, Any] = {}
-    train_fields: dict[str, Any] = {}
-    if preset is not None:
+    field, else to the training config; ``model.x`` / ``train.x`` force one of them. ``preset="auto"``
+    takes the fields ``chosen`` for the corpus (:mod:`merkit.training.auto`; none before the data is read)."""
+    fields: Mapping[str, Mapping[str, Any]] = {}
+    if preset == AUTO:
+        fields = chosen or {}
+    elif preset is not None:
         if preset not in entry.presets:
             raise MerkitError(
-                f"model {entry.name!r} has no preset {preset!r}; presets: {', '.join(entry.presets) or 'none'}"
+                f"model {entry.name!r} has no preset {preset!r}; presets: {', '.join([*entry.presets, AUTO])}"
             )
-        model_fields.update(entry.presets[preset].get("model", {}))
-        train_fields.update(entry.presets[preset].get("train", {}))
+        fields = entry.presets[preset]
+    model_fields: dict[str, Any] = dict(fields.get("model", {}))
+    train_fields: dict[str, Any] = dict(fields.get("train", {}))
     pairs = overrides.items() if isinstance(overrides, Mapping) else [_split_pair(p) for p in overrides or []]
     for key, raw in pairs:
         value = _parse_value(raw) if isinstance(raw, str) else raw
@@ -94,6 +103,12 @@ def resolve_configs(
     except ValidationError as exc:
         first = exc.errors()[0]
         raise MerkitError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def override_names(overrides: Mapping[str, str] | list[str] | None) -> list[str]:
+    """The setting names ``--set`` gives (without a ``model.``/``train.`` scope)."""
+    keys = overrides.keys() if isinstance(overrides, Mapping) else [_split_pair(p)[0] for p in overrides or []]
+    return [key.rpartition(".")[2] for key in keys]
 
 
 def _split_pair(pair: str) -> tuple[str, str]:

@@ -21,7 +21,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -42,7 +42,8 @@ from merkit.models.registry import ModelEntry, get_model
 from merkit.normalization import Scaler, fit_scalers, resolve_methods, scalers_to_json
 from merkit.prediction import Predictions, make_loader, predict
 from merkit.thresholds import choose_thresholds
-from merkit.training.config import PROTOCOLS, TrainConfig, resolve_configs
+from merkit.training.auto import CorpusShape, auto_preset
+from merkit.training.config import AUTO, PROTOCOLS, TrainConfig, override_names, resolve_configs
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class TrainPlan:
 
     entry: ModelEntry
     preset: str | None
+    auto: dict[str, Any] | None  # what --preset auto chose, and why
     model_config: Any
     train_config: TrainConfig
     modalities: list[str]
@@ -61,6 +63,7 @@ class TrainPlan:
         return {
             "model": self.entry.name,
             "preset": self.preset,
+            **({"auto_preset": self.auto} if self.auto else {}),
             "model_config": self.model_config.model_dump(mode="json"),
             "train_config": self.train_config.model_dump(mode="json"),
             "modalities": self.modalities,
@@ -218,24 +221,34 @@ def train_model(
     data_options: dict[str, Any] | None = None,
     source: str | None = None,
     keep_resume_state: bool = False,
+    announce: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """Train ``model`` for every seed and return (and write) ``results.json``'s content.
 
-    ``source`` names where an in-memory ``data`` bundle was read from (recorded in the results).
+    ``source`` names where an in-memory ``data`` bundle was read from (recorded in the results);
+    ``announce`` is told, before training, what ``preset="auto"`` chose.
     A seed's resume state (``checkpoints/last.ckpt``) is deleted once the seed has finished,
     unless ``keep_resume_state``; an interrupted seed keeps it for ``resume``."""
     if protocol not in PROTOCOLS:
         raise MerkitError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     entry = get_model(model)
-    model_config, train_config = resolve_configs(entry, preset, overrides)
+    model_config, train_config = resolve_configs(entry, preset, overrides)  # a bad --set fails before the data is read
     bundle = _load_bundle(data, data_options)
     _require_training_labels(bundle, protocol)
-    train_config = _resolve_monitor(train_config, bundle.corpus.labels.multi_label)
+    multi_label = bundle.corpus.labels.multi_label
+    auto = None
+    if preset == AUTO:
+        shape = CorpusShape.of(bundle.corpus, PROTOCOLS[protocol]["train"])
+        auto = auto_preset(entry, shape, _resolve_monitor(train_config, multi_label).monitor)
+        model_config, train_config = resolve_configs(entry, preset, overrides, auto.describe())
+        announce(auto.summary(override_names(overrides)))
+    train_config = _resolve_monitor(train_config, multi_label)
     chosen = _choose_modalities(entry, bundle, modalities)
     features_manifest = {m: bundle.features[m].describe() for m in chosen}
     plan = TrainPlan(
         entry=entry,
         preset=preset,
+        auto=auto.describe() if auto else None,
         model_config=model_config,
         train_config=train_config,
         modalities=chosen,

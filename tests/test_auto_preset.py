@@ -1,0 +1,104 @@
+"""``--preset auto``: settings from the training split's shape, said with their reasons, stored with the run."""
+
+import json
+
+import pytest
+
+from merkit.data import read_data
+from merkit.data.corpus import build_corpus
+from merkit.errors import MerkitError
+from merkit.models import available_models
+from merkit.models.registry import PRESET_SHAPES, register_model
+from merkit.training import auto
+from merkit.training.auto import CorpusShape, auto_preset
+from merkit.training.config import resolve_configs
+from merkit.training.engine import train_model
+from conftest import run_cli
+
+
+def _corpus(dialogues: int, turns: int, labels: list[int], speakers: int = 1):
+    """``dialogues`` training dialogues of ``turns`` turns; labels cycle through ``labels``."""
+    items = iter(labels * (dialogues * turns))
+    return build_corpus(
+        name="shape",
+        labels={"names": ("a", "b", "c")},
+        dialogues=[
+            {"id": f"d{d}", "utterances": [{"id": f"d{d}u{t}", "speaker": f"s{t % speakers}", "label": next(items)} for t in range(turns)]}
+            for d in range(dialogues)
+        ],
+        splits={"train": tuple(f"d{d}" for d in range(dialogues))},
+    )
+
+
+def test_corpus_shape_counts_the_training_split():
+    shape = CorpusShape.of(_corpus(10, 4, [0, 0, 0, 0, 0, 0, 1, 1, 2, 2], speakers=3), ["train"])
+    assert (shape.dialogues, shape.utterances, shape.mean_turns, shape.max_speakers, shape.classes) == (10, 40, 4.0, 3, 3)
+    assert shape.imbalance == pytest.approx(24 / 8) and not shape.multi_label
+    assert "40 training utterances in 10 dialogues of 4.0 turns" in shape.describe()
+
+
+def test_small_corpora_get_more_epochs_and_patience_than_large_ones():
+    entry = available_models()["mlp"]
+    small = auto_preset(entry, CorpusShape.of(_corpus(100, 1, [0, 1, 2]), ["train"]), "weighted_f1")
+    large = auto_preset(entry, CorpusShape.of(_corpus(5000, 1, [0, 1, 2]), ["train"]), "weighted_f1")
+    assert small.train["batch_size"] == 100 // auto.MIN_STEPS_PER_EPOCH and large.train["batch_size"] == auto.MAX_BATCH
+    assert small.train["epochs"] > large.train["epochs"] >= auto.EPOCH_RANGE[0]
+    assert small.train["patience"] >= large.train["patience"] >= auto.PATIENCE_RANGE[0]
+    steps = -(-100 // small.train["batch_size"])
+    assert small.train["epochs"] == min(-(-auto.TARGET_STEPS // steps), auto.EPOCH_RANGE[1])
+
+
+@pytest.mark.parametrize(
+    ("monitor", "labels", "expected"),
+    [
+        ("macro_f1", [0, 0, 0, 0, 1, 2], "inverse_frequency"),
+        ("uar", [0, 0, 0, 0, 1, 2], "inverse_frequency"),
+        ("weighted_f1", [0, 0, 0, 0, 1, 2], "none"),
+        ("macro_f1", [0, 1, 2], "none"),
+    ],
+)
+def test_class_weights_follow_the_selection_metric_and_the_balance(monitor, labels, expected):
+    chosen = auto_preset(available_models()["mlp"], CorpusShape.of(_corpus(60, 1, labels), ["train"]), monitor)
+    assert chosen.train["class_weights"] == expected
+    assert any(r.startswith(f"class_weights={expected} (") for r in chosen.describe()["reasons"])
+
+
+def test_dialogue_models_get_the_speaker_count_of_the_data():
+    shape = CorpusShape.of(_corpus(40, 6, [0, 1, 2], speakers=4), ["train"])
+    for name in ("sdt", "sure"):
+        chosen = auto_preset(available_models()[name], shape, "weighted_f1")
+        assert chosen.model["max_speakers"] == 4
+        model_config, _ = resolve_configs(available_models()[name], "auto", [], chosen.describe())
+        assert model_config.max_speakers == 4
+
+
+def test_training_with_auto_says_what_it_chose_and_stores_it(tmp_path):
+    heard = []
+    results = train_model(
+        read_data("synthetic", dialogues=24, max_turns=6, text_dim=8, audio_dim=6, visual_dim=4),
+        "mlp", out=tmp_path / "run", preset="auto", overrides=["epochs=2"], progress=False, announce=heard.append,
+    )  # fmt: skip
+    assert len(heard) == 1 and heard[0].startswith("preset auto for ") and "--set wins for epochs" in heard[0]
+    assert "epochs=" not in heard[0].partition(":")[2].partition("--set")[0]  # the overridden choice is not claimed
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["preset"] == "auto" and results["auto_preset"] == stored["auto_preset"]
+    assert stored["train_config"]["epochs"] == 2 and stored["train_config"]["patience"] == stored["auto_preset"]["train"]["patience"]
+
+
+def test_auto_is_offered_beside_the_named_presets_and_is_kept_for_them():
+    with pytest.raises(MerkitError, match="presets: .*auto"):
+        resolve_configs(available_models()["sdt"], "nope", [])
+    with pytest.raises(ValueError, match="'auto' is the corpus-adaptive preset"):
+        register_model("x-auto", config=object, modalities=("text",), description="", presets={"auto": {}})(type("X", (), {}))
+    with pytest.raises(ValueError, match="PRESET_SHAPES"):
+        register_model("x-undescribed", config=object, modalities=("text",), description="", presets={"mine": {}})(type("Y", (), {}))
+    for entry in available_models().values():
+        assert set(entry.presets) <= set(PRESET_SHAPES)
+
+
+def test_models_command_says_which_corpus_shape_each_preset_suits(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line a row
+    result = run_cli("models", timeout=120)
+    assert result.returncode == 0, result.stderr
+    flat = " ".join(result.stdout.split())
+    assert "suits" in flat and "2-speaker dialogues of ~50 turns" in flat and "--preset auto" in flat
