@@ -2,7 +2,7 @@
 
     python benchmarks/training.py [--models mlp,bigru,...] [--dialogues 240] [--turns 10,40]
         [--dims text=768,audio=88,visual=64] [--modalities text] [--epochs 6] [--batch-size 16]
-        [--accelerator cpu] [--precision 32-true] [--threads 1] [--json OUT]
+        [--device cpu] [--precision 32-true] [--threads 1] [--json OUT]
 
 Each model is trained in its own child process (so its peak memory is its own) by the engine's
 Lightning task and data module, with its default config, on one seeded synthetic corpus (by
@@ -60,6 +60,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     from merkit.batching import DialogueDataset
     from merkit.data.formats import read_data
+    from merkit.devices import lightning_accelerator
     from merkit.models.base import DataSpec
     from merkit.models.registry import get_model
     from merkit.training.config import resolve_configs
@@ -95,7 +96,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     timer = EpochTimer()
     trainer = L.Trainer(
-        accelerator=args.accelerator,
+        accelerator=lightning_accelerator(args.device),
         devices=1,
         precision=args.precision,
         max_epochs=args.epochs,
@@ -135,7 +136,7 @@ def main() -> int:
     parser.add_argument("--modalities", default="text")
     parser.add_argument("--epochs", type=int, default=6, help="the first is a warm-up")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda, as in merkit train")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -161,7 +162,7 @@ def main() -> int:
         print(f"{name}: {rows[-1]['dialogues_per_second']:.1f} dialogues/s", file=sys.stderr, flush=True)
     base = rows[0]
     print(f"\n{base['train_dialogues']} training dialogues of {args.turns.replace(',', '-')} turns, {args.modalities} ({args.dims}), "
-          f"batch {args.batch_size}, {args.accelerator} {args.precision}, {args.threads} thread(s), device {base['device']}\n")
+          f"batch {args.batch_size}, {args.device} {args.precision}, {args.threads} thread(s), device {base['device']}\n")
     print("| model | parameters | dialogues/s | × MLP | peak memory (MiB) | training memory (MiB) | × MLP |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:

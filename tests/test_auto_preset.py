@@ -102,3 +102,17 @@ def test_models_command_says_which_corpus_shape_each_preset_suits(monkeypatch):
     assert result.returncode == 0, result.stderr
     flat = " ".join(result.stdout.split())
     assert "suits" in flat and "2-speaker dialogues of ~50 turns" in flat and "--preset auto" in flat
+
+
+def test_the_model_catalogue_is_the_live_registry_and_listing_it_imports_no_torch():
+    import subprocess
+    import sys
+
+    from merkit.models.registry import catalogue, describe_models
+
+    assert catalogue() == describe_models(), (
+        "src/merkit/models/catalogue.json is stale: run "
+        "python -c 'from merkit.models.registry import write_catalogue; write_catalogue()'"
+    )
+    script = "import sys; from merkit.cli import main; sys.argv = ['merkit', 'models']\ntry:\n    main()\nfinally:\n    assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120).returncode == 0

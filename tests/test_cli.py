@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 from conftest import run_main, shared
+import pytest
 from typer.testing import CliRunner
 
 from merkit.cli import app
 from merkit.data import open_store
+from merkit.errors import MerkitError
 
 runner = CliRunner()
 
@@ -100,3 +102,65 @@ def test_reader_warnings_print_as_one_merkit_line_in_every_command(tmp_path, cap
                              "-m", "text", "-e", "minilm", "--out", str(tmp_path / "store"), "--quiet"], capsys)  # fmt: skip
     assert "merkit: warning: mine.csv: ignoring column(s) 'note'" in err, err
     assert "UserWarning" not in err and "map_columns(" not in err
+
+
+def _commands():
+    """Every CLI command as (name, click command), sub-apps included."""
+    from typer.main import get_command
+
+    from merkit.cli import app
+
+    found, stack = [], [("", get_command(app))]
+    while stack:
+        prefix, group = stack.pop()
+        for name, command in group.commands.items():
+            full = f"{prefix} {name}".strip()
+            if hasattr(command, "commands"):
+                stack.append((full, command))
+            else:
+                found.append((full, command))
+    return sorted(found, key=lambda pair: pair[0])
+
+
+def test_every_command_shows_an_example_that_parses():
+    import shlex
+
+    from merkit.cli_options import EXAMPLES
+
+    commands = dict(_commands())
+    assert set(commands) == set(EXAMPLES)
+    for name, command in commands.items():
+        assert command.epilog == f"Example: {EXAMPLES[name]}"
+        words = shlex.split(EXAMPLES[name].split("   #")[0])
+        assert words[: 1 + len(name.split())] == ["merkit", *name.split()], name
+        command.make_context(name, words[1 + len(name.split()) :])  # options and arguments exist and have the right types
+
+
+def test_one_name_per_concept_across_commands():
+    """A short flag means one long option everywhere, and a long option has one meaning (help text) everywhere."""
+    shorts, helps = {}, {}
+    for name, command in _commands():
+        for param in command.params:
+            longs = [o for o in param.opts if o.startswith("--")]
+            for short in (o for o in param.opts if len(o) == 2):
+                shorts.setdefault(short, set()).update(longs)
+            if longs and longs[0] in ("--device", "--quiet"):
+                helps.setdefault(longs[0], set()).add(param.help)
+    assert {s: ls for s, ls in shorts.items() if len(ls) > 1} == {}
+    assert all(len(texts) == 1 for texts in helps.values()), helps
+    names = {o for _, c in _commands() for p in c.params for o in p.opts}
+    assert not names & {"--accelerator", "--no-progress", "--samples"}
+
+
+def test_a_device_that_is_not_there_is_one_clear_error(monkeypatch):
+    import torch
+
+    from merkit.devices import lightning_accelerator, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for asked in ("cuda", "gpu", "cuda:1"):
+        with pytest.raises(MerkitError, match=f"--device {asked}: torch .* sees no CUDA GPU here; use --device cpu or auto"):
+            resolve_device(asked)
+    with pytest.raises(MerkitError, match="'tpu' is not a device; choose auto"):
+        resolve_device("tpu")
+    assert resolve_device("auto") == "cpu" and lightning_accelerator("auto") == "auto" and lightning_accelerator("CPU") == "cpu"

@@ -89,7 +89,7 @@ def test_train_folds_from_the_command_line(tmp_path):
     corpus.write_text("\n".join(json.dumps(line) for line in lines))
     bundle = read_data(corpus)
     assert len(dialogue_groups(bundle.corpus)) == 4
-    result = run_cli("train", str(corpus), "--model", "mlp", "--folds", "4", "--out", str(tmp_path / "run"), "--no-progress")
+    result = run_cli("train", str(corpus), "--model", "mlp", "--folds", "4", "--out", str(tmp_path / "run"), "--quiet")
     assert result.returncode != 0 and "no features" in result.stderr  # a corpus without features: one clear line
     assert "Traceback" not in result.stderr
 

@@ -439,3 +439,12 @@ def test_a_media_file_alone_and_a_run_folder_get_a_hint(text_run, tmp_path):
         read_input(tmp_path / "x.wav", LabelSchema(names=("joy",)))
     with pytest.raises(MerkitError, match=r"not a merkit checkpoint \(no model.json\); a run folder: its checkpoints are .*seed0/best"):
         merkit.load(text_run.run)
+
+
+def test_quiet_predict_prints_nothing_but_the_answer(text_run, tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "talk.txt").write_text("Ana: I got the job!\nBen: No way.\n")
+    quiet = run_cli("predict", str(text_run.checkpoint), str(tmp_path / "talk.txt"), "-q", timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr  # no weight-loading bar of transformers either
+    assert len(json.loads(quiet.stdout)["utterances"]) == 2

@@ -220,7 +220,7 @@ def test_mosei_aligned_end_to_end_with_the_cli(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "merkit", "train", str(path), "--model", "lddu", "--preset", "mosei-aligned",
-         "--set", "epochs=1", "--out", str(out), "--no-progress", "--accelerator", "cpu"],
+         "--set", "epochs=1", "--out", str(out), "--quiet", "--device", "cpu"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -302,8 +302,8 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "merkit", "train", "synthetic", "-o", "multi_label=true", "-o", "dialogues=30",
          "--model", "lddu", *[arg for s in _settings({**SMALL, "queue_size": 64}) for arg in ("--set", s)],
-         "--set", "epochs=2", "--set", "batch_size=4", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
-         "--no-progress", "--out", str(out)],
+         "--set", "epochs=2", "--set", "batch_size=4", "--devices", "2", "--strategy", "ddp", "--device", "cpu",
+         "--quiet", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -39,7 +39,7 @@ def ravdess_store(tmp_path_factory):
 def test_a_fusion_model_trains_on_real_audio_and_action_units_and_predicts_a_raw_clip(ravdess_store, tmp_path):
     store, rows = ravdess_store
     out = tmp_path / "run"
-    result = run_cli("train", str(store), "--model", "late-fusion", "--modalities", "audio,visual", "--set", "epochs=5", "--out", str(out), "--no-progress")
+    result = run_cli("train", str(store), "--model", "late-fusion", "--modalities", "audio,visual", "--set", "epochs=5", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     meta = json.loads((out / "seed0" / "best" / "model.json").read_text())
     assert {m: e["method"] for m, e in meta["normalization"].items()} == {"audio": "standard", "visual": "standard"}

@@ -24,7 +24,7 @@ def test_real_iemocap_report_opens_in_chromium(iemocap_minilm_store, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
     executable = chromium_path()
     run = tmp_path / "run"
-    trained = run_cli("train", str(iemocap_minilm_store), "--model", "bigru", "--set", "epochs=4", "--out", str(run), "--no-progress")
+    trained = run_cli("train", str(iemocap_minilm_store), "--model", "bigru", "--set", "epochs=4", "--out", str(run), "--quiet")
     assert trained.returncode == 0, trained.stderr
     reported = run_cli("report", str(run), "--bootstrap", "100")
     assert reported.returncode == 0, reported.stderr

@@ -290,7 +290,7 @@ def test_published_sdt_pickle_trains_end_to_end_under_ddp(tmp_path, model):
     written = write_feature_pickle(pickle_path, "sdt-iemocap")
     assert {m: next(iter(arrays.values())).shape[1] for m, arrays in written.features.items()} == PAPER_DIMS
     run = _cli("train", str(pickle_path), "--model", model, "--preset", "iemocap", "--set", "hidden=32", "--set", "heads=4",
-               "--set", "epochs=2", "--devices", "2", "--strategy", "ddp", "--no-progress", "--accelerator", "cpu",
+               "--set", "epochs=2", "--devices", "2", "--strategy", "ddp", "--quiet", "--device", "cpu",
                "--out", str(tmp_path / "run"))  # fmt: skip
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "run" / "seed0" / "metrics.json").read_text())

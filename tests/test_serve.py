@@ -67,6 +67,36 @@ def test_health_model_and_api_docs(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_docs_pages_load_nothing_from_the_internet(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn." not in html and "fonts.googleapis" not in html and "https://" not in html, page
+        scripts = [part.split('"')[1] for part in html.split("src=")[1:]]
+        assert scripts and all(client.get(url).status_code == 200 for url in scripts if url.endswith(".js")), page
+
+
+def test_the_schema_documents_every_accepted_body_and_refuses_what_is_refused(client):
+    import jsonschema
+
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/PredictRequest"}
+    validator = jsonschema.Draft202012Validator({**schema["components"]["schemas"]["PredictRequest"], "components": schema["components"]})
+    turn = {"speaker": "Ana", "text": "I got the job!"}
+    for accepted in ({"utterances": [turn]}, {"dialogues": [{"utterances": [turn]}]}, [turn], [{"utterances": [turn]}]):
+        assert validator.is_valid(accepted), accepted
+        assert client.post("/predict", json=accepted).status_code == 200, accepted
+    for refused in ({"utterances": []}, [], {"dialogues": []}):
+        assert not validator.is_valid(refused), refused
+        assert client.post("/predict", json=refused).status_code == 422, refused
+
+
+def test_a_wrong_method_is_a_405_naming_the_allowed_ones(client):
+    response = client.get("/predict")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert client.put("/health").headers["allow"] == "GET"
+
+
 def test_predict_answers_what_the_python_api_says(client, predictor):
     conversation = {"dialogue_id": "office", "utterances": [{"speaker": "Ana", "text": "I got the job!"}, {"speaker": "Ben", "text": "No way."}]}
     response = client.post("/predict", json=conversation)
@@ -204,7 +234,7 @@ def server(predictor):
     thread.join(timeout=10)
 
 
-def test_the_web_page_shows_the_predicted_labels(server, predictor):
+def test_the_web_page_shows_the_predicted_labels(server, predictor, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
@@ -232,9 +262,22 @@ def test_the_web_page_shows_the_predicted_labels(server, predictor):
             page.click("#submit")
             page.wait_for_selector("#error", state="visible")
             too_many = page.locator("#error").text_content()
+            assert page.locator(".utterance").count() == 0  # the earlier answer is not left under the error
             page.fill("#conversation", "[{")
             page.click("#submit")
             page.wait_for_function("document.getElementById('error').textContent.includes('does not parse')")
+
+            clips = [tone(tmp_path / f"{n}.wav", 0.3) for n in (2, 10)]  # name order is numeric: 2 before 10
+            page.set_input_files("#media", [str(c) for c in reversed(clips)])
+            page.fill("#conversation", "Ana: one\nBen: two\nAna: three")
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('error').textContent.includes('2 file(s) chosen for 3 line(s)')")
+            page.fill("#conversation", "Ana: مرحبا، حصلت على الوظيفة!\nBen: two")
+            page.click("#submit")
+            page.wait_for_selector("#status[data-done=true]")
+            notes = page.locator(".utterance .note").all_text_contents()
+            directions = page.locator(".utterance .text").evaluate_all("nodes => nodes.map(n => getComputedStyle(n).direction)")
+            assert page.locator("#conversation").get_attribute("dir") == "auto"
         finally:
             browser.close()
     assert labels == [u.label for u in expected.utterances]
@@ -243,6 +286,9 @@ def test_the_web_page_shows_the_predicted_labels(server, predictor):
     assert widths[0] == pytest.approx(top * track, abs=2) and widths == sorted(widths, reverse=True)  # bars drawn to scale
     assert "not given by this model" in uncertainty
     assert too_many.startswith("422: too many utterances")
+    # one chosen file per line: the text-only model says of each turn that its audio was not read
+    assert notes == ["audio: the model does not read audio; the audio file was not used"] * 2
+    assert directions == ["rtl", "ltr"]
 
 
 def test_bad_numbers_and_lone_surrogates_are_422_not_500(client):
@@ -271,3 +317,81 @@ def test_deep_nesting_huge_numbers_and_long_file_names_are_answered(client):
     response = client.post("/predict", files={"conversation": (None, conversation), "files": (name, b"RIFF", "audio/wav")})
     assert response.status_code == 200, response.text
     assert response.json()["utterances"][0]["modalities"] == ["text"]
+
+
+def test_the_serve_command_refuses_a_busy_port_before_loading_and_serves_a_free_one(tmp_path):
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        busy = run_cli("serve", str(tmp_path / "no-such-checkpoint"), "--port", str(port), timeout=60)
+        assert busy.returncode == 2 and f"--port {port} on 127.0.0.1 is in use by another program" in busy.stderr
+        assert "no such" not in busy.stderr.lower() and time.monotonic() - started < 30  # said before any loading
+    checkpoint = untrained_checkpoint(tmp_path / "ckpt", {"text": "minilm"})
+    command = [sys.executable, "-m", "merkit", "serve", str(checkpoint), "--port", str(port), "--threads", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, answer = time.monotonic() + 120, None
+        while answer is None and process.poll() is None and time.monotonic() < deadline:
+            try:
+                answer = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2))
+            except OSError:
+                time.sleep(0.5)
+        assert answer == {"status": "ok", "model": "late-fusion"}, process.stderr.read() if process.poll() is not None else ""
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+class _SlowPredictor:
+    """Stands in for a predictor: describes itself like the real one and holds each prediction until released."""
+
+    def __init__(self, real):
+        self.real, self.release, self.entered = real, threading.Event(), threading.Event()
+
+    def describe(self):
+        return self.real.describe()
+
+    def predict(self, conversations, deadline=None):
+        self.entered.set()
+        assert self.release.wait(timeout=30)
+        return self.real.predict(conversations, deadline=deadline)
+
+
+def test_text_budget_queue_bound_and_time_limit(predictor):
+    text = {"utterances": [{"speaker": "Ana", "text": "x" * 400}]}
+    with TestClient(create_app(predictor, ServeLimits(max_characters=300))) as small:
+        response = small.post("/predict", json=text)
+        assert response.status_code == 422 and "too much text: 403 characters, the limit is 300 (max_characters)" in _readable(response)
+        assert small.get("/model").json()["limits"]["max_characters"] == 300
+    with TestClient(create_app(predictor, ServeLimits(request_seconds=1e-6))) as hurried:
+        response = hurried.post("/predict", json={"utterances": [{"text": "hello"}]})
+        assert response.status_code == 422 and "took longer than the limit of 1e-06 s (request_seconds)" in _readable(response)
+
+    slow = _SlowPredictor(predictor)
+    with TestClient(create_app(slow, ServeLimits(max_queue=2, request_seconds=1.0))) as client:
+        answers = {}
+        first = threading.Thread(target=lambda: answers.setdefault("first", client.post("/predict", json={"utterances": [{"text": "hi"}]})))
+        first.start()
+        assert slow.entered.wait(timeout=30)
+        waited = client.post("/predict", json={"utterances": [{"text": "hi"}]})  # holds the second place for 1 s
+        assert waited.status_code == 503 and "waited the whole time limit of 1 s" in _readable(waited)
+        assert int(waited.headers["retry-after"]) >= 1
+        second = threading.Thread(target=lambda: answers.setdefault("second", client.post("/predict", json={"utterances": [{"text": "hi"}]})))
+        second.start()
+        time.sleep(0.3)  # the second request now waits for the predictor: both places are taken
+        full = client.post("/predict", json={"utterances": [{"text": "hi"}]})
+        assert full.status_code == 503 and "2 requests are running or waiting (max_queue)" in _readable(full)
+        slow.release.set()
+        first.join(timeout=30)
+        second.join(timeout=30)
+    # the first was held past its 1 s: the predictor's next deadline check refuses it
+    assert answers["first"].status_code == 422 and "(request_seconds)" in _readable(answers["first"])
+    assert answers["second"].status_code in (200, 422, 503)

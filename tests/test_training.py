@@ -85,7 +85,7 @@ def _cli(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "merkit", *args], capture_output=True, text=True, **kwargs)
 
 
-RUN = ["train", "synthetic", "--model", "bigru", "--no-progress", "--accelerator", "cpu",
+RUN = ["train", "synthetic", "--model", "bigru", "--quiet", "--device", "cpu",
        "-o", "dialogues=60", "--set", "patience=null"]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ Errors a user can fix (bad file, bad option) print one line on stderr and exit w
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from merkit import __version__
+from merkit.cli_options import DeviceOption, QuietOption, example
 from merkit.errors import MerkitError
 from merkit.features.commands import extract, extractors, merge
 
@@ -30,9 +32,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Read, inspect and convert corpora and feature files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-app.command("extract")(extract)
-app.command("extractors")(extractors)
-app.command("merge")(merge)
+app.command("extract", epilog=example("extract"))(extract)
+app.command("extractors", epilog=example("extractors"))(extractors)
+app.command("merge", epilog=example("merge"))(merge)
 
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="Input format, or 'auto' to detect it.")]
 TrustOption = Annotated[
@@ -98,7 +100,7 @@ def print_stats(stats: dict, console: Console) -> None:
     console.print(labels)
 
 
-@data_app.command("stats")
+@data_app.command("stats", epilog=example("data stats"))
 def data_stats(
     path: Annotated[str, typer.Argument(help="Corpus file, folder, feature store, or 'synthetic'.")],
     format: FormatOption = "auto",
@@ -116,7 +118,7 @@ def data_stats(
         print_stats(stats, _console())
 
 
-@data_app.command("convert")
+@data_app.command("convert", epilog=example("data convert"))
 def data_convert(
     path: Annotated[str, typer.Argument(help="Corpus file, folder, or 'synthetic'.")],
     out: Annotated[Path, typer.Option("--out", help="Feature store directory to write.")],
@@ -133,7 +135,7 @@ def data_convert(
     typer.echo(f"wrote {out}: {len(store.corpus.dialogues):,} dialogues, {store.corpus.num_utterances:,} utterances, {dims}")
 
 
-@data_app.command("add-features")
+@data_app.command("add-features", epilog=example("data add-features"))
 def data_add_features(
     store: Annotated[Path, typer.Argument(help="Feature store directory (e.g. from `merkit data convert`).")],
     source: Annotated[Path, typer.Argument(help="CSV/TSV/Parquet table keyed by utterance, or a folder of OpenFace CSVs or .npy files.")],
@@ -168,7 +170,7 @@ def data_add_features(
         typer.echo(f"missing (masked): {len(report.missing):,} utterances, e.g. {examples}")
 
 
-@data_app.command("formats")
+@data_app.command("formats", epilog=example("data formats"))
 def data_formats() -> None:
     """List the input formats merkit reads."""
     from merkit.data.formats import available_formats
@@ -179,32 +181,28 @@ def data_formats() -> None:
     _console().print(table)
 
 
-@app.command("models")
+@app.command("models", epilog=example("models"))
 def models() -> None:
     """List the registered models with their modalities and presets, and which corpus shape each preset suits."""
-    from merkit.models import available_models
-    from merkit.models.registry import PRESET_SHAPES
+    from merkit.models.registry import PRESET_SHAPES, catalogue
 
-    entries = available_models()
-    if not entries:
-        typer.echo("no models registered yet")
-        return
+    entries = catalogue()
     table = Table("model", "modalities", "presets", "description")
-    for entry in entries.values():
-        table.add_row(entry.name, ", ".join(entry.modalities), ", ".join([*entry.presets, "auto"]), entry.description)
+    for entry in entries:
+        table.add_row(entry["name"], ", ".join(entry["modalities"]), ", ".join([*entry["presets"], "auto"]), entry["description"])
     console = _console()
     console.print(table)
     shapes = Table("preset", "models", "suits")
     for preset, shape in PRESET_SHAPES.items():
-        users = [e.name for e in entries.values() if preset in e.presets or preset == "auto"]
+        users = [e["name"] for e in entries if preset in e["presets"] or preset == "auto"]
         shapes.add_row(preset, ", ".join(users), shape)
     console.print(shapes)
 
 
-@app.command("train")
+@app.command("train", epilog=example("train"))
 def train(
     data: Annotated[str, typer.Argument(help="Feature store, corpus with features, or 'synthetic'.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `merkit models`).")],
+    model: Annotated[str, typer.Option("--model", help="Registered model name (see `merkit models`).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (results.json, checkpoints, logs).")],
     preset: Annotated[
         Optional[str],
@@ -214,13 +212,13 @@ def train(
     modalities: Annotated[Optional[str], typer.Option(help="Comma-separated modalities (default: all the model takes).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one run each, mean ± std in results.json.")] = "0",
     protocol: Annotated[str, typer.Option(help="honest (select on valid) or paper-compat (select on test; labelled).")] = "honest",
-    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
-    devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2 for DDP; 'auto').")] = "1",
+    device: DeviceOption = "auto",
+    devices: Annotated[str, typer.Option(help="How many devices per node (e.g. 2 for DDP; 'auto').")] = "1",
     num_nodes: Annotated[int, typer.Option(help="Nodes (DDP across machines, e.g. under torchrun/SLURM).")] = 1,
     strategy: Annotated[str, typer.Option(help="Lightning strategy: auto, ddp, ...")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="32-true, bf16-mixed, 16-mixed (default: bf16 on GPU).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    quiet: QuietOption = False,
     folds: Annotated[
         Optional[int], typer.Option(help="K-fold cross-validation: each fold tests on one part, selects on the next, trains on the rest.")
     ] = None,
@@ -239,6 +237,7 @@ def train(
 
     With --folds K: K runs on speaker-independent parts (OUT/fold<i>/), mean ± std over folds × seeds."""
     from merkit.data.formats import parse_options
+    from merkit.devices import lightning_accelerator
     from merkit.training.crossval import cross_validate
     from merkit.training.engine import train_model
 
@@ -255,13 +254,13 @@ def train(
         modalities=[m.strip() for m in modalities.split(",")] if modalities else None,
         seeds=_int_list(seeds),
         protocol=protocol,
-        accelerator=accelerator,
+        accelerator=lightning_accelerator(device),
         devices=int(devices) if devices.isdigit() else devices,
         num_nodes=num_nodes,
         strategy=strategy,
         precision=precision,
         resume=resume,
-        progress=progress,
+        progress=not quiet,
         data_options={"trust_pickle": trust_pickle, **parse_options(option or [])},
         keep_resume_state=keep_resume_state,
         announce=lambda line: typer.echo(f"merkit: {line}", err=True),
@@ -270,7 +269,7 @@ def train(
         print_results(results, _console())
 
 
-@app.command("baseline")
+@app.command("baseline", epilog=example("baseline"))
 def baseline(
     data: Annotated[str, typer.Argument(help="Feature store or corpus with features.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (results.json, as `merkit train` writes).")],
@@ -325,7 +324,7 @@ def print_results(results: dict, console: Console) -> None:
     console.print(f"{runs}seeds {results['seeds']}, {results['wall_seconds']:.0f} s")
 
 
-@app.command("evaluate")
+@app.command("evaluate", epilog=example("evaluate"))
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (e.g. RUN/seed0/best).")],
     data: Annotated[str, typer.Option("--data", help="Feature store (or any input with the same features).")],
@@ -383,7 +382,7 @@ def print_evaluation(result: dict, console: Console) -> None:
         console.print(f"cross-corpus {x['source']} → {x['target']} on {x['shared_classes']}: weighted F1 {100 * x['weighted_f1']:.2f}")
 
 
-@app.command("report")
+@app.command("report", epilog=example("report"))
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory (with results.json).")],
     data: Annotated[Optional[str], typer.Option(help="Data to evaluate on (default: the data the run was trained on).")] = None,
@@ -413,18 +412,18 @@ def report(
     typer.echo(f"wrote {page} (and report.md beside it)")
 
 
-@app.command("compare")
+@app.command("compare", epilog=example("compare"))
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories trained on the same test set.")],
     seed: Annotated[int, typer.Option(help="Which seed's test predictions to compare.")] = 0,
-    samples: Annotated[int, typer.Option(help="Paired bootstrap samples.")] = 2000,
+    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap samples.")] = 2000,
     out: Annotated[Optional[Path], typer.Option(help="Write the comparison JSON here.")] = None,
 ) -> None:
     """Side-by-side test metrics and a paired bootstrap test of each run against the first."""
     from merkit.evaluation.report import compare_runs
     from merkit.io import atomic_write_json
 
-    result = compare_runs(run_dirs, seed=seed, samples=samples)
+    result = compare_runs(run_dirs, seed=seed, samples=bootstrap)
     if out:
         atomic_write_json(out, result)
     console = _console()
@@ -441,7 +440,7 @@ def compare(
         )
 
 
-@app.command("summary")
+@app.command("summary", epilog=example("summary"))
 def summary(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (each with results.json).")],
     metrics: Annotated[str, typer.Option(help="Comma-separated metrics.")] = "accuracy,weighted_f1",
@@ -475,7 +474,7 @@ def _torch_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-@app.command("predict")
+@app.command("predict", epilog=example("predict"))
 def predict_conversations(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
     input: Annotated[
@@ -484,11 +483,11 @@ def predict_conversations(
     as_json: Annotated[bool, typer.Option("--json", help="Write JSON (the default).")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Write CSV, one row per utterance.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write here (atomically) instead of to stdout.")] = None,
-    device: Annotated[str, typer.Option(help="auto (GPU when present) | cpu | cuda.")] = "auto",
+    device: DeviceOption = "auto",
     batch_size: Annotated[int, typer.Option(help="Dialogues per model call.")] = 16,
     workers: Annotated[int, typer.Option(help="Processes per media extractor (0: one per core).")] = 1,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Per-utterance emotions, probabilities, uncertainty and the modalities used, for raw conversations."""
     from merkit.inference import load
@@ -508,7 +507,7 @@ def predict_conversations(
     typer.echo(f"wrote {out}: {len(result.utterances):,} utterance predictions", err=True)
 
 
-@app.command("serve")
+@app.command("serve", epilog=example("serve"))
 def serve(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
     host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
@@ -516,7 +515,10 @@ def serve(
     max_utterances: Annotated[Optional[int], typer.Option(help="Utterances per request (default 200).")] = None,
     max_upload_mb: Annotated[Optional[float], typer.Option(help="Request size in MB (default 50).")] = None,
     max_media_seconds: Annotated[Optional[float], typer.Option(help="Duration of each uploaded media file (default 600).")] = None,
-    device: Annotated[str, typer.Option(help="auto (GPU when present) | cpu | cuda.")] = "auto",
+    max_characters: Annotated[Optional[int], typer.Option(help="Characters of text per request (default 50,000).")] = None,
+    max_queue: Annotated[Optional[int], typer.Option(help="Requests running or waiting; more get 503 + Retry-After (default 8).")] = None,
+    request_seconds: Annotated[Optional[float], typer.Option(help="Time a request may wait and run (default 60).")] = None,
+    device: DeviceOption = "auto",
     workers: Annotated[int, typer.Option(help="Processes per media extractor (0: one per core).")] = 1,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
 ) -> None:
@@ -531,22 +533,47 @@ def serve(
 
     from merkit.inference import load, validation_message
 
-    given = {"max_utterances": max_utterances, "max_upload_mb": max_upload_mb, "max_media_seconds": max_media_seconds}
+    given = {
+        "max_utterances": max_utterances, "max_upload_mb": max_upload_mb, "max_media_seconds": max_media_seconds,
+        "max_characters": max_characters, "max_queue": max_queue, "request_seconds": request_seconds,
+    }  # fmt: skip
     try:
         limits = ServeLimits(**{key: value for key, value in given.items() if value is not None})
     except ValidationError as exc:
         raise MerkitError(f"--{validation_message(exc).replace('_', '-')}") from None
     _torch_threads(threads)
-    predictor = load(checkpoint, device=device, workers=workers)
-    predictor.predict([{"text": "warming up"}])  # loads the text encoder and the model before the first request
+    listening = _listen(host, port)  # a busy port is said now, not after the model has loaded
+    try:
+        predictor = load(checkpoint, device=device, workers=workers)
+        predictor.predict([{"text": "warming up"}])  # loads the text encoder and the model before the first request
+    except BaseException:
+        listening.close()
+        raise
     typer.echo(f"merkit serve: {predictor.meta['model']} on http://{host}:{port}/ (API docs at /docs)", err=True)
     try:
-        uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level="info")
+        uvicorn.Server(uvicorn.Config(create_app(predictor, limits), log_level="info")).run(sockets=[listening])
     finally:
         predictor.close()
+        listening.close()
 
 
-@app.command("export")
+def _listen(host: str, port: int):
+    """A socket bound to ``host:port`` and listening (uvicorn serves on it), or a clear error when it cannot be."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+        listening.listen(2048)
+    except OSError as exc:
+        why = "is in use by another program" if getattr(exc, "errno", None) == errno.EADDRINUSE else f"cannot be used ({exc.strerror or exc})"
+        raise MerkitError(f"--port {port} on {host} {why}; choose another --port") from None
+    return listening
+
+
+@app.command("export", epilog=example("export"))
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (e.g. RUN/seed0/best).")],
     out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
@@ -559,7 +586,7 @@ def export(
     typer.echo(f"wrote {folder}: {files}")
 
 
-@app.command("demo")
+@app.command("demo", epilog=example("demo"))
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo keeps stores and runs (re-runs reuse them).")] = Path("runs/demo"),
     data_root: Annotated[Optional[Path], typer.Option(help="Folder with iemocap/ and meld/ (default ../shared/data).")] = None,

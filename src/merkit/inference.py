@@ -35,6 +35,7 @@ import csv
 import io
 import json
 import shutil
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ from merkit.data.corpus import MAX_SECONDS, MEDIA_KINDS, Corpus, Dialogue, Label
 from merkit.data.images import IMAGE_SUFFIXES, is_frame_folder
 from merkit.data.features import FeatureSet, stack_rows
 from merkit.data.formats import Source, detect_format, read_data
+from merkit.devices import resolve_device
 from merkit.errors import MerkitError
 from merkit.features.extract import Absent
 from merkit.features.registry import Extractor, available_extractors, get_extractor
@@ -132,7 +134,7 @@ class ConversationInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dialogue_id: str = Field("conversation", min_length=1)
-    utterances: list[UtteranceInput]
+    utterances: list[UtteranceInput] = Field(json_schema_extra={"minItems": 1})  # the empty case has its own message
     # Where each turn stood in a flat input list (turns of several dialogues, interleaved): answers keep that order.
     _positions: list[int] | None = PrivateAttr(None)
 
@@ -154,7 +156,9 @@ class ConversationInput(BaseModel):
         return self
 
 
-class _Dialogues(BaseModel):
+class DialoguesInput(BaseModel):
+    """Several dialogues in one request."""
+
     model_config = ConfigDict(extra="forbid")
 
     dialogues: list[ConversationInput] = Field(min_length=1)
@@ -184,14 +188,14 @@ def read_conversations(data: Any) -> list[ConversationInput]:
             return list(data)
         if isinstance(data, Mapping):
             if "dialogues" in data and "utterances" not in data:
-                return _Dialogues.model_validate(data).dialogues
+                return DialoguesInput.model_validate(data).dialogues
             turns = data.get("utterances")
             if set(data) == {"utterances"} and isinstance(turns, list) and any(isinstance(t, Mapping) and t.get("dialogue_id") is not None for t in turns):
                 return _grouped(turns)  # no dialogue_id of its own: the turns' dialogue_ids group them
             return [ConversationInput.model_validate(data)]
         if isinstance(data, list):
             if data and all(isinstance(item, Mapping) and "utterances" in item for item in data):
-                return _Dialogues.model_validate({"dialogues": data}).dialogues
+                return DialoguesInput.model_validate({"dialogues": data}).dialogues
             return _grouped(data)
     except ValidationError as exc:
         raise MerkitError(validation_message(exc)) from None
@@ -472,10 +476,13 @@ def _absent(modality: str, count: int, dim: int, sequence: bool) -> FeatureSet:
     return FeatureSet(modality, values, np.zeros(count, dtype=bool), offsets)
 
 
-def resolve_device(device: str | None) -> str:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+class TimeLimitExceeded(MerkitError):
+    """A prediction ran past its deadline."""
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeLimitExceeded("the prediction ran past its time limit")
 
 
 class Predictor:
@@ -541,12 +548,18 @@ class Predictor:
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         return corpus_of_conversations(read_conversations(conversation), self.labels, base)
 
-    def predict(self, conversation: Any, *, base_dir: str | Path | None = None, progress: bool = False) -> PredictionResult:
-        """Per-utterance predictions for ``conversation`` (see the module docstring for what it can be)."""
+    def predict(
+        self, conversation: Any, *, base_dir: str | Path | None = None, progress: bool = False, deadline: float | None = None
+    ) -> PredictionResult:
+        """Per-utterance predictions for ``conversation`` (see the module docstring for what it can be).
+
+        ``deadline`` (a ``time.monotonic()`` value): past it, :class:`TimeLimitExceeded` is raised between
+        extraction batches (the server's per-request time limit)."""
         corpus = self.corpus(conversation, base_dir)
         features, notes = {}, {}
         for modality in self.modalities:
-            features[modality], notes[modality] = self._extract(corpus, modality, progress)
+            features[modality], notes[modality] = self._extract(corpus, modality, progress, deadline)
+        _check_deadline(deadline)
         dataset = self.checkpoint.dataset(corpus, features, [SPLIT])
         scored = predict(self.model, make_loader(dataset, self.batch_size), self.device, all_utterances=True)
         position = {utterance_id: i for i, utterance_id in enumerate(scored.utterance_ids)}
@@ -601,7 +614,7 @@ class Predictor:
             uncertainty=uncertainty, uncertainty_components=components, expert_weights=weights, modalities=used, notes=notes,
         )  # fmt: skip
 
-    def _extract(self, corpus: Corpus, modality: str, progress: bool) -> tuple[FeatureSet, dict[str, str]]:
+    def _extract(self, corpus: Corpus, modality: str, progress: bool, deadline: float | None = None) -> tuple[FeatureSet, dict[str, str]]:
         """One modality's rows for every utterance, and why each utterance with the medium got none.
 
         Unlike :func:`merkit.features.extract.run_extraction` there is no cache or store, and a
@@ -621,6 +634,7 @@ class Predictor:
         bar = _progress_bar(len(todo), f"{extractor.record_name} {modality}", progress)
         try:
             for start in range(0, len(todo), EXTRACT_BATCH):
+                _check_deadline(deadline)
                 batch = todo[start : start + EXTRACT_BATCH]
                 for i, row in zip(batch, extractor.encode([items[i].payload for i in batch]), strict=True):
                     if isinstance(row, Absent):

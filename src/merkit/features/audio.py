@@ -229,9 +229,12 @@ class WhisperEncoder(MediaExtractor):
         if self._model is None:
             import ctranslate2
 
-            device = self.device or "auto"
-            if device == "auto":
+            from merkit.devices import resolve_device
+
+            if (self.device or "auto") == "auto":
                 device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+            else:
+                device = resolve_device(self.device).partition(":")[0]
             self._model = ctranslate2.models.Whisper(
                 str(self.model_folder()), device=device, compute_type=self.settings.compute_type, intra_threads=self.settings.threads
             )

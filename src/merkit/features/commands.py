@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from merkit.cli_options import DeviceOption, QuietOption, example
 from merkit.errors import MerkitError
 
 
@@ -75,7 +76,7 @@ def extract(
     shard: Annotated[Optional[str], typer.Option(help="Compute shard i/n only (0 <= i < n); then `merkit merge`.")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Cache folder (default: STORE/.cache/...).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute everything, cache nothing.")] = False,
-    device: Annotated[str, typer.Option(help="auto (GPU when present) | cpu | cuda.")] = "auto",
+    device: DeviceOption = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
     finetune: Annotated[bool, typer.Option("--finetune", help="Fine-tune on train (select on valid) first.")] = False,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 3,
@@ -88,7 +89,7 @@ def extract(
     format: Annotated[str, typer.Option("--format", "-f", help="Input format, or 'auto' to detect it.")] = "auto",
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickles that run code.")] = False,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reader option key=value.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines.")] = False,
+    quiet: QuietOption = False,
     allow_failures: Annotated[
         bool, typer.Option("--allow-failures", help="Exit 0 even when some media files failed (they are masked and reported).")
     ] = False,
@@ -181,7 +182,7 @@ def extractors(
 def merge(
     out: Annotated[Path, typer.Argument(help="The store the shards were extracted for (--out of the shard runs).")],
     cache: Annotated[Optional[Path], typer.Option(help="The shards' cache folder, if not the store's default.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No log lines.")] = False,
+    quiet: QuietOption = False,
     allow_failures: Annotated[
         bool, typer.Option("--allow-failures", help="Exit 0 even when some media files failed (they are masked and reported).")
     ] = False,
@@ -194,9 +195,9 @@ def merge(
 
 def _standalone_app() -> typer.Typer:
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-    app.command("extract")(extract)
-    app.command("extractors")(extractors)
-    app.command("merge")(merge)
+    app.command("extract", epilog=example("extract"))(extract)
+    app.command("extractors", epilog=example("extractors"))(extractors)
+    app.command("merge", epilog=example("merge"))(merge)
     return app
 
 

@@ -228,11 +228,9 @@ class TransformerTextExtractor(Extractor):
         return self._tokenizer
 
     def resolve_device(self) -> str:
-        import torch
+        from merkit.devices import resolve_device
 
-        if self.device in (None, "auto"):
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return resolve_device(self.device)
 
     def load_model(self):
         """The encoder (``AutoModel``) in eval mode on the device; loaded once, on first use."""

@@ -62,6 +62,7 @@ each modality's share of the final layer's input contribution ``|W_m z_m|â‚ / Î
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
@@ -84,6 +85,13 @@ from merkit.models.transformer_blocks import (
 # training; the code's optional residual LN(y + x) keeps it, and its (unused) BiGRU context encoder
 # gives the text-only model the sequential context that the BiGRU baseline exploits.
 OWN_FEATURE_SETTINGS = {"moe_residual": True, "context_gru": True}
+
+def _auto_rules(shape: Any, chosen: Any) -> None:
+    """``--preset auto`` for SURE: SDT's rules and the *-mpnet presets' own SURE settings (residual mixture, context GRU)."""
+    auto_rules(shape, chosen)
+    for name, value in OWN_FEATURE_SETTINGS.items():
+        chosen.set("model", name, value, "SURE's settings in the *-mpnet presets")
+
 
 # Variance of the N(0, I) prior: the uncertainty reported for a modality the utterance lacks.
 PRIOR_VARIANCE = 1.0
@@ -122,7 +130,7 @@ class SUREConfig(SDTConfig):
     modalities=("text", "audio", "visual"),
     description="SURE: uncertainty-aware Gaussian MoE + iterative reasoning + SDT transformer gate",
     presets=presets({name: OWN_FEATURE_SETTINGS for name in ("iemocap-mpnet", "meld-mpnet")}),
-    auto=auto_rules,
+    auto=_auto_rules,
 )
 class SURE(ERCModel):
     config_class = SUREConfig

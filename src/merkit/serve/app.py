@@ -9,16 +9,22 @@ that is deleted after the request; a JSON request can never name a file on the s
 
 Every error is a JSON ``{"detail": "what was wrong"}`` with a 4xx status (400 malformed
 JSON, 413 body over ``max_upload_mb``, 415 other content types, 422 wrong types, unknown
-fields or modalities, an empty conversation, too many utterances, media too long), and
-500 ``internal error`` for a bug, whose traceback goes to the server log, never to the client.
+fields or modalities, an empty conversation, too many utterances or characters, media too long, a
+request that ran past ``request_seconds``; 405 with ``Allow``), 503 with ``Retry-After`` when
+``max_queue`` requests are already running or waiting, and 500 ``internal error`` for a bug, whose
+traceback goes to the server log, never to the client. The limits are listed at ``GET /model``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import shutil
 import tempfile
 import threading
+import time
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,8 +42,10 @@ from merkit.errors import MerkitError
 from merkit.inference import (
     MEDIA_FIELDS,
     ConversationInput,
+    DialoguesInput,
     PredictionResult,
     Predictor,
+    TimeLimitExceeded,
     read_conversations,
 )
 
@@ -50,6 +58,9 @@ class ServeLimits(BaseModel):
     max_utterances: int = Field(200, ge=1, description="utterances per request (all dialogues together)")
     max_upload_mb: float = Field(50.0, gt=0, description="request body size in MB (JSON or multipart)")
     max_media_seconds: float = Field(600.0, gt=0, description="duration of each uploaded media file")
+    max_characters: int = Field(50_000, ge=1, description="characters of text per request (speakers and texts together)")
+    max_queue: int = Field(8, ge=1, description="requests running or waiting; beyond it a 503 with Retry-After")
+    request_seconds: float = Field(60.0, gt=0, description="time a request may wait and run; beyond it a 503 (waiting) or 422 (running)")
 
     @property
     def max_body_bytes(self) -> int:
@@ -93,8 +104,8 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def _error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
+def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 def _too_large_message(max_bytes: int) -> str:
@@ -142,6 +153,9 @@ def _conversations(data: Any, limits: ServeLimits) -> list[ConversationInput]:
     count = sum(len(c.utterances) for c in conversations)
     if count > limits.max_utterances:
         raise HTTPException(422, f"too many utterances: {count}, the limit is {limits.max_utterances} (max_utterances)")
+    characters = sum(len(u.text) + len(u.speaker) for c in conversations for u in c.utterances)
+    if characters > limits.max_characters:
+        raise HTTPException(422, f"too much text: {characters:,} characters, the limit is {limits.max_characters:,} (max_characters)")
     return conversations
 
 
@@ -189,7 +203,7 @@ _PREDICT_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ConversationInput"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -209,12 +223,56 @@ _ERRORS = {
 }
 
 
+class _Queue:
+    """One prediction at a time (the predictor is not thread-safe), at most ``max_queue`` requests holding a
+    place, each within ``request_seconds`` from when it got its place: the waiting ones are told to retry."""
+
+    def __init__(self, limits: ServeLimits):
+        self.limits = limits
+        self.lock = threading.Lock()  # held while predicting
+        self.places = threading.BoundedSemaphore(limits.max_queue)
+        self.seconds = 1.0  # running mean of a prediction's duration, for Retry-After
+
+    def _busy(self, why: str) -> HTTPException:
+        retry = max(1, math.ceil(self.seconds * self.limits.max_queue))
+        return HTTPException(503, f"the server is busy: {why}; retry in {retry} s", headers={"Retry-After": str(retry)})
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[float]:
+        """Hold a place and then the predictor; yields the request's deadline (``time.monotonic()``)."""
+        if not self.places.acquire(blocking=False):
+            raise self._busy(f"{self.limits.max_queue} requests are running or waiting (max_queue)")
+        try:
+            deadline = time.monotonic() + self.limits.request_seconds
+            if not self.lock.acquire(timeout=self.limits.request_seconds):
+                raise self._busy(f"the request waited the whole time limit of {self.limits.request_seconds:g} s (request_seconds)")
+            started = time.monotonic()
+            try:
+                yield deadline
+            finally:
+                self.seconds = 0.8 * self.seconds + 0.2 * (time.monotonic() - started)
+                self.lock.release()
+        finally:
+            self.places.release()
+
+
+def _application(**options: Any) -> FastAPI:
+    """A FastAPI app whose /docs and /redoc pages load their scripts from the installed ``fastapi-offline``
+    package, not from a CDN (the server is often offline); without that package they are off (the schema
+    is still at /openapi.json)."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ModuleNotFoundError:
+        return FastAPI(docs_url=None, redoc_url=None, **options)
+    return FastAPIOffline(**options)
+
+
 def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastAPI:
     """The app serving ``predictor`` within ``limits`` (calls to the predictor are serialised: it is not thread-safe)."""
     limits = limits or ServeLimits()
-    lock = threading.Lock()
+    queue = _Queue(limits)
     info = predictor.describe()
-    app = FastAPI(
+    app = _application(
         title="merkit",
         version=__version__,
         description=f"Emotion recognition in conversations with the `{info['model']}` model "
@@ -223,8 +281,14 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     def run(conversations: list[ConversationInput]) -> PredictionResult:
-        with lock:
-            return predictor.predict(conversations)
+        with queue.turn() as deadline:
+            try:
+                return predictor.predict(conversations, deadline=deadline)
+            except TimeLimitExceeded:
+                raise HTTPException(
+                    422, f"the request took longer than the limit of {limits.request_seconds:g} s (request_seconds); "
+                    "send fewer or shorter utterances or media"
+                ) from None
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -277,7 +341,7 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail), exc.headers)  # a 405 keeps its Allow header
 
     @app.exception_handler(_BodyTooLarge)
     async def body_too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
@@ -300,6 +364,19 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(conversation.pop("$defs", {}))
             components["ConversationInput"] = conversation
+            dialogues = DialoguesInput.model_json_schema(ref_template="#/components/schemas/{model}")
+            dialogues.pop("$defs", None)
+            components["DialoguesInput"] = dialogues
+            components["PredictRequest"] = {
+                "description": "one conversation, several ('dialogues', or a list of conversations), or a flat list of "
+                "turns that their dialogue_id groups (answers keep the list's order)",
+                "oneOf": [
+                    {"$ref": "#/components/schemas/ConversationInput"},
+                    {"$ref": "#/components/schemas/DialoguesInput"},
+                    {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/ConversationInput"}},
+                    {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/UtteranceInput"}},
+                ],
+            }
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -79,21 +79,25 @@ class AutoPreset:
     shape: CorpusShape
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
-    reasons: dict[str, str] = field(default_factory=dict)
+    why: dict[str, str] = field(default_factory=dict)  # setting name → reason
 
     def set(self, scope: str, name: str, value: Any, why: str) -> None:
         getattr(self, scope)[name] = value
-        self.reasons[name] = f"{name}={value} ({why})"
+        self.why[name] = why
 
     def describe(self) -> dict[str, Any]:
-        return {"shape": asdict(self.shape), "model": self.model, "train": self.train, "reasons": list(self.reasons.values())}
+        reasons = [f"{name}={value} ({self.why[name]})" for name, value in {**self.model, **self.train}.items()]
+        return {"shape": asdict(self.shape), "model": self.model, "train": self.train, "reasons": reasons}
 
     def summary(self, overridden: Sequence[str] = ()) -> str:
-        """One line for the user: the shape, each choice with its reason, and the ``--set`` keys that won over it."""
-        kept = [why for name, why in self.reasons.items() if name not in overridden]
-        taken = [name for name in overridden if name in self.reasons]
+        """One line for the user: the shape, the choices grouped by reason, and the ``--set`` keys that won over them."""
+        grouped: dict[str, list[str]] = {}
+        for name, value in {**self.model, **self.train}.items():
+            if name not in overridden:
+                grouped.setdefault(self.why[name], []).append(f"{name}={value}")
+        taken = [name for name in overridden if name in self.why]
         tail = f"; --set wins for {', '.join(taken)}" if taken else ""
-        return f"preset auto for {self.shape.describe()}: " + "; ".join(kept) + tail
+        return f"preset auto for {self.shape.describe()}: " + "; ".join(f"{', '.join(n)} ({w})" for w, n in grouped.items()) + tail
 
 
 def auto_preset(entry: Any, shape: CorpusShape, monitor: str) -> AutoPreset:

@@ -1,0 +1,34 @@
+"""One meaning of ``--device`` for every command: ``auto`` (the GPU when torch sees one), ``cpu``, ``cuda``
+(``gpu`` and ``cuda:N`` too). Asking for a GPU that is not there is a clear error, not a failure deep inside."""
+
+from __future__ import annotations
+
+from merkit.errors import MerkitError
+
+CHOICES = "auto (the GPU when there is one) | cpu | cuda"
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device name for ``device``."""
+    import torch
+
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "gpu":
+        name = "cuda"
+    if name == "cpu":
+        return name
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise MerkitError(f"--device {device}: torch {torch.__version__} ({built}) sees no CUDA GPU here; use --device cpu or auto")
+        return name
+    raise MerkitError(f"--device {device!r} is not a device; choose {CHOICES}")
+
+
+def lightning_accelerator(device: str | None) -> str:
+    """``--device`` as Lightning's ``accelerator`` (``auto`` stays ``auto``: Lightning then picks the GPU itself)."""
+    if (device or "auto").strip().lower() == "auto":
+        return "auto"
+    return "gpu" if resolve_device(device).startswith("cuda") else "cpu"
