@@ -357,15 +357,12 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
         return _error(500, "internal error (logged on the server)")
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's schema plus the conversation model the /predict body refers to (it is read by hand, not by FastAPI)."""
+        """FastAPI's schema plus the request models the /predict body refers to (it is read by hand, not by FastAPI)."""
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            conversation = ConversationInput.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(conversation.pop("$defs", {}))
-            components["ConversationInput"] = conversation
             dialogues = DialoguesInput.model_json_schema(ref_template="#/components/schemas/{model}")
-            dialogues.pop("$defs", None)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(dialogues.pop("$defs"))  # ConversationInput and UtteranceInput
             components["DialoguesInput"] = dialogues
             components["PredictRequest"] = {
                 "description": "one conversation, several ('dialogues', or a list of conversations), or a flat list of "
