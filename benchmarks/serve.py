@@ -1,14 +1,17 @@
-"""Bounded load test of ``merkit serve`` on localhost: requests per second and p50/p95 latency.
+"""Bounded load test of ``merkit serve`` on localhost: requests per second and p50/p95 latency, per serving path.
 
-    python benchmarks/serve.py [--checkpoint DIR] [--requests 100] [--concurrency 1,4] [--max-seconds 60] [--threads 1]
+    python benchmarks/serve.py [--checkpoint DIR] [--paths torch,onnx,onnx-int8,onnx-int8x2] [--requests 100]
+                               [--concurrency 1,4] [--max-seconds 60] [--threads 1]
 
-Starts ``python -m merkit serve CHECKPOINT`` on 127.0.0.1 (a free port, nothing else is
-contacted) as a child process, waits for ``GET /health``, sends a few warm-up requests, then
-for each concurrency level sends at most ``--requests`` ``POST /predict`` requests, each one
-20-utterance text conversation, from that many client threads, and stops after
-``--max-seconds`` whatever happens. Prints one JSON object (and a Markdown table) with
-requests, failures, requests per second and p50/p95 latency; exits 1 if any request failed
-or the server did not start. The server is stopped at the end.
+Exports the checkpoint once with ``merkit export --onnx`` (fp32) and once with ``--quantize int8``,
+then for each path starts ``python -m merkit serve`` on 127.0.0.1 (a free port, nothing else is
+contacted) as a child process, waits for ``GET /health``, sends a few warm-up requests, and for each
+concurrency level sends at most ``--requests`` ``POST /predict`` requests, each one 20-utterance text
+conversation, from that many client threads, stopping after ``--max-seconds`` whatever happens.
+Paths: ``torch`` (the PyTorch model and encoder, ``--backend torch``), ``onnx`` (fp32 graphs in ONNX
+Runtime), ``onnx-int8`` (int8 text encoder), ``onnx-int8x2`` (the same with ``--replicas 2``). All paths
+run in the same invocation, so their ratios hold on a noisy machine. Prints one JSON object and a
+Markdown table; exits 1 if any request failed or a server did not start.
 
 Without ``--checkpoint`` it trains a tiny one first: MiniLM features of the packaged example
 conversations and a late-fusion model, two epochs (the request cost, MiniLM on 20
@@ -135,34 +138,29 @@ def load(url: str, requests: int, concurrency: int, max_seconds: float) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint to serve (default: train a tiny one)")
-    parser.add_argument("--requests", type=int, default=100, help="requests per concurrency level (at most)")
-    parser.add_argument("--concurrency", default="1,4", help="comma-separated numbers of client threads")
-    parser.add_argument("--max-seconds", type=float, default=60.0, help="time limit per concurrency level")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (merkit serve --threads)")
-    parser.add_argument("--warmup", type=int, default=3, help="requests before timing")
-    parser.add_argument("--out", type=Path, help="also write the JSON result here")
-    args = parser.parse_args()
-    levels = [int(part) for part in args.concurrency.split(",") if part.strip()]
+PATHS = {  # name → (export folder, --backend, --replicas)
+    "torch": ("fp32", "torch", 1),
+    "onnx": ("fp32", "onnx", 1),
+    "onnx-int8": ("int8", "onnx", 1),
+    "onnx-int8x2": ("int8", "onnx", 2),
+}
 
-    with tempfile.TemporaryDirectory(prefix="merkit-serve-bench-") as scratch:
-        checkpoint = args.checkpoint or tiny_checkpoint(Path(scratch))
-        port = free_port()
-        url = f"http://{HOST}:{port}"
-        log = open(Path(scratch) / "server.log", "w+")
-        command = [sys.executable, "-m", "merkit", "serve", str(checkpoint), "--host", HOST, "--port", str(port),
-                   "--threads", str(args.threads), "--max-utterances", str(len(TURNS))]  # fmt: skip
+
+def serve_and_load(folder: Path, backend: str, replicas: int, args: argparse.Namespace, levels: list[int], log_path: Path) -> tuple[dict, list[dict]]:
+    """One server for ``folder`` with ``backend`` and ``replicas``: the warm-up and one result per concurrency level."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    command = [sys.executable, "-m", "merkit", "serve", str(folder), "--host", HOST, "--port", str(port), "--threads", str(args.threads),
+               "--max-utterances", str(len(TURNS)), "--backend", backend, "--replicas", str(replicas), "--max-queue", str(4 * max(levels))]  # fmt: skip
+    with open(log_path, "w+") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_until_healthy(url, server, timeout=180)
+            wait_until_healthy(url, server, timeout=240)
             warm = load(url, args.warmup, 1, args.max_seconds)
-            results = [load(url, args.requests, level, args.max_seconds) for level in levels]
+            return warm, [load(url, args.requests, level, args.max_seconds) for level in levels]
         except RuntimeError as exc:
             log.seek(0)
-            print(f"benchmark failed: {exc}\n--- server log ---\n{log.read()[-3000:]}", file=sys.stderr)
-            return 1
+            raise RuntimeError(f"{exc}\n--- server log ---\n{log.read()[-3000:]}") from None
         finally:
             server.terminate()
             try:
@@ -170,25 +168,63 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-            log.close()
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint to serve (default: train a tiny one)")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated serving paths among {', '.join(PATHS)}")
+    parser.add_argument("--requests", type=int, default=100, help="requests per concurrency level (at most)")
+    parser.add_argument("--concurrency", default="1,4", help="comma-separated numbers of client threads")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="time limit per concurrency level")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per prediction of the server (merkit serve --threads)")
+    parser.add_argument("--warmup", type=int, default=3, help="requests before timing")
+    parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    args = parser.parse_args()
+    levels = [int(part) for part in args.concurrency.split(",") if part.strip()]
+    paths = [part.strip() for part in args.paths.split(",") if part.strip()]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        parser.error(f"unknown path {unknown[0]!r}; choose among {', '.join(PATHS)}")
+    from merkit.onnx_export import export_onnx
+
+    rows, failed = [], 0
+    with tempfile.TemporaryDirectory(prefix="merkit-serve-bench-") as scratch:
+        checkpoint = args.checkpoint or tiny_checkpoint(Path(scratch))
+        folders = {}
+        for kind in sorted({PATHS[p][0] for p in paths}):
+            folders[kind] = Path(scratch) / f"export-{kind}"
+            export_onnx(checkpoint, folders[kind], quantize="int8" if kind == "int8" else "none")
+        for path in paths:
+            kind, backend, replicas = PATHS[path]
+            try:
+                warm, results = serve_and_load(folders[kind], backend, replicas, args, levels, Path(scratch) / f"{path}.log")
+            except RuntimeError as exc:
+                print(f"benchmark failed for {path}: {exc}", file=sys.stderr)
+                return 1
+            failed += warm["failed"] + sum(row["failed"] for row in results)
+            rows += [{"path": path, "replicas": replicas, **row} for row in results]
+
+    baseline = {row["concurrency"]: row for row in rows if row["path"] == paths[0]}
+    for row in rows:
+        first = baseline.get(row["concurrency"])
+        if first and first["requests_per_second"] and row["requests_per_second"]:
+            row[f"throughput_vs_{paths[0]}"] = round(row["requests_per_second"] / first["requests_per_second"], 2)
     report = {
         "conversation_utterances": len(TURNS),
         "checkpoint": str(args.checkpoint) if args.checkpoint else "tiny late-fusion (MiniLM text, example conversations)",
         "server_threads": args.threads,
-        "warmup_failed": warm["failed"],
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
-        "levels": results,
+        "levels": rows,
     }
     print(json.dumps(report, indent=2))
-    print("\n| clients | requests | failed | req/s | utterances/s | p50 ms | p95 ms |\n|---|---|---|---|---|---|---|")
-    for row in results:
-        print(f"| {row['concurrency']} | {row['requests']} | {row['failed']} | {row['requests_per_second']} | "
-              f"{row['utterances_per_second']} | {row['p50_ms']} | {row['p95_ms']} |")  # fmt: skip
+    print(f"\n| path | replicas | clients | requests | failed | req/s | × {paths[0]} | p50 ms | p95 ms |\n|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['path']} | {row['replicas']} | {row['concurrency']} | {row['requests']} | {row['failed']} | "
+              f"{row['requests_per_second']} | {row.get(f'throughput_vs_{paths[0]}')} | {row['p50_ms']} | {row['p95_ms']} |")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
-    failed = warm["failed"] + sum(row["failed"] for row in results)
     return 1 if failed else 0
 
 

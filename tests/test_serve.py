@@ -395,3 +395,24 @@ def test_text_budget_queue_bound_and_time_limit(predictor):
     # the first was held past its 1 s: the predictor's next deadline check refuses it
     assert answers["first"].status_code == 422 and "(request_seconds)" in _readable(answers["first"])
     assert answers["second"].status_code in (200, 422, 503)
+
+
+def test_replicas_serve_requests_at_once(predictor):
+    """Two copies of the model: two requests run together (each held inside its predictor until both are in)."""
+    first, second = _SlowPredictor(predictor), _SlowPredictor(predictor)
+    with TestClient(create_app([first, second], ServeLimits(max_queue=4))) as client:
+        assert client.get("/model").json()["replicas"] == 2
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(client.post("/predict", json={"utterances": [{"text": "hi"}]})))
+                   for _ in range(2)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        assert first.entered.wait(timeout=30) and second.entered.wait(timeout=30)  # both running, neither finished
+        first.release.set()  # one at a time from here: both copies wrap the same real predictor
+        deadline = time.monotonic() + 30
+        while not answers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second.release.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert [a.status_code for a in answers] == [200, 200]

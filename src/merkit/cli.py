@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from merkit import __version__
-from merkit.cli_options import DeviceOption, QuietOption, example
+from merkit.cli_options import BackendOption, DeviceOption, QuietOption, ThreadsOption, example
 from merkit.errors import MerkitError
 from merkit.features.commands import extract, extractors, merge
 
@@ -486,7 +486,8 @@ def predict_conversations(
     device: DeviceOption = "auto",
     batch_size: Annotated[int, typer.Option(help="Dialogues per model call.")] = 16,
     workers: Annotated[int, typer.Option(help="Processes per media extractor (0: one per core).")] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
+    threads: ThreadsOption = None,
+    backend: BackendOption = "auto",
     quiet: QuietOption = False,
 ) -> None:
     """Per-utterance emotions, probabilities, uncertainty and the modalities used, for raw conversations."""
@@ -496,7 +497,7 @@ def predict_conversations(
     if as_json and as_csv:
         raise MerkitError("choose one of --json and --csv")
     _torch_threads(threads)
-    with load(checkpoint, device=device, batch_size=batch_size, workers=workers) as predictor:
+    with load(checkpoint, device=device, batch_size=batch_size, workers=workers, backend=backend, threads=threads) as predictor:
         corpus = predictor.corpus(input)
         result = predictor.predict(corpus, progress=not quiet and corpus.num_utterances >= PROGRESS_FROM)
     text = result.to_csv() if as_csv else result.model_dump_json(indent=2) + "\n"
@@ -520,7 +521,9 @@ def serve(
     request_seconds: Annotated[Optional[float], typer.Option(help="Time a request may wait and run (default 60).")] = None,
     device: DeviceOption = "auto",
     workers: Annotated[int, typer.Option(help="Processes per media extractor (0: one per core).")] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
+    threads: ThreadsOption = None,
+    backend: BackendOption = "auto",
+    replicas: Annotated[int, typer.Option(help="Copies of the model serving requests at once (up to the cores; each takes its memory).", min=1)] = 1,
 ) -> None:
     """HTTP server: POST /predict, GET /health, GET /model, API docs at /docs, and a web page at /."""
     try:
@@ -544,16 +547,23 @@ def serve(
     _torch_threads(threads)
     listening = _listen(host, port)  # a busy port is said now, not after the model has loaded
     try:
-        predictor = load(checkpoint, device=device, workers=workers)
-        predictor.predict([{"text": "warming up"}])  # loads the text encoder and the model before the first request
+        predictors = []
+        for _ in range(replicas):
+            predictors.append(load(checkpoint, device=device, workers=workers, backend=backend, threads=threads))
+            predictors[-1].predict([{"text": "warming up"}])  # loads the text encoder and the model before the first request
     except BaseException:
+        for predictor in predictors:
+            predictor.close()
         listening.close()
         raise
-    typer.echo(f"merkit serve: {predictor.meta['model']} on http://{host}:{port}/ (API docs at /docs)", err=True)
+    info = predictors[0].describe()
+    typer.echo(f"merkit serve: {info['model']} ({info['backend']}, {replicas} replica(s)) on http://{host}:{port}/ "
+               "(API docs at /docs)", err=True)  # fmt: skip
     try:
-        uvicorn.Server(uvicorn.Config(create_app(predictor, limits), log_level="info")).run(sockets=[listening])
+        uvicorn.Server(uvicorn.Config(create_app(predictors, limits), log_level="info")).run(sockets=[listening])
     finally:
-        predictor.close()
+        for predictor in predictors:
+            predictor.close()
         listening.close()
 
 
@@ -565,6 +575,9 @@ def _listen(host: str, port: int):
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         listening = socket.socket(family, socket.SOCK_STREAM)
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: without it an answer written in two parts waits for the client's
+        # delayed ACK, 40 ms on every keep-alive request.
+        listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         listening.bind((host, port))
         listening.listen(2048)
     except OSError as exc:
@@ -577,11 +590,22 @@ def _listen(host: str, port: int):
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (e.g. RUN/seed0/best).")],
     out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also the text encoders and the model as ONNX graphs (onnx/), checked against torch.")] = False,
+    quantize: Annotated[str, typer.Option(help="none, or int8: dynamic int8 quantisation of the ONNX text encoders (implies --onnx).")] = "none",
 ) -> None:
     """A model folder: weights, model.json (config), labels, feature manifest, metrics and a README model card."""
     from merkit.inference import export_model
 
-    folder = export_model(checkpoint, out)
+    if onnx or quantize != "none":
+        from merkit.onnx_export import export_onnx
+
+        record = export_onnx(checkpoint, out, quantize=quantize)
+        check = record["check"]
+        typer.echo(f"ONNX graphs checked against torch on {check['utterances']} utterances: largest probability difference "
+                   f"{check['max_abs_probability_difference']:.2g}, same label for {100 * check['label_agreement']:.1f} %")  # fmt: skip
+    else:
+        export_model(checkpoint, out)
+    folder = out
     files = ", ".join(sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")))
     typer.echo(f"wrote {folder}: {files}")
 

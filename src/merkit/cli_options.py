@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -25,6 +25,10 @@ def _quiet_libraries(quiet: bool) -> bool:
 
 
 DeviceOption = Annotated[str, typer.Option("--device", help=f"{CHOICES}.")]
+BackendOption = Annotated[
+    str, typer.Option("--backend", help="auto (the ONNX graphs of `merkit export --onnx` when the folder has them), torch or onnx.")
+]
+ThreadsOption = Annotated[Optional[int], typer.Option(help="CPU threads per prediction, for torch and ONNX Runtime (1 is fastest on a busy machine).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines.", callback=_quiet_libraries)]
 
 # One example a command, shown at the end of its --help.
@@ -45,7 +49,7 @@ EXAMPLES = {
     "summary": "merkit summary runs/meld/* --metrics accuracy,weighted_f1 --splits test",
     "predict": "merkit predict runs/meld/sure/seed0/best talk.txt --csv --out talk.csv",
     "serve": "merkit serve models/sure --port 8000   # then open http://127.0.0.1:8000/",
-    "export": "merkit export runs/meld/sure/seed0/best --out models/sure",
+    "export": "merkit export runs/meld/sure/seed0/best --out models/sure --onnx --quantize int8",
     "demo": "merkit demo",
 }
 

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from merkit import __version__
@@ -491,7 +490,11 @@ class Predictor:
     Not thread-safe (the extractors load models lazily and hold state): serialise calls.
     """
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str = "auto", batch_size: int = 16, workers: int = 1):
+    def __init__(
+        self, checkpoint: Checkpoint, *, device: str = "auto", batch_size: int = 16, workers: int = 1,
+        extractors: Mapping[str, Extractor] | None = None,
+    ):  # fmt: skip
+        """``extractors``: built ones to use for some modalities (the ONNX text encoders); the others are rebuilt."""
         if batch_size < 1:
             raise MerkitError("batch size must be at least 1")
         self.checkpoint = checkpoint
@@ -503,14 +506,15 @@ class Predictor:
         self.batch_size = batch_size
         self.dims = dict(self.meta["data_spec"]["modalities"])
         self.thresholds = checkpoint_thresholds(self.meta, self.labels.names)
-        self.extractors: dict[str, Extractor] = {}
+        self.extractors: dict[str, Extractor] = dict(extractors or {})
+        self.backend = "onnx" if extractors is not None else "torch"
         # Features imported with `merkit data add-features` cannot be computed from raw input: those
         # modalities are masked (the model was trained to work without a modality) and every row says so.
         self.imported = {m: self.meta["features"][m] for m in self.modalities if self.meta["features"][m].get("extractor") == "external"}
         try:
             for modality in self.modalities:
                 entry = self.meta["features"][modality]
-                if modality in self.imported and len(self.imported) < len(self.modalities):
+                if modality in self.extractors or (modality in self.imported and len(self.imported) < len(self.modalities)):
                     continue
                 self.extractors[modality] = rebuild_extractor(modality, entry, device=self.device, workers=workers)
         except BaseException:
@@ -536,6 +540,7 @@ class Predictor:
             "protocol": self.meta.get("protocol"),
             "seed": self.meta.get("seed"),
             "device": self.device,
+            "backend": self.backend,
         }
 
     # -------------------------------------------------------------- prediction
@@ -668,12 +673,28 @@ class Predictor:
         self.close()
 
 
-def load(checkpoint: str | Path, *, device: str = "auto", batch_size: int = 16, workers: int = 1) -> Predictor:
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def load(
+    checkpoint: str | Path, *, device: str = "auto", batch_size: int = 16, workers: int = 1, backend: str = "auto",
+    threads: int | None = None,
+) -> Predictor:  # fmt: skip
     """A :class:`Predictor` for the checkpoint directory (e.g. ``RUN/seed0/best`` or a ``merkit export`` folder).
 
     ``device``: ``auto`` (the GPU when there is one), ``cpu`` or ``cuda``; ``batch_size``:
-    dialogues per model call; ``workers``: processes per media extractor.
+    dialogues per model call; ``workers``: processes per media extractor; ``backend``: ``onnx`` runs
+    the graphs of ``merkit export --onnx`` in ONNX Runtime on the CPU (``auto``: when the folder has
+    them), ``torch`` the PyTorch model; ``threads``: ONNX Runtime's threads per graph (None: one per core).
     """
+    from merkit.onnx_runtime import has_onnx, load_onnx
+
+    if backend not in BACKENDS:
+        raise MerkitError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "onnx" or (backend == "auto" and has_onnx(checkpoint) and device != "cuda"):
+        if device == "cuda":
+            raise MerkitError("the onnx backend runs on the CPU; use --backend torch for --device cuda")
+        return load_onnx(checkpoint, batch_size=batch_size, workers=workers, threads=threads)
     return Predictor(load_checkpoint(checkpoint, resolve_device(device)), device=device, batch_size=batch_size, workers=workers)
 
 

@@ -302,15 +302,31 @@ class TransformerTextExtractor(Extractor):
             items.append(WorkItem(content=content, cost=len(ids), payload=entry))
         return items
 
-    def encode(self, payloads: Sequence[Any]) -> list[np.ndarray]:
+    def hidden_states(self, batch: dict[str, Any]):
+        """Last-layer states ``[B, L, D]`` (a torch tensor) of a padded batch (the ONNX runtime overrides this)."""
         import torch
 
-        model = self.load_model()
-        device = next(model.parameters()).device
-        self.calls += 1
-        batch = self.batch_tensors(payloads, str(device))
         with torch.inference_mode():
-            hidden = model(**batch).last_hidden_state
+            return self.load_model()(**batch).last_hidden_state
+
+    def batch_device(self) -> str:
+        return str(next(self.load_model().parameters()).device)
+
+    def encode(self, payloads: Sequence[Any]) -> list[np.ndarray]:
+        """Features of a batch, run in groups of similar length so that padding stays small."""
+        self.calls += 1
+        out: list[np.ndarray] = [np.empty(0)] * len(payloads)
+        for group in length_groups([len(ids) for ids, _ in payloads]):
+            for i, row in zip(group, self._encode_group([payloads[i] for i in group]), strict=True):
+                out[i] = row
+        return out
+
+    def _encode_group(self, payloads: Sequence[Any]) -> list[np.ndarray]:
+        import torch
+
+        batch = self.batch_tensors(payloads, self.batch_device())
+        with torch.inference_mode():
+            hidden = self.hidden_states(batch)
             if self.level == "sequence":
                 out = []
                 for row, (_, (start, end)) in enumerate(payloads):
@@ -321,6 +337,25 @@ class TransformerTextExtractor(Extractor):
             if self.settings.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             return list(pooled.float().cpu().numpy())
+
+
+def length_groups(lengths: Sequence[int], waste: float = 0.25) -> list[list[int]]:
+    """Indices grouped by length (shortest first) so that padding each group to its longest item adds at most
+    ``waste`` of its real tokens: a 20-turn conversation of 6–17 tokens runs as 4 small batches, not one padded to 17.
+
+    >>> length_groups([6, 17, 7, 6, 9])
+    [[0, 3, 2], [4], [1]]
+    """
+    groups: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= (1 + waste) * (total + lengths[i]):
+            groups[-1].append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return groups
 
 
 @register_extractor

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merkit.batching import ConversationBatch
 from merkit.models import layers
@@ -36,11 +35,7 @@ class DialogueGRU(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(self.project(inputs), lengths, batch_first=True, enforce_sorted=False)
-        output, _ = self.gru(packed)
-        output, _ = pad_packed_sequence(output, batch_first=True, total_length=inputs.shape[1])
-        return self.dropout(output)
+        return self.dropout(layers.packed_bigru(self.gru, self.project(inputs), mask.sum(1).clamp(min=1)))
 
 
 @register_model(

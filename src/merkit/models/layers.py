@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merkit.batching import IGNORE_INDEX, ConversationBatch
 
@@ -186,3 +187,37 @@ class CoAttentionBlock(nn.Module):
 def mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
     """Linear → ReLU → Dropout → Linear (the baselines' per-utterance classifier, models.md §8)."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+
+def packed_bigru(gru: nn.GRU, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """A batch-first bidirectional ``gru`` over padded ``inputs`` ``[B, T, D]`` whose rows have ``lengths`` (≥ 1) real
+    steps: ``[B, T, 2H]``, zero on padding, run as a packed sequence.
+
+    Under ONNX export the same numbers come without packing, because the exporter bakes the packed batch's sort
+    order into the graph: each layer runs each direction as its own GRU, the backward one over every row reversed
+    within its length (eval only: no dropout between layers)."""
+    total = inputs.shape[1]
+    if not torch.onnx.is_in_onnx_export():
+        packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=total)[0]
+    positions = torch.arange(total, device=inputs.device).unsqueeze(0)
+    real = positions < lengths.unsqueeze(1)
+    reverse = torch.where(real, lengths.unsqueeze(1) - 1 - positions, positions)
+
+    def flip(x: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, reverse.unsqueeze(-1).expand_as(x))
+
+    x = inputs
+    for layer in range(gru.num_layers):
+        directions = []
+        for suffix in ("", "_reverse"):
+            names = ("weight_ih", "weight_hh", *(("bias_ih", "bias_hh") if gru.bias else ()))
+            weights = [getattr(gru, f"{name}_l{layer}{suffix}") for name in names]
+            start = x.new_zeros(1, x.shape[0], gru.hidden_size)
+
+            def run(steps: torch.Tensor) -> torch.Tensor:
+                return torch.gru(steps, start, weights, gru.bias, 1, 0.0, False, False, True)[0]  # noqa: B023
+
+            directions.append(run(x) if not suffix else flip(run(flip(x))))
+        x = torch.cat(directions, dim=-1)
+    return x * real.unsqueeze(-1)

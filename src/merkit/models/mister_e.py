@@ -57,7 +57,6 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merkit.batching import ConversationBatch
 from merkit.errors import MerkitError
@@ -150,15 +149,16 @@ class ContextExpert(nn.Module):
         local = sum(torch.relu(conv(channels)) for conv in self.convs).transpose(1, 2)
         if lengths is None:
             return self.gru(local)[0]
-        packed = pack_padded_sequence(local, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        return pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+        return layers.packed_bigru(self.gru, local, lengths.clamp(min=1))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None:
             return self._encode(x, None) + self.skip(x)
-        order = torch.argsort((~mask).long(), dim=1, stable=True)
+        positions = torch.arange(x.shape[1], device=x.device)
+        # present steps first, each group in order: unique keys, so no stable sort is needed (ONNX has none)
+        order = torch.argsort((~mask).long() * x.shape[1] + positions, dim=1)
         lengths = mask.sum(1)
-        kept = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)
+        kept = positions < lengths.unsqueeze(1)
         compact = x.gather(1, order.unsqueeze(-1).expand_as(x)) * kept.unsqueeze(-1)
         encoded = self._encode(compact, lengths)
         restored = torch.zeros_like(encoded).scatter(1, order.unsqueeze(-1).expand_as(encoded), encoded)

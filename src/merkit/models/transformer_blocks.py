@@ -17,7 +17,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merkit.models import layers
 
@@ -301,8 +300,7 @@ class IterativeReasoning(nn.Module):
         slot = (mask.long().cumsum(1) - 1).clamp(min=0)  # position among the dialogue's present utterances
         rows = torch.arange(batch, device=x.device).unsqueeze(1).expand_as(slot)
         compact = x.new_zeros(batch, length, dim).index_put((rows[mask], slot[mask]), x[mask])
-        packed = pack_padded_sequence(compact, mask.sum(1).clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        output, _ = pad_packed_sequence(self.context(packed)[0], batch_first=True, total_length=length)
+        output = layers.packed_bigru(self.context, compact, mask.sum(1).clamp(min=1))
         spread = output[rows, slot] * mask.unsqueeze(-1)
         return F.dropout(spread, 0.2, self.training)
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import queue
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -224,34 +225,40 @@ _ERRORS = {
 
 
 class _Queue:
-    """One prediction at a time (the predictor is not thread-safe), at most ``max_queue`` requests holding a
-    place, each within ``request_seconds`` from when it got its place: the waiting ones are told to retry."""
+    """At most one prediction per predictor at a time (a predictor is not thread-safe), at most ``max_queue``
+    requests holding a place, each within ``request_seconds`` from when it got its place: the waiting ones are
+    told to retry. With several predictors (``merkit serve --replicas``) that many requests run at once."""
 
-    def __init__(self, limits: ServeLimits):
+    def __init__(self, limits: ServeLimits, predictors: Sequence[Predictor]):
         self.limits = limits
-        self.lock = threading.Lock()  # held while predicting
+        self.idle: queue.SimpleQueue[Predictor] = queue.SimpleQueue()  # the predictors no request holds
+        for predictor in predictors:
+            self.idle.put(predictor)
+        self.running = len(predictors)
         self.places = threading.BoundedSemaphore(limits.max_queue)
         self.seconds = 1.0  # running mean of a prediction's duration, for Retry-After
 
     def _busy(self, why: str) -> HTTPException:
-        retry = max(1, math.ceil(self.seconds * self.limits.max_queue))
+        retry = max(1, math.ceil(self.seconds * self.limits.max_queue / self.running))
         return HTTPException(503, f"the server is busy: {why}; retry in {retry} s", headers={"Retry-After": str(retry)})
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[float]:
-        """Hold a place and then the predictor; yields the request's deadline (``time.monotonic()``)."""
+    def turn(self) -> Iterator[tuple[Predictor, float]]:
+        """Hold a place and then a predictor; yields it and the request's deadline (``time.monotonic()``)."""
         if not self.places.acquire(blocking=False):
             raise self._busy(f"{self.limits.max_queue} requests are running or waiting (max_queue)")
         try:
             deadline = time.monotonic() + self.limits.request_seconds
-            if not self.lock.acquire(timeout=self.limits.request_seconds):
-                raise self._busy(f"the request waited the whole time limit of {self.limits.request_seconds:g} s (request_seconds)")
+            try:
+                predictor = self.idle.get(timeout=self.limits.request_seconds)
+            except queue.Empty:
+                raise self._busy(f"the request waited the whole time limit of {self.limits.request_seconds:g} s (request_seconds)") from None
             started = time.monotonic()
             try:
-                yield deadline
+                yield predictor, deadline
             finally:
                 self.seconds = 0.8 * self.seconds + 0.2 * (time.monotonic() - started)
-                self.lock.release()
+                self.idle.put(predictor)
         finally:
             self.places.release()
 
@@ -267,11 +274,15 @@ def _application(**options: Any) -> FastAPI:
     return FastAPIOffline(**options)
 
 
-def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastAPI:
-    """The app serving ``predictor`` within ``limits`` (calls to the predictor are serialised: it is not thread-safe)."""
+def create_app(predictor: Predictor | Sequence[Predictor], limits: ServeLimits | None = None) -> FastAPI:
+    """The app serving ``predictor`` within ``limits``: calls to one predictor are serialised (it is not
+    thread-safe); given several copies of one model, as many requests run at once."""
     limits = limits or ServeLimits()
-    queue = _Queue(limits)
-    info = predictor.describe()
+    predictors = list(predictor) if isinstance(predictor, Sequence) else [predictor]
+    if not predictors:
+        raise ValueError("create_app needs at least one predictor")
+    waiting = _Queue(limits, predictors)
+    info = {**predictors[0].describe(), "replicas": len(predictors)}
     app = _application(
         title="merkit",
         version=__version__,
@@ -281,7 +292,7 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     def run(conversations: list[ConversationInput]) -> PredictionResult:
-        with queue.turn() as deadline:
+        with waiting.turn() as (predictor, deadline):
             try:
                 return predictor.predict(conversations, deadline=deadline)
             except TimeLimitExceeded:
