@@ -37,11 +37,12 @@ import torch
 from merkit import __version__
 from merkit.batching import ConversationBatch
 from merkit.errors import MerkitError
+from merkit.features.models_dir import file_sha256
 from merkit.features.registry import package_versions
 from merkit.features.text import TransformerTextExtractor
 from merkit.inference import Predictor, export_model, load
 from merkit.io import atomic_write_json, atomic_write_text
-from merkit.onnx_runtime import ONNX_DIR, ONNX_FORMAT, ONNX_META, OUTPUTS, batch_inputs, batch_of_inputs, input_names, load_onnx, session, sha256
+from merkit.onnx_runtime import ONNX_DIR, ONNX_FORMAT, ONNX_META, OUTPUTS, batch_inputs, batch_of_inputs, input_names, load_onnx, session
 
 QUANTIZE = ("none", "int8")
 FP32_TOLERANCE = 1e-4  # largest |difference| of a probability (or other output) between torch and the fp32 graphs
@@ -166,7 +167,7 @@ def export_model_graph(predictor: Predictor, path: Path) -> dict[str, Any]:
                 )
             worst = max(worst, difference)
     return {
-        "file": path.name, "sha256": sha256(path), "inputs": used, "outputs": outputs, "expert_names": list(first.expert_names),
+        "file": path.name, "sha256": file_sha256(path), "inputs": used, "outputs": outputs, "expert_names": list(first.expert_names),
         "sequence_modalities": list(checkpoint.sequence_modalities),
         "verified": {"shapes": [list(shape) for shape in VERIFY_SHAPES], "max_abs_difference": worst},
     }  # fmt: skip
@@ -208,7 +209,7 @@ def export_encoder(extractor: TransformerTextExtractor, work: Path, modality: st
         if file.is_file() and file.suffix in TOKENIZER_SUFFIXES:
             shutil.copyfile(file, folder / file.name)
     return {
-        "file": path.name, "sha256": sha256(path), "folder": folder.name, "dim": extractor.output_dim, "inputs": names,
+        "file": path.name, "sha256": file_sha256(path), "folder": folder.name, "dim": extractor.output_dim, "inputs": names,
         "quantize": quantize, "extractor": extractor.record_name, "exported_from": extractor.fingerprint(),
     }  # fmt: skip
 

@@ -14,7 +14,6 @@ checkpoint), inputs and outputs, and for text encoders the folder of tokenizer f
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 from merkit.batching import ConversationBatch
 from merkit.checkpoint import Checkpoint, read_meta
 from merkit.errors import MerkitError
+from merkit.features.models_dir import file_sha256
 from merkit.features.text import TextSettings, TransformerTextExtractor
 from merkit.models.base import DataSpec, ModelOutput
 
@@ -38,14 +38,6 @@ OUTPUTS = ("logits", "uncertainty", "expert_weights")  # ModelOutput's tensors, 
 
 def has_onnx(folder: str | Path) -> bool:
     return (Path(folder) / ONNX_DIR / ONNX_META).is_file()
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def session(path: Path, threads: int | None = None):
@@ -197,7 +189,7 @@ def read_record(onnx_dir: Path) -> dict[str, Any]:
         graph = onnx_dir / entry["file"]
         if not graph.is_file():
             raise MerkitError("missing ONNX graph named in onnx.json", path=graph)
-        if sha256(graph) != entry["sha256"]:
+        if file_sha256(graph) != entry["sha256"]:
             raise MerkitError("ONNX graph does not match the checksum in onnx.json (truncated or replaced?)", path=graph)
     return record
 
