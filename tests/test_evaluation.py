@@ -105,10 +105,15 @@ def informative_run(tmp_path_factory):
 def test_dropping_the_most_informative_modality_hurts_most_and_temperature_helps(informative_run):
     bundle, out = informative_run
     result = Evaluator(out / "seed0" / "best", bundle).run("test", bootstrap=0)
-    drops = {tuple(r["dropped"]): r["weighted_f1"] for r in result["missing_modality"]["combinations"]}
+    drops = {tuple(r["dropped"]): r["weighted_f1"] for r in result["missing_modality"]["mask"]["combinations"]}
     assert drops[("text",)] < drops[("visual",)] - 0.1
-    rates = result["missing_modality"]["random_drop"]
+    rates = result["missing_modality"]["mask"]["random_drop"]
     assert rates[-1]["weighted_f1"] < rates[0]["weighted_f1"]
+    assert rates[-1]["from_prior"] > 0 and rates[0]["from_prior"] == 0  # at 90 % many utterances lose everything
+    zeroed = result["missing_modality"]["zero"]
+    assert zeroed["drop_mode"] == "zero" and all(r["from_prior"] == 0 for r in zeroed["random_drop"])  # never told
+    zero_drops = {tuple(r["dropped"]): r["weighted_f1"] for r in zeroed["combinations"]}
+    assert zero_drops[()] == drops[()] and zero_drops[("text",)] != drops[("text",)]  # late fusion's weights see the mask
     noise = result["noise"]
     assert noise["text"]["relative_robustness"] < noise["visual"]["relative_robustness"]
     calibrated = result["calibration"]
@@ -165,3 +170,17 @@ def test_expert_summary_gives_mean_weight_and_uncertainty_per_modality():
     assert summary["text"] == pytest.approx({"weight": 0.15, "uncertainty": 0.8})
     assert summary["audio"]["weight"] == pytest.approx(0.6)
     assert expert_summary(Predictions(["a"], np.array([0]), np.ones((1, 2))), ["audio"]) == {}
+
+
+def test_an_utterance_with_no_modality_gets_the_label_prior_not_class_zero(informative_run):
+    from merkit.evaluation.robustness import drop_modalities
+
+    bundle, out = informative_run
+    evaluator = Evaluator(out / "seed0" / "best", bundle)
+    prior = evaluator.checkpoint.prior
+    train = [u.label for d in bundle.corpus.split_dialogues("train") for u in d.utterances]
+    assert prior == pytest.approx(np.bincount(train, minlength=len(prior)) / len(train), abs=1e-6)
+    nothing = evaluator.predict("test", drop_modalities(evaluator.checkpoint.modalities))
+    assert nothing.from_prior.all()
+    assert np.allclose(nothing.scores, prior)
+    assert not evaluator.predict("test").from_prior.any()

@@ -425,6 +425,9 @@ def test_predictions_from_nothing_and_unread_media_say_so(text_predictor, tmp_pa
     empty, spoken, audio_only, pictured = result.utterances
     assert empty.modalities == [] and "nothing this model reads (text) was usable" in empty.notes["input"]
     assert empty.expert_weights is None  # no weights invented for a turn with no input
+    prior = text_predictor.checkpoint.meta["label_prior"]
+    assert [empty.probabilities[n] for n in result.labels] == pytest.approx(prior, abs=1e-6)  # not the model's output on nothing
+    assert "the training split's label frequencies" in empty.notes["input"]
     assert spoken.modalities == ["text"] and spoken.notes == {"audio": "the model does not read audio; the audio file was not used"}
     assert "input" in audio_only.notes and "audio" in audio_only.notes
     assert pictured.notes == {"visual": "the model does not read visual; the image file was not used"}

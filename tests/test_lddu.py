@@ -309,3 +309,16 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "seed0" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and np.isfinite(metrics["test"]["micro_f1"])
+
+
+def test_latent_encoder_biases_keep_the_default_init_unless_asked():
+    import torch
+
+    from merkit.models.base import DataSpec
+    from merkit.models.lddu import LDDU, LDDUConfig
+
+    spec = DataSpec(modalities={"text": 8, "audio": 6}, num_classes=3, multi_label=True)
+    torch.manual_seed(0)
+    default = LDDU(LDDUConfig(), spec).latent["text"]["mu"].bias
+    zeros = LDDU(LDDUConfig(latent_bias_init="zeros"), spec).latent["text"]["mu"].bias
+    assert default.abs().sum() > 0 and zeros.abs().sum() == 0

@@ -210,3 +210,11 @@ def test_when_speech_is_noise_the_gate_moves_to_the_text_expert(complementary, t
     _, informative = complementary["text+audio"]
     assert weights["text"] > weights["speech"] + 0.3, weights
     assert weights["speech"] < informative["speech"] - 0.05, (weights, informative)
+
+
+def test_fusion_layer_norm_eps_is_the_official_codes():
+    from merkit.models.base import DataSpec
+    from merkit.models.mister_e import MisterE, MisterEConfig
+
+    model = MisterE(MisterEConfig(), DataSpec(modalities={"text": 8, "audio": 6}, num_classes=3))
+    assert model.cross.norm.eps == 1e-6

@@ -155,6 +155,16 @@ def test_paper_compat_protocol_selects_on_test_and_says_so(tmp_path, tiny):
     assert results["protocol"] == "paper-compat" and "TEST" in results["protocol_label"]
     assert "valid" not in results["summary"]  # valid was merged into training: no score that looks held out
     assert "valid" not in results["per_seed"]["0"]
+    assert results["precision"] == ["32-true"]  # recorded, and fp32 as the official codes train
+
+
+def test_paper_compat_trains_in_fp32_even_where_honest_would_use_bf16():
+    from merkit.training.config import training_precision
+
+    assert training_precision(None, "honest", use_gpu=True, bf16=True) == "bf16-mixed"
+    assert training_precision(None, "paper-compat", use_gpu=True, bf16=True) == "32-true"
+    assert training_precision(None, "honest", use_gpu=False, bf16=False) == "32-true"
+    assert training_precision("16-mixed", "paper-compat", use_gpu=True, bf16=True) == "16-mixed"  # an explicit --precision wins
 
 
 def test_train_prints_zero_f1_warnings_and_a_table_that_fits_80_columns(tmp_path, tiny):

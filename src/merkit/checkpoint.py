@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -94,6 +95,12 @@ class Checkpoint:
     def dataset(self, corpus: Corpus, features: Mapping[str, FeatureSet], splits: list[str]) -> DialogueDataset:
         """The splits' dialogues with the features this model reads, scaled as in training."""
         return DialogueDataset(corpus, dict(features), splits, self.modalities, self.sequence_modalities, self.scalers)
+
+    @property
+    def prior(self) -> np.ndarray | None:
+        """The training split's label frequencies (what an utterance with no modality is given; none in older checkpoints)."""
+        prior = self.meta.get("label_prior")
+        return None if prior is None else np.asarray(prior, dtype=np.float32)
 
     @property
     def scalers(self) -> dict[str, Scaler]:

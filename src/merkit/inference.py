@@ -566,7 +566,7 @@ class Predictor:
             features[modality], notes[modality] = self._extract(corpus, modality, progress, deadline)
         _check_deadline(deadline)
         dataset = self.checkpoint.dataset(corpus, features, [SPLIT])
-        scored = predict(self.model, make_loader(dataset, self.batch_size), self.device, all_utterances=True)
+        scored = predict(self.model, make_loader(dataset, self.batch_size), self.device, all_utterances=True, prior=self.checkpoint.prior)
         position = {utterance_id: i for i, utterance_id in enumerate(scored.utterance_ids)}
         rows, order = [], []
         for row, (d, u) in enumerate((d, u) for d in corpus.dialogues for u in d.utterances):
@@ -592,8 +592,9 @@ class Predictor:
             else:
                 found.setdefault(modality, f"the model does not read {modality}; the {kind} file was not used")
         if not used:
-            found["input"] = (f"nothing this model reads ({', '.join(self.modalities)}) was usable: the label is the "
-                              "model's output on an empty input, not evidence")  # fmt: skip
+            prior = "the training split's label frequencies" if self.checkpoint.prior is not None else "uniform (the checkpoint has no label prior)"
+            found["input"] = (f"nothing this model reads ({', '.join(self.modalities)}) was usable: the probabilities are "
+                              f"{prior}, not evidence")  # fmt: skip
         return found
 
     def _utterance(

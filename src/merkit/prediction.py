@@ -23,6 +23,7 @@ class Predictions:
     uncertainty: np.ndarray | None = None  # [N] or [N, M]
     expert_weights: np.ndarray | None = None  # [N, E]
     expert_names: tuple[str, ...] = ()
+    from_prior: np.ndarray | None = None  # [N] bool: no modality at all, so the scores are the label prior
 
     @property
     def predicted(self) -> np.ndarray:
@@ -46,12 +47,17 @@ def predict(
     device: str | torch.device = "cpu",
     transform: Callable[[ConversationBatch], ConversationBatch] | None = None,
     all_utterances: bool = False,
+    prior: np.ndarray | None = None,
 ) -> Predictions:
     """Per-utterance scores of ``model`` on every labelled utterance (every real one with
     ``all_utterances``: inference on unlabelled conversations); ``transform`` alters each batch
-    first (robustness protocols drop or perturb modalities with it)."""
+    first (robustness protocols drop or perturb modalities with it).
+
+    An utterance with no modality at all gets ``prior`` (the training split's label frequencies,
+    :func:`label_prior`; uniform when the checkpoint has none) as its scores, flagged in ``from_prior``:
+    a model's output on nothing (often logits of exactly 0, hence class 0) is not a prediction."""
     model.eval()
-    ids, labels, scores, uncertainty, weights = [], [], [], [], []
+    ids, labels, scores, uncertainty, weights, empty = [], [], [], [], [], []
     names: tuple[str, ...] = ()
     for batch in loader:
         batch: ConversationBatch = batch.to(device)
@@ -61,7 +67,12 @@ def predict(
         mask = batch.utterance_mask if all_utterances else batch.label_mask
         ids.extend(u for b, row in enumerate(batch.utterance_ids) for t, u in enumerate(row) if mask[b, t])
         labels.append(batch.labels[mask].cpu().numpy())
-        scores.append(scores_of(output, model.spec.multi_label)[mask].cpu().numpy())
+        nothing = ~torch.stack(list(batch.present.values()), dim=-1).any(-1)[mask].cpu().numpy()
+        found = scores_of(output, model.spec.multi_label)[mask].cpu().numpy()
+        if nothing.any():
+            found[nothing] = prior if prior is not None else 1.0 / found.shape[1]
+        scores.append(found)
+        empty.append(nothing)
         if output.uncertainty is not None:
             uncertainty.append(output.uncertainty.float()[mask].cpu().numpy())
         if output.expert_weights is not None:
@@ -74,4 +85,17 @@ def predict(
         uncertainty=np.concatenate(uncertainty) if uncertainty else None,
         expert_weights=np.concatenate(weights) if weights else None,
         expert_names=names,
+        from_prior=np.concatenate(empty),
     )
+
+
+def label_prior(dataset: DialogueDataset) -> list[float]:
+    """Per class, the fraction of the dataset's labelled utterances that carry it (multi-label: each class's rate)."""
+    counts = np.zeros(dataset.num_classes)
+    labelled = 0
+    for dialogue in dataset.dialogues:
+        for utterance in dialogue.utterances:
+            if utterance.label is not None:
+                counts[list(utterance.label_indices())] += 1
+                labelled += 1
+    return (counts / max(labelled, 1)).round(6).tolist()

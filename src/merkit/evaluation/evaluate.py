@@ -75,7 +75,7 @@ class Evaluator:
         return self.checkpoint.dataset(self.bundle.corpus, self.bundle.features, [split])
 
     def predict(self, split: str, transform=None) -> Predictions:
-        return predict(self.checkpoint.model, make_loader(self.dataset(split), self.batch_size), transform=transform)
+        return predict(self.checkpoint.model, make_loader(self.dataset(split), self.batch_size), transform=transform, prior=self.checkpoint.prior)
 
     def metrics(self, predictions: Predictions) -> dict[str, Any]:
         return score_metrics(predictions.labels, predictions.scores, self.labels.names, self.labels.multi_label, self.threshold)
@@ -96,7 +96,11 @@ class Evaluator:
             stds[modality] = float(values.std()) if values.size else 1.0
         return stds
 
-    def run(self, split: str = "test", protocols: Sequence[str] = PROTOCOLS, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    def run(
+        self, split: str = "test", protocols: Sequence[str] = PROTOCOLS, bootstrap: int = 1000, seed: int = 0,
+        drop_modes: Sequence[str] = robustness.DROP_MODES,
+    ) -> dict[str, Any]:  # fmt: skip
+        """``drop_modes``: how the missing-modality protocol drops (``mask``: absent, ``zero``: zero inputs, model not told)."""
         unknown = [p for p in protocols if p not in PROTOCOLS]
         if unknown:
             raise MerkitError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
@@ -118,7 +122,9 @@ class Evaluator:
         names, multi = self.labels.names, self.labels.multi_label
         run = lambda transform: self.predict(split, transform)  # noqa: E731
         if "missing-modality" in protocols:
-            result["missing_modality"] = robustness.missing_modality(run, self.checkpoint.modalities, names, multi, self.metric, seed)
+            result["missing_modality"] = {
+                mode: robustness.missing_modality(run, self.checkpoint.modalities, names, multi, self.metric, seed, mode) for mode in drop_modes
+            }
         if "noise" in protocols:
             result["noise"] = robustness.feature_noise(run, self.checkpoint.modalities, self.feature_std(split), names, multi, self.metric, seed)
         if "calibration" in protocols and not multi:
@@ -171,7 +177,7 @@ def cross_corpus_evaluation(
         raise MerkitError("cross-corpus mapping is defined for MELD ↔ IEMOCAP (7 and 6 emotion classes)")
     check_compatible(checkpoint.meta, checkpoint.labels, {m: f.describe() for m, f in bundle.features.items()})
     dataset = checkpoint.dataset(bundle.corpus, bundle.features, [split])
-    predictions = predict(checkpoint.model, make_loader(dataset, batch_size))
+    predictions = predict(checkpoint.model, make_loader(dataset, batch_size), prior=checkpoint.prior)
     result = robustness.cross_corpus(
         predictions, checkpoint.labels.names, bundle.corpus.labels.names, maps[source_name], maps[target_name]
     )

@@ -58,9 +58,9 @@ def figures(evaluation: dict[str, Any]) -> dict[str, bytes]:
     metric = evaluation["metric"]
     if "missing_modality" in evaluation or "noise" in evaluation:
         fig, ax = plt.subplots(figsize=(6, 4))
-        if "missing_modality" in evaluation:
-            rows = evaluation["missing_modality"]["random_drop"]
-            ax.plot([r["level"] for r in rows], [r[metric] for r in rows], marker="o", label="random modality drop (rate)")
+        for mode, mm in evaluation.get("missing_modality", {}).items():
+            rows = mm["random_drop"]
+            ax.plot([r["level"] for r in rows], [r[metric] for r in rows], marker="o", label=f"random modality drop, {mode} (rate)")
         for modality, curve in evaluation.get("noise", {}).items():
             rows = curve["rows"]
             ax.plot([r["level"] for r in rows], [r[metric] for r in rows], marker="s", label=f"noise on {modality} (× std)")
@@ -130,12 +130,12 @@ def _sections(results: dict[str, Any], evaluation: dict[str, Any]) -> list[tuple
     if evaluation["metrics"].get("warnings"):
         sections.append(("Warnings", "\n".join(evaluation["metrics"]["warnings"]), None))
     metric = evaluation["metric"]
-    if "missing_modality" in evaluation:
-        mm = evaluation["missing_modality"]
+    for mode, mm in evaluation.get("missing_modality", {}).items():
         rows = [[r["condition"], f"{100 * r[metric]:.2f}"] for r in mm["combinations"]]
         rows += [[f"random drop {r['level']:.0%}", f"{100 * r[metric]:.2f}"] for r in mm["random_drop"]]
         rows.append(["relative robustness (random drop)", f"{mm['relative_robustness']:.3f}"])
-        sections.append(("Missing modalities", rows, ["condition", metric]))
+        how = "marked absent" if mode == "mask" else "inputs zeroed, model not told"
+        sections.append((f"Missing modalities ({mode}: {how})", rows, ["condition", metric]))
     if "noise" in evaluation:
         rows = [[m, *(f"{100 * r[metric]:.2f}" for r in c["rows"]), f"{c['relative_robustness']:.3f}"] for m, c in evaluation["noise"].items()]
         levels = [f"σ×{r['level']}" for r in next(iter(evaluation["noise"].values()))["rows"]]

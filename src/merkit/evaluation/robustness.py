@@ -25,28 +25,42 @@ NOISE_LEVELS = (0.0, 0.25, 0.5, 1.0, 2.0)
 Predict = Callable[[Callable[[ConversationBatch], ConversationBatch] | None], Predictions]
 
 
-def drop_modalities(dropped: Sequence[str]) -> Callable[[ConversationBatch], ConversationBatch]:
-    """Remove whole modalities: their features are zeroed and marked absent for every utterance."""
+DROP_MODES = ("mask", "zero")
+# How the papers drop a modality when they test robustness: MiSTER-E's official `test_mod_drop` zeroes the
+# inputs of a model that is not told; SURE reports single-modality scores without saying how [U]; SDT and
+# LDDU report none. merkit's `mask` also tells the model (the modality is absent, so a gate can route around it).
+PAPER_DROP_MODES = {"mister-e": "zero (official code, test_mod_drop)", "sure": "unreported", "sdt": "none reported", "lddu": "none reported"}
+
+
+def _dropped(batch: ConversationBatch, lost: Mapping[str, torch.Tensor], mode: str) -> ConversationBatch:
+    """``batch`` with the utterances of ``lost[m]`` (``[B, T]`` bool) losing modality ``m``: features zeroed, and with
+    ``mode="mask"`` marked absent too; with ``"zero"`` they stay marked present, as when a paper zero-fills inputs."""
+    if mode not in DROP_MODES:
+        raise MerkitError(f"unknown drop mode {mode!r}; choose one of: {', '.join(DROP_MODES)}")
+    features, present = dict(batch.features), dict(batch.present)
+    for m, gone in lost.items():
+        features[m] = batch.features[m] * ~gone.unsqueeze(-1)
+        if mode == "mask":
+            present[m] = batch.present[m] & ~gone
+    return batch.with_features(features, present)
+
+
+def drop_modalities(dropped: Sequence[str], mode: str = "mask") -> Callable[[ConversationBatch], ConversationBatch]:
+    """Remove whole modalities from every utterance (see :func:`_dropped` for ``mode``)."""
 
     def transform(batch: ConversationBatch) -> ConversationBatch:
-        features = {m: torch.zeros_like(x) if m in dropped else x for m, x in batch.features.items()}
-        present = {m: torch.zeros_like(p) if m in dropped else p for m, p in batch.present.items()}
-        return batch.with_features(features, present)
+        return _dropped(batch, {m: torch.ones_like(batch.present[m]) for m in dropped}, mode)
 
     return transform
 
 
-def drop_at_random(rate: float, seed: int) -> Callable[[ConversationBatch], ConversationBatch]:
+def drop_at_random(rate: float, seed: int, mode: str = "mask") -> Callable[[ConversationBatch], ConversationBatch]:
     """Each utterance loses each modality independently with probability ``rate`` (seeded)."""
     generator = torch.Generator().manual_seed(seed)
 
     def transform(batch: ConversationBatch) -> ConversationBatch:
-        features, present = {}, {}
-        for m, x in batch.features.items():
-            keep = (torch.rand(batch.present[m].shape, generator=generator) >= rate).to(x.device)
-            present[m] = batch.present[m] & keep
-            features[m] = x * present[m].unsqueeze(-1)
-        return batch.with_features(features, present)
+        lost = {m: (torch.rand(p.shape, generator=generator) < rate).to(p.device) for m, p in batch.present.items()}
+        return _dropped(batch, lost, mode)
 
     return transform
 
@@ -79,19 +93,23 @@ def _score(predictions: Predictions, class_names: Sequence[str], multi_label: bo
 
 
 def missing_modality(
-    run: Predict, modalities: Sequence[str], class_names: Sequence[str], multi_label: bool, metric: str, seed: int = 0
-) -> dict[str, Any]:
-    """Every combination of dropped modalities (leaving at least one), then random per-utterance drop rates."""
+    run: Predict, modalities: Sequence[str], class_names: Sequence[str], multi_label: bool, metric: str, seed: int = 0,
+    mode: str = "mask",
+) -> dict[str, Any]:  # fmt: skip
+    """Every combination of dropped modalities (leaving at least one), then random per-utterance drop rates
+    (an utterance that loses every modality is predicted from the label prior: see :func:`merkit.prediction.predict`)."""
     rows = []
     for size in range(0, len(modalities)):
         for dropped in itertools.combinations(modalities, size):
-            score = _score(run(drop_modalities(dropped) if dropped else None), class_names, multi_label, metric)
+            score = _score(run(drop_modalities(dropped, mode) if dropped else None), class_names, multi_label, metric)
             rows.append({"condition": "dropped: " + (", ".join(dropped) or "none"), "dropped": list(dropped), metric: score})
     rates = []
     for rate in DROP_RATES:
-        score = _score(run(drop_at_random(rate, seed) if rate else None), class_names, multi_label, metric)
-        rates.append({"condition": "random drop", "level": rate, metric: score})
+        predictions = run(drop_at_random(rate, seed, mode) if rate else None)
+        rates.append({"condition": "random drop", "level": rate, metric: _score(predictions, class_names, multi_label, metric),
+                      "from_prior": int(predictions.from_prior.sum()) if predictions.from_prior is not None else 0})  # fmt: skip
     return {
+        "drop_mode": mode,
         "combinations": rows,
         "random_drop": rates,
         "relative_robustness": relative_robustness([r["level"] for r in rates], [r[metric] for r in rates]),

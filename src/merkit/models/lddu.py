@@ -90,6 +90,9 @@ class LDDUConfig(ModelConfig):
     hidden: int = Field(256, ge=8)  # [C]
     latent: int = Field(128, ge=2)  # [C]
     latent_mlp: tuple[int, ...] = (192, 128, 128)  # [C] widths of the latent encoder before the μ/logvar heads
+    # [C] the latent encoder's biases keep nn.Linear's default (uniform ±1/√fan_in) init, as in the official code;
+    # "zeros" was merkit's earlier choice
+    latent_bias_init: Literal["default", "zeros"] = "default"
     encoder_layers: int = Field(3, ge=0)  # [C]
     heads: int = Field(8, ge=1)  # [C]
     ffn: int = Field(256, ge=1)  # [C]
@@ -351,7 +354,8 @@ class LDDU(ERCModel):
         for module in encoder.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if config.latent_bias_init == "zeros":
+                    nn.init.zeros_(module.bias)
         return encoder
 
     def _modality(self, modality: str, frames: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor | None]:

@@ -24,8 +24,8 @@ Sources of each part:
   duplicate expert focal term is dropped; merkit's own-feature presets use smaller widths and
   a larger learning rate so that they train on a CPU.
 - [U] the splits (COSMIC for IEMOCAP, dev for MELD, the standard MOSI split); the MELD and MOSI
-  presets reuse the IEMOCAP settings (the code ships no MELD/MOSI loader); the fusion LayerNorm's
-  eps (PyTorch default); no class weights. The code picks its checkpoint on the test split:
+  presets reuse the IEMOCAP settings (the code ships no MELD/MOSI loader); no class weights.
+  (The fusion LayerNorm's eps is the official code's 1e-6, ``fusion_norm_eps``.) The code picks its checkpoint on the test split:
   ``--protocol paper-compat`` reproduces that, the default selects on validation.
 
 Paper vs code (config option that selects each reading):
@@ -91,6 +91,7 @@ class MisterEConfig(ModelConfig):
     residual_dropout: float = Field(0.5, ge=0, lt=1)
     coattention_blocks: int = Field(4, ge=0)
     gate_hidden: int = Field(10, ge=1)
+    fusion_norm_eps: float = Field(1e-6, gt=0, description="eps of the cross-modal expert's fusion LayerNorm (official code 1e-6)")
     gate_temperature: float = Field(2.0, gt=0)
     focal_gamma: float = Field(3.0, ge=0)
     focal_mean_over_padding: bool = False
@@ -177,7 +178,7 @@ class CrossModalExpert(nn.Module):
             layers.CoAttentionBlock(width, config.attention_dim, config.attention_heads, config.attention_dropout, config.residual_dropout)
             for _ in range(config.coattention_blocks)
         )
-        self.norm = nn.LayerNorm(2 * width)
+        self.norm = nn.LayerNorm(2 * width, eps=config.fusion_norm_eps)
         self.fuse = nn.Linear(2 * width, width)
         self.classify = nn.Linear(width, num_classes)
 

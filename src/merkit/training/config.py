@@ -43,14 +43,22 @@ class TrainConfig(BaseModel):
     )
 
 
+# ``precision``: None lets merkit choose (bf16 mixed precision on a GPU that has it, else fp32); the official
+# codes train in fp32, so paper-compat does too. An explicit ``--precision`` wins over both.
 PROTOCOLS = {
-    "honest": {"train": ("train",), "select": "valid", "label": "honest: epoch selected on the validation split"},
+    "honest": {"train": ("train",), "select": "valid", "precision": None, "label": "honest: epoch selected on the validation split"},
     "paper-compat": {
         "train": ("train", "valid"),
         "select": "test",
-        "label": "paper-compat: train+valid merged, epoch selected ON THE TEST SPLIT (optimistic; as the official codes do)",
+        "precision": "32-true",
+        "label": "paper-compat: train+valid merged, epoch selected ON THE TEST SPLIT (optimistic; as the official codes do), fp32",
     },
 }
+
+
+def training_precision(requested: str | None, protocol: str, use_gpu: bool, bf16: bool) -> str:
+    """The Lightning precision a run trains in: ``requested``, else the protocol's, else bf16-mixed on a bf16 GPU, else fp32."""
+    return requested or PROTOCOLS[protocol]["precision"] or ("bf16-mixed" if use_gpu and bf16 else "32-true")
 
 
 def _parse_value(raw: str) -> Any:

@@ -40,10 +40,10 @@ from merkit.metrics import headline, score_metrics, summarize
 from merkit.models.base import DataSpec
 from merkit.models.registry import ModelEntry, get_model
 from merkit.normalization import Scaler, fit_scalers, resolve_methods, scalers_to_json
-from merkit.prediction import Predictions, make_loader, predict
+from merkit.prediction import Predictions, label_prior, make_loader, predict
 from merkit.thresholds import choose_thresholds
 from merkit.training.auto import CorpusShape, auto_preset
-from merkit.training.config import AUTO, PROTOCOLS, TrainConfig, override_names, resolve_configs
+from merkit.training.config import AUTO, PROTOCOLS, TrainConfig, override_names, resolve_configs, training_precision
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,7 @@ def _class_weights(config: TrainConfig, dataset: DialogueDataset) -> torch.Tenso
         if len(config.class_weights) != dataset.num_classes:
             raise MerkitError(f"class_weights has {len(config.class_weights)} values for {dataset.num_classes} classes")
         return torch.tensor(config.class_weights, dtype=torch.float32)
-    counts = np.bincount(
-        [u.label for d in dataset.dialogues for u in d.utterances if u.label is not None], minlength=dataset.num_classes
-    ).astype(float)
-    frequencies = counts / counts.sum()
+    frequencies = np.asarray(label_prior(dataset))
     return torch.tensor(np.where(frequencies > 0, 1.0 / np.maximum(frequencies, 1e-12), 0.0), dtype=torch.float32)
 
 
@@ -330,6 +327,7 @@ def _train_seed(
         "protocol": plan.protocol,
         "seed": seed,
         "normalization": scalers_to_json(scalers),
+        "label_prior": label_prior(train_set),
     }
     exporter = BestModelExport(best_dir, config.monitor, info)
     callbacks = [
@@ -345,12 +343,13 @@ def _train_seed(
     except ModuleNotFoundError:
         pass
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    chosen_precision = training_precision(precision, plan.protocol, use_gpu, use_gpu and torch.cuda.is_bf16_supported())
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
-        precision=precision or ("bf16-mixed" if use_gpu and torch.cuda.is_bf16_supported() else "32-true"),
+        precision=chosen_precision,
         max_epochs=config.epochs,
         gradient_clip_val=config.grad_clip,
         deterministic=not use_gpu or "warn",
@@ -375,11 +374,12 @@ def _train_seed(
         "best_epoch": exporter.best_epoch,
         "epochs_run": trainer.current_epoch,
         "protocol": plan.protocol,
+        "precision": chosen_precision,
         "world_size": trainer.world_size,
         "normalization": {m: scalers[m].method if m in scalers else "none" for m in plan.modalities},
     }
     predictions = {
-        split: predict(best.model, make_loader(_dataset(plan, bundle, [split], scalers), config.batch_size))
+        split: predict(best.model, make_loader(_dataset(plan, bundle, [split], scalers), config.batch_size), prior=best.prior)
         for split in dict.fromkeys(("valid", "test", protocol["select"]))
         if corpus.splits.get(split)
     }
@@ -428,6 +428,7 @@ def _summarise(plan: TrainPlan, per_seed: dict[str, Any], wall: float) -> dict[s
         "seeds": [int(s) for s in per_seed],
         "per_seed": {seed: {split: headline(r[split]) for split in ("valid", "test") if split in r} | {"best_epoch": r["best_epoch"]} for seed, r in per_seed.items()},
         "summary": summary,
+        "precision": sorted({str(r.get("precision", "unknown")) for r in per_seed.values()}),
         "warnings": [f"seed {seed} {split}: {w}" for seed, r in per_seed.items() for split in ("valid", "test") for w in r.get(split, {}).get("warnings", [])],
         "environment": environment(),
         "wall_seconds": round(wall, 2),
