@@ -201,9 +201,11 @@ def check_feature_bundle(bundle, written: Written) -> None:
             if spec.meld:
                 speaker_names[(dialogue.id, written.speakers[key][turn])] = utterance.speaker
                 assert utterance.sentiment == MELD_SENTIMENTS[written.sentiments[key][turn]]
+                assert utterance.meta["speaker_role"] == str(written.speakers[key][turn])  # argmax of the one-hot
             else:
                 assert utterance.speaker == written.speakers[key][turn]
                 assert utterance.sentiment is None
+                assert utterance.meta["speaker_role"] == str("MF".index(written.speakers[key][turn]))  # M = 0, F = 1
     if spec.meld:
         assert corpus.sentiment_names == MELD_SENTIMENTS
         # one speaker name per one-hot index within a dialogue, distinct indices -> distinct names

@@ -156,6 +156,7 @@ def test_paper_compat_protocol_selects_on_test_and_says_so(tmp_path, tiny):
     assert "valid" not in results["summary"]  # valid was merged into training: no score that looks held out
     assert "valid" not in results["per_seed"]["0"]
     assert results["precision"] == ["32-true"]  # recorded, and fp32 as the official codes train
+    assert json.loads((tmp_path / "run" / "seed0" / "best" / "model.json").read_text())["speaker_index"] == "order"  # no roles
 
 
 def test_paper_compat_trains_in_fp32_even_where_honest_would_use_bf16():
@@ -245,3 +246,21 @@ def test_cli_train_threads_and_keep_resume_state(tmp_path):
     assert (tmp_path / "run" / "seed0" / "checkpoints" / "last.ckpt").exists()
     bad = _cli(*RUN, "--threads", "0", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and bad.stderr.strip() == "merkit: error: --threads must be at least 1"
+
+
+def test_speaker_index_comes_from_the_corpus_roles_where_it_has_them():
+    """IEMOCAP's speaker one-hot is M = 0, F = 1 in the official SDT/SURE codes; first-appearance order loses that."""
+    from conftest import shared
+
+    from merkit.batching import speaker_indices
+    from merkit.data import read_data
+    from merkit.training.config import TrainConfig
+    from merkit.training.engine import speaker_index
+
+    corpus = read_data(shared("iemocap")).corpus
+    assert speaker_index(TrainConfig(), corpus) == "role"
+    assert speaker_index(TrainConfig(speaker_index="order"), corpus) == "order"
+    for dialogue in corpus.dialogues:
+        assert speaker_indices(dialogue, "role") == ["MF".index(u.speaker) for u in dialogue.utterances]
+    first_is_female = sum(speaker_indices(d, "order")[0] != speaker_indices(d, "role")[0] for d in corpus.dialogues)
+    assert first_is_female == 66  # the dialogues where order gives the female speaker index 0

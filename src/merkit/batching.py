@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from merkit.data.corpus import Corpus, Dialogue, Split
+from merkit.data.corpus import SPEAKER_ROLE, Corpus, Dialogue, Split
 from merkit.data.features import FeatureSet
 from merkit.errors import MerkitError
 from merkit.normalization import Scaler
@@ -72,6 +72,23 @@ class ConversationBatch:
         return replace(self, features=features, present=present)
 
 
+SPEAKER_INDEX = ("order", "role")
+
+
+def has_speaker_roles(corpus: Corpus) -> bool:
+    return all(SPEAKER_ROLE in u.meta for u in corpus.utterances())
+
+
+def speaker_indices(dialogue: Dialogue, mode: str) -> list[int]:
+    """Each utterance's speaker index: its ``speaker_role`` (``mode="role"``, as the official SDT/SURE codes index the
+    corpus's speaker one-hot), or the order of first appearance in the dialogue (``order``, and for a dialogue
+    without roles, such as a user's conversation at inference)."""
+    if mode == "role" and all(SPEAKER_ROLE in u.meta for u in dialogue.utterances):
+        return [int(u.meta[SPEAKER_ROLE]) for u in dialogue.utterances]
+    first: dict[str, int] = {}
+    return [first.setdefault(u.speaker, len(first)) for u in dialogue.utterances]
+
+
 class DialogueDataset(Dataset):
     """The dialogues of some splits with the chosen modalities' features.
 
@@ -89,7 +106,10 @@ class DialogueDataset(Dataset):
         modalities: Sequence[str],
         sequence_modalities: Sequence[str] = (),
         scalers: Mapping[str, Scaler] | None = None,
+        speaker_index: str = "order",
     ):
+        """``speaker_index``: ``order`` (first appearance in the dialogue) or ``role`` (the reader's speaker roles, see
+        :func:`speaker_indices`)."""
         missing = [m for m in modalities if m not in features]
         if missing:
             raise MerkitError(
@@ -98,6 +118,9 @@ class DialogueDataset(Dataset):
         for modality in modalities:
             if features[modality].level != "utterance" and modality not in sequence_modalities:
                 raise MerkitError(f"{modality} features are frame sequences; this model needs one vector per utterance")
+        if speaker_index not in SPEAKER_INDEX:
+            raise MerkitError(f"unknown speaker_index {speaker_index!r}; choose one of: {', '.join(SPEAKER_INDEX)}")
+        self.speaker_index = speaker_index
         self.corpus = corpus
         self.modalities = list(modalities)
         self.sequence_modalities = [m for m in modalities if m in sequence_modalities]
@@ -129,12 +152,11 @@ class DialogueDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         dialogue = self.dialogues[index]
         rows = slice(self.row_starts[index], self.row_starts[index] + len(dialogue))
-        speaker_index: dict[str, int] = {}
         return {
             "dialogue": dialogue,
             "features": {m: self._rows(f, rows) for m, f in self.features.items()},
             "present": {m: np.array(f.present[rows], dtype=bool) for m, f in self.features.items()},
-            "speakers": [speaker_index.setdefault(u.speaker, len(speaker_index)) for u in dialogue.utterances],
+            "speakers": speaker_indices(dialogue, self.speaker_index),
         }
 
     def _rows(self, features: FeatureSet, rows: slice) -> np.ndarray | list[np.ndarray]:

@@ -94,7 +94,9 @@ class Checkpoint:
 
     def dataset(self, corpus: Corpus, features: Mapping[str, FeatureSet], splits: list[str]) -> DialogueDataset:
         """The splits' dialogues with the features this model reads, scaled as in training."""
-        return DialogueDataset(corpus, dict(features), splits, self.modalities, self.sequence_modalities, self.scalers)
+        return DialogueDataset(
+            corpus, dict(features), splits, self.modalities, self.sequence_modalities, self.scalers, self.meta.get("speaker_index", "order")
+        )
 
     @property
     def prior(self) -> np.ndarray | None:

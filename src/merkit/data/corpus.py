@@ -25,6 +25,9 @@ MEDIA_KINDS = ("audio", "video", "image", "frames")  # the keys of Utterance.med
 Label = int | tuple[int, ...]
 
 
+SPEAKER_ROLE = "speaker_role"  # utterance meta: the speaker's index among the corpus's own roles (IEMOCAP M = 0, F = 1)
+
+
 class CorpusError(MerkitError):
     """The records do not form a valid corpus (unknown label, empty dialogue, ...)."""
 

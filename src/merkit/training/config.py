@@ -21,6 +21,11 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="dialogues per batch (per device under DDP)")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    speaker_index: Literal["auto", "role", "order"] = Field(
+        "auto",
+        description="[R] speaker index of SDT/SURE's speaker embedding: role = the corpus's own roles (IEMOCAP M=0/F=1, the "
+        "pickles' one-hot, as the official codes), order = first appearance in the dialogue; auto = role where the reader gives roles",
+    )
     optimizer: Literal["adamw", "adam"] = "adamw"
     scheduler: Literal["none", "cosine", "warmup_cosine"] = "none"
     warmup_fraction: float = Field(0.1, ge=0, lt=1)

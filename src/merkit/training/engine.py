@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from merkit import __version__
-from merkit.batching import DialogueDataset
+from merkit.batching import DialogueDataset, has_speaker_roles
 from merkit.checkpoint import META, load_checkpoint, read_meta
+from merkit.data.corpus import Corpus
 from merkit.data.formats import DataBundle, read_data
 from merkit.errors import MerkitError
 from merkit.io import atomic_write_json, atomic_write_text
@@ -138,7 +139,17 @@ def _choose_modalities(entry: ModelEntry, bundle: DataBundle, modalities: Sequen
 def _dataset(plan: "TrainPlan", bundle: DataBundle, splits: Sequence[str], scalers: Mapping[str, Scaler]) -> DialogueDataset:
     """The splits' dialogues with the features the model reads (frame sequences for sequence-level models), scaled."""
     sequence_modalities = plan.modalities if plan.entry.feature_level == "sequence" else ()
-    return DialogueDataset(bundle.corpus, bundle.features, splits, plan.modalities, sequence_modalities, scalers)
+    return DialogueDataset(
+        bundle.corpus, bundle.features, splits, plan.modalities, sequence_modalities, scalers, speaker_index(plan.train_config, bundle.corpus)
+    )
+
+
+def speaker_index(config: TrainConfig, corpus: Corpus) -> str:
+    """``auto`` → ``role`` where the reader gave every utterance a speaker role (IEMOCAP, the SDT/DialogueGCN pickles), else ``order``."""
+    roles = has_speaker_roles(corpus)
+    if config.speaker_index == "role" and not roles:
+        raise MerkitError("speaker_index=role: this corpus's reader gives no speaker roles (IEMOCAP and the feature pickles do); use order")
+    return "role" if config.speaker_index == "role" or (config.speaker_index == "auto" and roles) else "order"
 
 
 _SELECTION_METRICS = {False: ("weighted_f1", "macro_f1", "accuracy", "uar"), True: ("micro_f1", "macro_f1", "jaccard_accuracy")}
@@ -328,6 +339,7 @@ def _train_seed(
         "seed": seed,
         "normalization": scalers_to_json(scalers),
         "label_prior": label_prior(train_set),
+        "speaker_index": train_set.speaker_index,
     }
     exporter = BestModelExport(best_dir, config.monitor, info)
     callbacks = [

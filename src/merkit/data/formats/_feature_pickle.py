@@ -16,7 +16,7 @@ import numpy as np
 from merkit.data.corpus import Dialogue, LabelSchema, build_corpus, build_utterance
 from merkit.data.features import stack_rows
 from merkit.data.formats import DataBundle, Source
-from merkit.data.formats.iemocap_cosmic import IEMOCAP_EMOTIONS
+from merkit.data.formats.iemocap_cosmic import IEMOCAP_EMOTIONS, speaker_role
 from merkit.data.formats.meld_csv import MELD_EMOTIONS, MELD_SENTIMENTS
 from merkit.errors import MerkitError
 
@@ -136,6 +136,7 @@ def read_feature_pickle(
                     build_utterance(
                         id=utterance_id,
                         speaker=_speaker_name(speakers[turn]),
+                        meta=speaker_role(speakers[turn]),
                         text=str(sentences[turn]),
                         label=int(labels[key][turn]),
                         sentiment=sentiments[turn] if sentiments else None,

@@ -6,11 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from merkit.data.corpus import Dialogue, LabelSchema, build_corpus, build_utterance
+import numpy as np
+
+from merkit.data.corpus import SPEAKER_ROLE, Dialogue, LabelSchema, build_corpus, build_utterance
 from merkit.data.formats import DataBundle, Source, register_reader
 from merkit.errors import MerkitError
 
 IEMOCAP_EMOTIONS = ("happy", "sad", "neutral", "angry", "excited", "frustrated")
+
+
+IEMOCAP_ROLES = ("M", "F")  # the index order of the official SDT/SURE speaker one-hot for IEMOCAP
+
+
+def speaker_role(speaker: Any) -> dict[str, str]:
+    """Utterance meta with the speaker's role index, as the official SDT/SURE codes embed it: the one-hot's
+    index, or M = 0 / F = 1 for IEMOCAP's letters; empty for any other speaker."""
+    if isinstance(speaker, str):
+        return {SPEAKER_ROLE: str(IEMOCAP_ROLES.index(speaker))} if speaker in IEMOCAP_ROLES else {}
+    vector = np.asarray(speaker)
+    return {SPEAKER_ROLE: str(int(np.argmax(vector)))} if vector.ndim == 1 and vector.size > 1 else {}
 
 
 def _pickle_path(path: Path) -> Path:
@@ -55,7 +69,8 @@ class IemocapCosmicReader:
                 raise MerkitError(f"labels, speakers and sentences differ in length {sorted(lengths)}", path=path, place=place)
             try:
                 utterances = tuple(
-                    build_utterance(id=f"{dialogue_id}_{turn:03d}", speaker=str(speaker), text=str(text), label=int(label))
+                    build_utterance(id=f"{dialogue_id}_{turn:03d}", speaker=str(speaker), text=str(text), label=int(label),
+                                    meta=speaker_role(speaker))
                     for turn, (speaker, label, text) in enumerate(
                         zip(speakers[dialogue_id], labels[dialogue_id], sentences[dialogue_id], strict=True)
                     )
