@@ -78,6 +78,7 @@ def save_checkpoint(
 class Checkpoint:
     model: ERCModel
     meta: Mapping[str, Any]
+    backend = "torch"  # what runs the model (merkit.onnx_runtime.OnnxCheckpoint: "onnx")
 
     @property
     def labels(self) -> LabelSchema:

@@ -507,7 +507,6 @@ class Predictor:
         self.dims = dict(self.meta["data_spec"]["modalities"])
         self.thresholds = checkpoint_thresholds(self.meta, self.labels.names)
         self.extractors: dict[str, Extractor] = dict(extractors or {})
-        self.backend = "onnx" if extractors is not None else "torch"
         # Features imported with `merkit data add-features` cannot be computed from raw input: those
         # modalities are masked (the model was trained to work without a modality) and every row says so.
         self.imported = {m: self.meta["features"][m] for m in self.modalities if self.meta["features"][m].get("extractor") == "external"}
@@ -540,7 +539,7 @@ class Predictor:
             "protocol": self.meta.get("protocol"),
             "seed": self.meta.get("seed"),
             "device": self.device,
-            "backend": self.backend,
+            "backend": self.checkpoint.backend,
         }
 
     # -------------------------------------------------------------- prediction

@@ -167,6 +167,7 @@ class OnnxCheckpoint(Checkpoint):
     """A checkpoint whose model is :class:`OnnxModel`; which modalities it reads as frames comes from ``onnx.json``."""
 
     record: dict[str, Any] = field(default_factory=dict)
+    backend = "onnx"
 
     @property
     def sequence_modalities(self) -> list[str]:

@@ -98,4 +98,4 @@ def label_prior(dataset: DialogueDataset) -> list[float]:
             if utterance.label is not None:
                 counts[list(utterance.label_indices())] += 1
                 labelled += 1
-    return (counts / max(labelled, 1)).round(6).tolist()
+    return (counts / max(labelled, 1)).tolist()

@@ -35,8 +35,6 @@ PAPER_DROP_MODES = {"mister-e": "zero (official code, test_mod_drop)", "sure": "
 def _dropped(batch: ConversationBatch, lost: Mapping[str, torch.Tensor], mode: str) -> ConversationBatch:
     """``batch`` with the utterances of ``lost[m]`` (``[B, T]`` bool) losing modality ``m``: features zeroed, and with
     ``mode="mask"`` marked absent too; with ``"zero"`` they stay marked present, as when a paper zero-fills inputs."""
-    if mode not in DROP_MODES:
-        raise MerkitError(f"unknown drop mode {mode!r}; choose one of: {', '.join(DROP_MODES)}")
     features, present = dict(batch.features), dict(batch.present)
     for m, gone in lost.items():
         features[m] = batch.features[m] * ~gone.unsqueeze(-1)
@@ -45,8 +43,14 @@ def _dropped(batch: ConversationBatch, lost: Mapping[str, torch.Tensor], mode: s
     return batch.with_features(features, present)
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in DROP_MODES:
+        raise MerkitError(f"unknown drop mode {mode!r}; choose one of: {', '.join(DROP_MODES)}")
+
+
 def drop_modalities(dropped: Sequence[str], mode: str = "mask") -> Callable[[ConversationBatch], ConversationBatch]:
     """Remove whole modalities from every utterance (see :func:`_dropped` for ``mode``)."""
+    _check_mode(mode)
 
     def transform(batch: ConversationBatch) -> ConversationBatch:
         return _dropped(batch, {m: torch.ones_like(batch.present[m]) for m in dropped}, mode)
@@ -56,6 +60,7 @@ def drop_modalities(dropped: Sequence[str], mode: str = "mask") -> Callable[[Con
 
 def drop_at_random(rate: float, seed: int, mode: str = "mask") -> Callable[[ConversationBatch], ConversationBatch]:
     """Each utterance loses each modality independently with probability ``rate`` (seeded)."""
+    _check_mode(mode)
     generator = torch.Generator().manual_seed(seed)
 
     def transform(batch: ConversationBatch) -> ConversationBatch:

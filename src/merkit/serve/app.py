@@ -234,12 +234,12 @@ class _Queue:
         self.idle: queue.SimpleQueue[Predictor] = queue.SimpleQueue()  # the predictors no request holds
         for predictor in predictors:
             self.idle.put(predictor)
-        self.running = len(predictors)
+        self.replicas = len(predictors)
         self.places = threading.BoundedSemaphore(limits.max_queue)
         self.seconds = 1.0  # running mean of a prediction's duration, for Retry-After
 
     def _busy(self, why: str) -> HTTPException:
-        retry = max(1, math.ceil(self.seconds * self.limits.max_queue / self.running))
+        retry = max(1, math.ceil(self.seconds * self.limits.max_queue / self.replicas))
         return HTTPException(503, f"the server is busy: {why}; retry in {retry} s", headers={"Retry-After": str(retry)})
 
     @contextlib.contextmanager

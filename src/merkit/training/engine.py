@@ -338,7 +338,7 @@ def _train_seed(
         "protocol": plan.protocol,
         "seed": seed,
         "normalization": scalers_to_json(scalers),
-        "label_prior": label_prior(train_set),
+        "label_prior": [round(p, 6) for p in label_prior(train_set)],
         "speaker_index": train_set.speaker_index,
     }
     exporter = BestModelExport(best_dir, config.monitor, info)
