@@ -322,3 +322,37 @@ def test_latent_encoder_biases_keep_the_default_init_unless_asked():
     default = LDDU(LDDUConfig(), spec).latent["text"]["mu"].bias
     zeros = LDDU(LDDUConfig(latent_bias_init="zeros"), spec).latent["text"]["mu"].bias
     assert default.abs().sum() > 0 and zeros.abs().sum() == 0
+
+
+def test_exposed_uncertainty_rises_with_errors_where_sigma_norm_does_not(tmp_path):
+    """With the code's L_crl, ‖σ_k‖ is trained to rise with the semantic confidence, so it ranks the model's own
+    label errors worse than chance; the exposed ``uncertainty`` (the score's entropy) ranks them better than chance."""
+    from merkit.evaluation.evaluate import Evaluator
+
+    bundle = read_data("synthetic", multi_label=True, dialogues=60, max_turns=8)
+    small = {**SMALL, "hidden": 32, "latent": 16, "latent_mlp": (32,), "ffn": 32}
+    train_model(bundle, "lddu", out=tmp_path, overrides=[*_settings(small), "epochs=10", "batch_size=4", "lr=1e-3"], seeds=[0],
+                progress=False, accelerator="cpu")  # fmt: skip
+    evaluator = Evaluator(tmp_path / "seed0" / "best", bundle)
+    assert evaluator.checkpoint.model.config.uncertainty == "score_entropy"
+    exposed = evaluator.error_detection(evaluator.predict("test"))
+    assert exposed["unit"] == "label decision" and exposed["error_auroc"] > 0.55, exposed
+    trained = evaluator.checkpoint.model
+    sigma = LDDU(trained.config.model_copy(update={"uncertainty": "sigma_norm"}), trained.spec)
+    sigma.load_state_dict(trained.state_dict())
+    by_sigma = Evaluator(replace(evaluator.checkpoint, model=sigma), bundle)
+    assert by_sigma.error_detection(by_sigma.predict("test"))["error_auroc"] < 0.5
+
+
+def test_inverted_decay_grouping_decays_only_biases_and_norms():
+    from merkit.training.config import TrainConfig
+    from merkit.training.task import ERCTask
+
+    spec = DataSpec(modalities={"text": 8}, num_classes=3, multi_label=True)
+    model = LDDU(LDDUConfig(**SMALL), spec)
+    shapes = {id(p): (name, p.ndim) for name, p in model.named_parameters()}
+    for grouping, decayed_are_weights in (("standard", True), ("inverted", False)):
+        task = ERCTask(model, TrainConfig(weight_decay=0.01, decay_grouping=grouping), None)
+        groups = task.configure_optimizers().param_groups
+        decayed = [shapes[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+        assert decayed and all((ndim >= 2 and "norm" not in name.lower()) == decayed_are_weights for name, ndim in decayed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -163,13 +164,16 @@ def test_gaussian_expert_kl_and_sampling():
     torch.manual_seed(0)
     expert = GaussianExpert(8, logvar_clamp=10.0)
     x = torch.randn(3, 5, 8)
-    output, kl, variance = expert(x)
+    found = expert(x)
     mean, logvar = expert.encode(x).chunk(2, dim=-1)
     normal = torch.distributions.Normal(mean, (0.5 * logvar).exp())
     expected = torch.distributions.kl_divergence(normal, torch.distributions.Normal(0.0, 1.0)).sum(-1)
-    assert torch.allclose(kl, expected, atol=1e-5) and torch.allclose(variance, logvar.exp().mean(-1))
+    assert torch.allclose(found.kl, expected, atol=1e-5) and torch.allclose(found.variance, logvar.exp().mean(-1))
+    assert torch.allclose(found.sigma, (0.5 * logvar).exp().mean(-1)) and torch.allclose(found.mean_norm, mean.norm(dim=-1))
     expert.eval()
-    assert torch.equal(expert(x)[0], expert.decode(mean))  # evaluation uses μ, no sampling
+    assert torch.equal(expert(x).output, expert.decode(mean))  # evaluation uses μ, no sampling
+    first, second = (expert(x, sample=True, generator=torch.Generator().manual_seed(3)).output for _ in range(2))
+    assert torch.equal(first, second) and not torch.allclose(first, expert.decode(mean))
 
 
 def test_router_avoids_an_uncertain_expert_and_renormalises_top_k():
@@ -181,8 +185,8 @@ def test_router_avoids_an_uncertain_expert_and_renormalises_top_k():
     x, mask = torch.randn(2, 6, 8), torch.ones(2, 6, dtype=torch.bool)
     mask[1, 4:] = False
     mixed = moe(x, mask)
-    outputs = torch.stack([expert(x)[0] for expert in moe.experts], dim=-1)
-    variances = torch.stack([expert(x)[2] for expert in moe.experts], dim=-1)
+    outputs = torch.stack([expert(x).output for expert in moe.experts], dim=-1)
+    variances = torch.stack([expert(x).variance for expert in moe.experts], dim=-1)
     probabilities = torch.softmax(moe.router(x) - variances, dim=-1)
     chosen = probabilities.topk(2, dim=-1).indices
     assert not (chosen == 0).any()  # the high-variance expert is never routed to
@@ -197,6 +201,38 @@ def test_router_avoids_an_uncertain_expert_and_renormalises_top_k():
     plain = UncertaintyAwareMoE(8, 4, 2, 0.0, 10.0, False).eval()
     plain.load_state_dict(moe.state_dict())
     assert (plain.router(x).topk(2, dim=-1).indices == 0).any()  # the code's reading (λ_u = 0) would route to it
+
+
+def test_sampled_evaluation_averages_seeded_draws(tiny):
+    """``eval_latent=samples`` averages the probabilities of seeded draws: reproducible, different from μ,
+    and equal to μ's when the experts' σ is negligible."""
+    batch = _batch(tiny, [0, 1, 2])
+    mean_output = _model("sure", tiny)(batch)
+    sampled = _model("sure", tiny, eval_latent="samples", eval_samples=4)
+    first, second = sampled(batch), sampled(batch)
+    mask = batch.utterance_mask
+    assert torch.equal(first.logits, second.logits)
+    assert not torch.allclose(first.logits[mask].softmax(-1), mean_output.logits[mask].softmax(-1), atol=1e-3)
+    assert torch.allclose(first.logits[mask].exp().sum(-1), torch.ones(int(mask.sum())), atol=1e-5)
+    quiet = _model("sure", tiny, eval_latent="samples", eval_samples=2, logvar_init=-30.0, logvar_clamp=40.0)
+    quiet_mean = _model("sure", tiny, logvar_init=-30.0, logvar_clamp=40.0)
+    assert torch.allclose(quiet(batch).logits[mask].softmax(-1), quiet_mean(batch).logits[mask].softmax(-1), atol=1e-5)
+
+
+def test_expert_sigma_and_mean_norm_are_logged_per_epoch(tmp_path):
+    """The training log (logs/metrics.csv) has the experts' mean σ and ‖μ‖ per modality for every epoch,
+    and the first epoch's σ reflects ``logvar_init`` (σ = e^{init/2} at the start)."""
+    bundle = read_data("synthetic", dialogues=12, max_turns=6, text_dim=6, audio_dim=5, visual_dim=4)
+    sigmas = {}
+    for init in (0.0, -4.0):
+        out = tmp_path / f"init{init}"
+        train_model(bundle, "sure", out=out, overrides=[*FAST_TRAIN, "epochs=2", f"logvar_init={init}"], modalities=["text", "audio"],
+                    seeds=[0], progress=False, accelerator="cpu")  # fmt: skip
+        with (out / "seed0" / "logs" / "metrics.csv").open() as handle:
+            rows = [row for row in csv.DictReader(handle) if row.get("diag_sigma_text")]
+        assert len(rows) == 2 and all(float(row["diag_mu_norm_audio"]) > 0 for row in rows)
+        sigmas[init] = float(rows[0]["diag_sigma_text"])
+    assert sigmas[0.0] == pytest.approx(1.0, abs=0.2) and sigmas[-4.0] == pytest.approx(np.exp(-2.0), abs=0.05), sigmas
 
 
 # --------------------------------------------------------------------------- ablations and presets

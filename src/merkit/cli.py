@@ -373,6 +373,9 @@ def print_evaluation(result: dict, console: Console) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     for name, values in result.get("experts", {}).items():
         console.print(f"{name:<12} " + "  ".join(f"mean {key} {value:.3f}" for key, value in values.items()))
+    if "uncertainty" in result:
+        u = result["uncertainty"]
+        console.print(f"uncertainty ranks errors (per {u['unit']}): AUROC {u['error_auroc']:.3f} (0.5 = chance)")
     metric = result["metric"]
     for mode, mm in result.get("missing_modality", {}).items():
         for row in mm["combinations"]:

@@ -98,3 +98,14 @@ def selective_prediction(labels: np.ndarray, predicted: np.ndarray, uncertainty:
     kept = np.arange(1, len(labels) + 1)
     accuracy = np.cumsum(correct) / kept
     return {"coverage": kept / len(labels), "accuracy": accuracy, "area": float(accuracy.mean())}
+
+
+def error_auroc(errors: np.ndarray, uncertainty: np.ndarray) -> float:
+    """AUROC of ``uncertainty`` for detecting ``errors`` (both flat): 0.5 = no better than chance, below 0.5 =
+    the quantity falls as errors rise (it is no uncertainty); NaN when every item is right (or wrong)."""
+    from sklearn.metrics import roc_auc_score
+
+    errors = np.asarray(errors, dtype=bool).ravel()
+    if errors.all() or not errors.any():
+        return float("nan")
+    return float(roc_auc_score(errors, np.asarray(uncertainty, dtype=float).ravel()))

@@ -119,6 +119,8 @@ class Evaluator:
         experts = expert_summary(predictions, self.checkpoint.modalities)
         if experts:
             result["experts"] = experts
+        if predictions.uncertainty is not None:
+            result["uncertainty"] = self.error_detection(predictions)
         names, multi = self.labels.names, self.labels.multi_label
         run = lambda transform: self.predict(split, transform)  # noqa: E731
         if "missing-modality" in protocols:
@@ -130,6 +132,20 @@ class Evaluator:
         if "calibration" in protocols and not multi:
             result["calibration"] = self.calibration(predictions, split)
         return result
+
+    def error_detection(self, predictions: Predictions) -> dict[str, Any]:
+        """How well the model's ``uncertainty`` ranks its own errors: AUROC per label decision (multi-label data
+        with one uncertainty per label) or per utterance (its mean over modalities/labels otherwise)."""
+        uncertainty = predictions.uncertainty
+        if self.labels.multi_label:
+            wrong = (predictions.scores >= np.asarray(self.threshold)) != predictions.labels.astype(bool)
+            if uncertainty.shape == wrong.shape:
+                return {"error_auroc": calibration.error_auroc(wrong, uncertainty), "unit": "label decision"}
+            errors = wrong.any(axis=1)
+        else:
+            errors = predictions.predicted != predictions.labels
+        per_utterance = uncertainty.reshape(len(errors), -1).mean(axis=1)
+        return {"error_auroc": calibration.error_auroc(errors, per_utterance), "unit": "utterance"}
 
     def calibration(self, predictions: Predictions, split: str) -> dict[str, Any]:
         """Temperature fitted on the validation split, applied to ``split``; reliability and selective prediction."""

@@ -42,7 +42,8 @@ class ModelOutput:
     ``logits``: ``[B, T, C]`` (softmax for single-label, sigmoid for multi-label);
     ``aux_losses``: named, already weighted terms added to the main loss in training;
     ``uncertainty``: optional ``[B, T]`` (higher = less certain) or per-modality ``[B, T, M]``;
-    ``expert_weights``: optional ``[B, T, E]`` with ``expert_names`` naming the E experts.
+    ``expert_weights``: optional ``[B, T, E]`` with ``expert_names`` naming the E experts;
+    ``diagnostics``: named detached scalars about the model's internals, logged per training epoch.
     """
 
     logits: torch.Tensor
@@ -50,6 +51,7 @@ class ModelOutput:
     uncertainty: torch.Tensor | None = None
     expert_weights: torch.Tensor | None = None
     expert_names: tuple[str, ...] = ()
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class ERCModel(nn.Module):

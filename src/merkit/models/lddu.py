@@ -72,6 +72,7 @@ the code are zero and unused there; they are not implemented.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -119,12 +120,30 @@ class LDDUConfig(ModelConfig):
     queue_init: Literal["empty", "random"] = "empty"  # [R]
     queue_anchors: bool = True  # [C] queue rows are anchors too; False: only the batch's vectors
     crl_mode: Literal["code", "per_sample_inverse"] = "code"  # [C] / [R]
+    # [R] what the output's ``uncertainty`` is, per label: the binary entropy of the score s_k, or ‖[σ_m]_m‖
+    # (which crl_mode=code trains to rise with the semantic confidence, not with error: README "LDDU's uncertainty")
+    uncertainty: Literal["score_entropy", "sigma_norm"] = "score_entropy"
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "LDDUConfig":
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         return self
+
+
+@dataclass
+class LDDUParts:
+    """The fusion's inputs and outputs for the real utterances of a batch (N of them, M modalities, K labels)."""
+
+    outputs: dict[str, dict]  # per modality: what ``LDDU._modality`` returned
+    features: torch.Tensor  # [N, M, K, hidden]
+    mu: torch.Tensor  # [N, M, K, latent]
+    head_mu: torch.Tensor  # μ as the heads saw it (sampled with sample_latent in training)
+    sigma: torch.Tensor  # [N, M, K, latent]
+    keep: torch.Tensor  # [N, M]: modality present
+    score: torch.Tensor  # [N, K]: s_k
+    confidence: torch.Tensor  # [N, K]: c_k
+    sigma_norm: torch.Tensor  # [N, K]: ‖[σ_m]_m‖
 
 
 class _BertLayer(nn.Module):
@@ -258,6 +277,12 @@ def calibration_loss(sigma_norm: torch.Tensor, confidence: torch.Tensor, mode: s
     difference = log_q_c - log_q_sigma
     symmetric = (log_q_c.exp() * difference).sum() - (log_q_sigma.exp() * difference).sum()
     return 0.5 * symmetric / max(sigma_norm.numel(), 1)
+
+
+def binary_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """``−s log s − (1 − s) log(1 − s)`` in nats, per element (0 at s ∈ {0, 1}, log 2 at 0.5)."""
+    p = probabilities.float().clamp(1e-7, 1 - 1e-7)
+    return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
 def _bce_on_probabilities(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -406,7 +431,8 @@ class LDDU(ERCModel):
         uniform = keep / keep.sum(1, keepdim=True).clamp(min=1)
         return torch.where(total > 0, change / total.clamp(min=1e-12), uniform)
 
-    def forward(self, batch: ConversationBatch) -> ModelOutput:
+    def parts(self, batch: ConversationBatch) -> LDDUParts:
+        """Everything the fusion computed for the batch's real utterances (forward's first half; studies read it)."""
         valid = batch.utterance_mask
         outputs = {}
         for modality in self.names:
@@ -417,18 +443,23 @@ class LDDU(ERCModel):
         head_mu = mu + sigma * torch.randn_like(sigma) if self.config.sample_latent and self.training else mu
         score, confidence = self._fuse(features, head_mu, sigma, keep)
         sigma_norm = (sigma.square() * keep[:, :, None, None]).sum((1, 3)).sqrt()  # ‖[σ_m]_m‖ per label, [N, K]
+        return LDDUParts(outputs, features, mu, head_mu, sigma, keep, score, confidence, sigma_norm)
 
+    def forward(self, batch: ConversationBatch) -> ModelOutput:
+        valid = batch.utterance_mask
+        parts = self.parts(batch)
         batch_size, length = valid.shape
-        logits = score.new_zeros(batch_size, length, self.spec.num_classes)
-        logits[valid] = torch.logit(score, eps=1e-6)
-        uncertainty = sigma_norm.new_zeros(batch_size, length, self.spec.num_classes)  # dtypes differ under autocast
-        uncertainty[valid] = sigma_norm.detach()
+        logits = parts.score.new_zeros(batch_size, length, self.spec.num_classes)
+        logits[valid] = torch.logit(parts.score, eps=1e-6)
+        chosen = parts.sigma_norm if self.config.uncertainty == "sigma_norm" else binary_entropy(parts.score)
+        uncertainty = parts.sigma_norm.new_zeros(batch_size, length, self.spec.num_classes)  # dtypes differ under autocast
+        uncertainty[valid] = chosen.detach().to(uncertainty.dtype)
         output = ModelOutput(logits=logits, uncertainty=uncertainty)
         if self.training:
-            output.aux_losses = self._aux_losses(batch, outputs, mu, sigma, keep, confidence, sigma_norm)
+            output.aux_losses = self._aux_losses(batch, parts)
         else:
-            weights = score.new_zeros(batch_size, length, len(self.names))
-            weights[valid] = self._modality_shares(features, head_mu, sigma, keep, score)
+            weights = parts.score.new_zeros(batch_size, length, len(self.names))
+            weights[valid] = self._modality_shares(parts.features, parts.head_mu, parts.sigma, parts.keep, parts.score)
             output.expert_weights, output.expert_names = weights, self.names
         return output
 
@@ -441,8 +472,9 @@ class LDDU(ERCModel):
     def main_loss(self, output: ModelOutput, batch: ConversationBatch, class_weights: torch.Tensor | None) -> torch.Tensor:
         return self.config.fused_weight * layers.masked_bce(output.logits, self._targets(batch), batch.label_mask)
 
-    def _aux_losses(self, batch, outputs, mu, sigma, keep, confidence, sigma_norm) -> dict[str, torch.Tensor]:
+    def _aux_losses(self, batch: ConversationBatch, parts: LDDUParts) -> dict[str, torch.Tensor]:
         config = self.config
+        outputs, mu, sigma, keep, confidence, sigma_norm = parts.outputs, parts.mu, parts.sigma, parts.keep, parts.confidence, parts.sigma_norm
         labelled = batch.label_mask[batch.utterance_mask]  # [N]
         targets = self._targets(batch)[batch.utterance_mask][labelled]  # [n, K]
         losses = {"semantic": config.semantic_weight * _bce_on_probabilities(confidence[labelled], targets)}

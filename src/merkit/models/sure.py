@@ -62,7 +62,8 @@ each modality's share of the final layer's input contribution ``|W_m z_m|₁ / �
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -93,6 +94,9 @@ def _auto_rules(shape: Any, chosen: Any) -> None:
         chosen.set("model", name, value, "SURE's settings in the *-mpnet presets")
 
 
+# Seed of the draws with eval_latent=samples.
+EVAL_NOISE_SEED = 0
+
 # Variance of the N(0, I) prior: the uncertainty reported for a modality the utterance lacks.
 PRIOR_VARIANCE = 1.0
 
@@ -104,6 +108,10 @@ class SUREConfig(SDTConfig):
     uncertainty_weight: float = Field(1.0, ge=0, description="λ_u in the router score r − λ_u·u [U]")
     logvar_clamp: float = Field(10.0, gt=0, description="log σ² clamped to ±this [R]")
     logvar_init: float = Field(0.0, description="initial bias of the experts' log σ² [U]")
+    eval_latent: Literal["mean", "samples"] = Field(
+        "mean", description="evaluation through the experts' μ, or the mean probability over eval_samples draws [R]"
+    )
+    eval_samples: int = Field(8, ge=1, description="draws averaged with eval_latent=samples [R]")
     moe_residual: bool = Field(False, description="LN(y + x) after the mixture (code, off)")
     balance_weight: float = Field(0.01, ge=0, description="α_bal [U]")
     kl_weight: float = Field(1e-3, ge=0, description="α_kl [U]")
@@ -190,13 +198,35 @@ class SURE(ERCModel):
         self.combine = None if config.multimodal_fusion else nn.Linear(len(self.names) * classes, classes)
 
     def forward(self, batch: ConversationBatch) -> ModalityHeadsOutput:
+        if self.training or self.moe is None or self.config.eval_latent == "mean":
+            return self._forward(batch)
+        # A fixed seed per call: the same batch always gets the same prediction.
+        generator = torch.Generator(device=batch.utterance_mask.device).manual_seed(EVAL_NOISE_SEED)
+        draws = [self._forward(batch, sample=True, generator=generator) for _ in range(self.config.eval_samples)]
+
+        def mean_probability(logits: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack([torch.softmax(x.float(), dim=-1) for x in logits]).mean(0).clamp(min=1e-12).log()
+
+        return replace(
+            draws[0],
+            logits=mean_probability([d.logits for d in draws]),
+            uncertainty=torch.stack([d.uncertainty for d in draws]).mean(0),
+            expert_weights=torch.stack([d.expert_weights for d in draws]).mean(0),
+            modality_logits={m: mean_probability([d.modality_logits[m] for d in draws]) for m in draws[0].modality_logits},
+        )
+
+    def _forward(
+        self, batch: ConversationBatch, sample: bool | None = None, generator: torch.Generator | None = None
+    ) -> ModalityHeadsOutput:
         config = self.config
         present = {m: batch.present[m] & batch.utterance_mask for m in self.names}
         present_stack = torch.stack([present[m] for m in self.names], dim=2)  # [B, T, M]
         streams = {m: self.project[m](batch.features[m]) for m in self.names}
-        aux_losses, uncertainty = {}, None
+        aux_losses, uncertainty, diagnostics = {}, None, {}
         if self.moe is not None:
-            mixtures = {m: self.moe[m](streams[m], present[m]) for m in self.names}
+            mixtures = {m: self.moe[m](streams[m], present[m], sample, generator) for m in self.names}
+            for m, mixture in mixtures.items():
+                diagnostics |= {f"sigma_{m}": mixture.sigma, f"mu_norm_{m}": mixture.mean_norm}
             streams = {m: mixture.output for m, mixture in mixtures.items()}
             aux_losses["moe"] = sum(
                 config.balance_weight * mixture.balance_loss + config.kl_weight * mixture.kl_loss for mixture in mixtures.values()
@@ -222,6 +252,7 @@ class SURE(ERCModel):
             expert_weights=weights,
             expert_names=self.names,
             modality_logits=modality_logits if config.self_distill else {},
+            diagnostics=diagnostics,
         )
 
     def _combine(self, modality_logits: dict[str, torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

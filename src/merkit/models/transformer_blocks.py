@@ -194,21 +194,34 @@ class MultimodalGatedFusion(nn.Module):
 
 @dataclass
 class MixtureOutput:
-    """What one modality's mixture of experts computed for every token."""
+    """What one modality's mixture of experts computed for every token, and its per-batch diagnostics."""
 
     output: torch.Tensor  # [B, T, D]
     uncertainty: torch.Tensor  # [B, T]: mean variance of the chosen experts
     balance_loss: torch.Tensor
     kl_loss: torch.Tensor
+    sigma: torch.Tensor  # scalar: mean σ of the chosen experts over the mask tokens
+    mean_norm: torch.Tensor  # scalar: mean ‖μ‖ of the chosen experts over the mask tokens
+
+
+@dataclass
+class ExpertOutput:
+    """One Gaussian expert's output per token and what it says about its latent."""
+
+    output: torch.Tensor  # [B, T, D]: decoded latent
+    kl: torch.Tensor  # [B, T]: KL to N(0, I), summed over features
+    variance: torch.Tensor  # [B, T]: mean σ² over features
+    sigma: torch.Tensor  # [B, T]: mean σ over features
+    mean_norm: torch.Tensor  # [B, T]: ‖μ‖
 
 
 class GaussianExpert(nn.Module):
     """One VAE-like expert (models.md §4.3 step 2, [R]): ``(μ, log σ²) = Linear(D → 2D)(x)``, ``log σ²``
-    clamped, ``z = μ + σ ⊙ ε`` in training and ``μ`` in evaluation, output ``Linear(D → D)(z)``.
+    clamped, ``z = μ + σ ⊙ ε`` when sampling (training) and ``z = μ`` otherwise, output ``Linear(D → D)(z)``.
 
     ``logvar_init`` is the initial bias of ``log σ²``: a negative value starts the experts with a small
     sampling noise (as VIB implementations do), so that it does not drown small input features.
-    Returns the output, the KL to N(0, I) per token (summed over features) and the mean variance.
+    ``generator`` draws ε reproducibly (evaluation by the mean of samples); ``None`` uses the global RNG.
     """
 
     def __init__(self, dim: int, logvar_clamp: float, logvar_init: float = 0.0):
@@ -219,13 +232,16 @@ class GaussianExpert(nn.Module):
         with torch.no_grad():
             self.encode.bias[dim:].fill_(logvar_init)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool | None = None, generator: torch.Generator | None = None) -> ExpertOutput:
         mean, logvar = self.encode(x).chunk(2, dim=-1)
         logvar = logvar.clamp(-self.logvar_clamp, self.logvar_clamp)
-        variance = logvar.exp()
-        latent = mean + variance.sqrt() * torch.randn_like(mean) if self.training else mean
+        variance, sigma = logvar.exp(), (0.5 * logvar).exp()
+        latent = mean
+        if self.training if sample is None else sample:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            latent = mean + sigma * noise
         kl = -0.5 * (1 + logvar - mean.pow(2) - variance).sum(-1)
-        return self.decode(latent), kl, variance.mean(-1)
+        return ExpertOutput(self.decode(latent), kl, variance.mean(-1), sigma.mean(-1), mean.norm(dim=-1))
 
 
 class UncertaintyAwareMoE(nn.Module):
@@ -233,7 +249,8 @@ class UncertaintyAwareMoE(nn.Module):
 
     Router score ``s_e = r_e − λ_u·u_e`` with ``r = Linear(D → E)(x)`` and ``u_e`` the expert's mean
     variance; ``p = softmax(s)``; the top-k experts per token are kept and renormalised. The
-    balance loss ``mean_e(P̄_e·f̄_e)`` and the experts' mean KL are taken over ``mask`` tokens only.
+    balance loss ``mean_e(P̄_e·f̄_e)``, the experts' mean KL and the σ / ‖μ‖ diagnostics are taken
+    over ``mask`` tokens only.
     """
 
     def __init__(
@@ -253,8 +270,12 @@ class UncertaintyAwareMoE(nn.Module):
         self.uncertainty_weight = uncertainty_weight
         self.norm = nn.LayerNorm(dim) if residual else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> MixtureOutput:
-        outputs, kls, variances = (torch.stack(parts, dim=-1) for parts in zip(*(expert(x) for expert in self.experts)))
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, sample: bool | None = None, generator: torch.Generator | None = None
+    ) -> MixtureOutput:
+        experts = [expert(x, sample, generator) for expert in self.experts]
+        outputs = torch.stack([e.output for e in experts], dim=-1)  # [B, T, D, E]
+        kls, variances, sigmas, norms = (torch.stack([getattr(e, f) for e in experts], dim=-1) for f in ("kl", "variance", "sigma", "mean_norm"))
         probabilities = torch.softmax(self.router(x) - self.uncertainty_weight * variances, dim=-1)  # [B, T, E]
         chosen = torch.zeros_like(probabilities).scatter(-1, probabilities.topk(self.top_k, dim=-1).indices, 1.0)
         weights = probabilities * chosen
@@ -266,11 +287,17 @@ class UncertaintyAwareMoE(nn.Module):
         count = valid.sum().clamp(min=1)
         mean_probability = (probabilities * valid).sum((0, 1)) / count
         mean_chosen = (chosen * valid).sum((0, 1)) / count
+
+        def chosen_mean(values: torch.Tensor) -> torch.Tensor:
+            return (values.detach() * chosen * valid).sum() / (count * self.top_k)
+
         return MixtureOutput(
             output=output,
             uncertainty=(variances * chosen).sum(-1) / self.top_k,
             balance_loss=(mean_probability * mean_chosen).mean(),
             kl_loss=((kls * valid).sum((0, 1)) / count).mean(),
+            sigma=chosen_mean(sigmas),
+            mean_norm=chosen_mean(norms),
         )
 
 

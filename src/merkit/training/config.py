@@ -27,6 +27,11 @@ class TrainConfig(BaseModel):
         "pickles' one-hot, as the official codes), order = first appearance in the dialogue; auto = role where the reader gives roles",
     )
     optimizer: Literal["adamw", "adam"] = "adamw"
+    decay_grouping: Literal["standard", "inverted"] = Field(
+        "standard",
+        description="which parameters get weight_decay: standard = weights (not biases or norms); inverted = only biases and "
+        "norms, as LDDU's official BertAdam grouping (models.md §6.4's lddu_inverted_decay)",
+    )
     scheduler: Literal["none", "cosine", "warmup_cosine"] = "none"
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = 1.0

@@ -68,6 +68,8 @@ class ERCTask(L.LightningModule):
         if len(parts) > 1:
             for name, value in parts.items():
                 self.log(f"loss_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+        for name, value in output.diagnostics.items():
+            self.log(f"diag_{name}", value, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -89,9 +91,11 @@ class ERCTask(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
+        inverted = self.config.decay_grouping == "inverted"
         for name, parameter in self.model.named_parameters():
             if parameter.requires_grad:
-                (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
+                bias_or_norm = parameter.ndim < 2 or "norm" in name.lower()
+                (decay if bias_or_norm == inverted else no_decay).append(parameter)
         groups = [
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0 if self.config.optimizer == "adamw" else self.config.weight_decay},
