@@ -421,6 +421,29 @@ def report(
     typer.echo(f"wrote {page} (and report.md beside it)")
 
 
+@app.command("ensemble", epilog=example("ensemble"))
+def ensemble(
+    members: Annotated[list[Path], typer.Argument(help="Runs (every seed*/best) or checkpoint folders to combine.")],
+    out: Annotated[Path, typer.Option(help="The ensemble's run directory.")],
+    data: Annotated[Optional[str], typer.Option(help="Data to fit and score it on (default: the data the runs were trained on).")] = None,
+    weights: Annotated[str, typer.Option(help="uniform, or fit: simplex weights minimising the validation NLL.")] = "uniform",
+    resume: Annotated[bool, typer.Option(help="Rebuild into an --out that holds the same ensemble.")] = False,
+) -> None:
+    """Average the calibrated probabilities of several seeds/models (fitted on validation) into one run."""
+    from merkit.training.ensemble import build_ensemble
+
+    result = build_ensemble(members, out, data=data, weights=weights, resume=resume)
+    console = _console()
+    metric = "micro_f1" if "micro_f1" in result["summary"].get("test", {}) else "weighted_f1"
+    table = Table("member", "model", "temperature", "weight", f"test {metric}", title=f"ensemble of {len(result['members'])} → {out}")
+    for member in result["members"]:
+        score = (member.get("test") or {}).get(metric)
+        table.add_row(member["checkpoint"], member["model"], f"{member['temperature']:.3f}", f"{member['weight']:.3f}", "" if score is None else f"{100 * score:.2f}")
+    console.print(table)
+    for split, values in result["summary"].items():
+        console.print(f"ensemble {split}: " + "  ".join(f"{name} {100 * v['mean']:.2f}" for name, v in values.items()))
+
+
 @app.command("compare", epilog=example("compare"))
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories trained on the same test set.")],

@@ -45,6 +45,7 @@ EXAMPLES = {
     "baseline": "merkit baseline stores/ravdess --modalities audio,visual --out runs/ravdess/svm",
     "evaluate": "merkit evaluate runs/meld/sure/seed0/best --data stores/meld-mpnet --protocol calibration",
     "report": "merkit report runs/meld/sure --seed 0",
+    "ensemble": "merkit ensemble runs/meld/bigru runs/meld/sdt --out runs/meld/ensemble --weights fit",
     "compare": "merkit compare runs/meld/bigru runs/meld/sure --bootstrap 2000",
     "summary": "merkit summary runs/meld/* --metrics accuracy,weighted_f1 --splits test",
     "predict": "merkit predict runs/meld/sure/seed0/best talk.txt --csv --out talk.csv",

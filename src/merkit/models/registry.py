@@ -24,6 +24,8 @@ class ModelEntry:
     # The model's own rules for ``--preset auto``: ``auto(shape, chosen)`` sets fields on ``chosen``
     # (a merkit.training.auto.AutoPreset) after the shared rules.
     auto: Callable[[Any, Any], None] | None = None
+    # False for models that are assembled from trained checkpoints (the ensemble), never trained themselves.
+    trainable: bool = True
 
 
 # The corpus shape each preset name was made for (one name means the same corpus in every model);
@@ -44,7 +46,7 @@ PRESET_SHAPES = {
     "(`merkit train --preset auto` prints what it chose and why)",
 }
 
-_MODEL_MODULES = ("mlp", "bigru", "late_fusion", "mister_e", "sigmoid_mlp", "lddu", "sdt", "sure")
+_MODEL_MODULES = ("mlp", "bigru", "late_fusion", "mister_e", "sigmoid_mlp", "lddu", "sdt", "sure", "ensemble")
 _MODELS: dict[str, ModelEntry] = {}
 
 
@@ -57,6 +59,7 @@ def register_model(
     presets: Mapping[str, Mapping[str, Any]] | None = None,
     feature_level: str = "utterance",
     auto: Callable[[Any, Any], None] | None = None,
+    trainable: bool = True,
 ) -> Callable[[type], type]:
     """Class decorator registering a model under ``name`` with its typed config and presets (each may say
     which corpus shape it ``suits``; the name ``auto`` is kept for the corpus-adaptive preset)."""
@@ -71,7 +74,7 @@ def register_model(
         undescribed = set(presets or {}) - set(PRESET_SHAPES)
         if undescribed:
             raise ValueError(f"model {name!r}: say in PRESET_SHAPES which corpus shape {sorted(undescribed)} suit")
-        _MODELS[name] = ModelEntry(name, cls, config, modalities, description, dict(presets or {}), feature_level, auto)
+        _MODELS[name] = ModelEntry(name, cls, config, modalities, description, dict(presets or {}), feature_level, auto, trainable)
         return cls
 
     return decorate
