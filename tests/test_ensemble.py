@@ -137,3 +137,17 @@ def test_an_ensemble_run_loads_predicts_from_raw_text_and_evaluates(tmp_path):
     evaluated = CliRunner().invoke(app, ["evaluate", str(tmp_path / "ens" / "seed0" / "best"), "--data", str(tmp_path / "store"), "--bootstrap", "10"])
     assert evaluated.exit_code == 0, evaluated.output
     assert "uncertainty ranks errors" in evaluated.output
+
+
+def test_logit_adjustment_is_chosen_on_validation_and_applied_exactly(runs, tmp_path):
+    root, bundle = runs
+    plain = build_ensemble([root / "bigru", root / "mlp"], tmp_path / "plain", data=bundle)
+    result = build_ensemble([root / "bigru", root / "mlp"], tmp_path / "adjusted", data=bundle, adjust="macro_f1")
+    adjustment = result["adjustment"]
+    assert adjustment["metric"] == "macro_f1" and adjustment["valid"][str(adjustment["tau"])] == max(adjustment["valid"].values())
+    prior = np.asarray(load_checkpoint(root / "bigru/seed0/best").meta["label_prior"])
+    mean = np.array([row["scores"] for row in _test_rows(tmp_path / "plain")])
+    expected = mean * prior ** -adjustment["tau"]
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(np.array([row["scores"] for row in _test_rows(tmp_path / "adjusted")]), expected, atol=2e-6)
+    assert plain["adjustment"] == {"metric": "none", "tau": 0.0}

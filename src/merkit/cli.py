@@ -427,12 +427,13 @@ def ensemble(
     out: Annotated[Path, typer.Option(help="The ensemble's run directory.")],
     data: Annotated[Optional[str], typer.Option(help="Data to fit and score it on (default: the data the runs were trained on).")] = None,
     weights: Annotated[str, typer.Option(help="uniform, or fit: simplex weights minimising the validation NLL.")] = "uniform",
+    adjust: Annotated[str, typer.Option(help="none, or macro_f1 / weighted_f1: logit adjustment toward rare classes, strength chosen on validation by that metric.")] = "none",
     resume: Annotated[bool, typer.Option(help="Rebuild into an --out that holds the same ensemble.")] = False,
 ) -> None:
     """Average the calibrated probabilities of several seeds/models (fitted on validation) into one run."""
     from merkit.training.ensemble import build_ensemble
 
-    result = build_ensemble(members, out, data=data, weights=weights, resume=resume)
+    result = build_ensemble(members, out, data=data, weights=weights, adjust=adjust, resume=resume)
     console = _console()
     metric = "micro_f1" if "micro_f1" in result["summary"].get("test", {}) else "weighted_f1"
     table = Table("member", "model", "temperature", "weight", f"test {metric}", title=f"ensemble of {len(result['members'])} → {out}")
@@ -440,6 +441,8 @@ def ensemble(
         score = (member.get("test") or {}).get(metric)
         table.add_row(member["checkpoint"], member["model"], f"{member['temperature']:.3f}", f"{member['weight']:.3f}", "" if score is None else f"{100 * score:.2f}")
     console.print(table)
+    if result["adjustment"]["metric"] != "none":
+        console.print(f"logit adjustment τ = {result['adjustment']['tau']} (best validation {result['adjustment']['metric']})")
     for split, values in result["summary"].items():
         console.print(f"ensemble {split}: " + "  ".join(f"{name} {100 * v['mean']:.2f}" for name, v in values.items()))
 

@@ -4,7 +4,8 @@ Built by ``merkit ensemble`` (:mod:`merkit.training.ensemble`), never trained: e
 from its own registry entry and config and keeps its weights; each member's probabilities are
 temperature-scaled (softmax of ``logits / T_m``, ``T_m`` fitted on the validation split; multi-label
 members are not scaled) and averaged with weights ``w_m`` (uniform, or fitted on validation).
-Saved as an ordinary checkpoint, so everything that loads a checkpoint runs an ensemble.
+Saved as an ordinary checkpoint, so everything that loads a checkpoint runs an ensemble. A single-label
+ensemble can also shift its mean toward the rare classes by a logit adjustment ``τ`` (chosen on validation).
 
 ``logits`` = log of the mean probability (multi-label: its logit), so softmax/sigmoid gives the mean
 back; ``uncertainty`` = the entropy of the mean probability (per label for multi-label data), which
@@ -37,12 +38,22 @@ class EnsembleMember(BaseModel):
 
 class EnsembleConfig(ModelConfig):
     members: tuple[EnsembleMember, ...] = Field(min_length=1, description="written by merkit ensemble, not by hand")
+    # Post-hoc logit adjustment (Menon et al. 2021) of single-label ensembles: p_c ∝ p̄_c · prior_c^(−τ), which
+    # raises the rare classes; τ = 0 leaves the mean as it is (merkit ensemble --adjust chooses τ on validation).
+    adjustment: float = Field(0.0, ge=0)
+    prior: tuple[float, ...] = ()
 
 
 def mean_probability(probabilities: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     """``Σ_m w_m p_m / Σ_m w_m``."""
     total = sum(weights)
     return sum(w * p for w, p in zip(weights, probabilities, strict=True)) / total
+
+
+def adjusted(probabilities: torch.Tensor, prior: torch.Tensor, tau: float) -> torch.Tensor:
+    """``p_c · prior_c^(−τ)``, renormalised over the classes (the last axis)."""
+    scaled = probabilities * prior.clamp(min=1e-12).pow(-tau)
+    return scaled / scaled.sum(-1, keepdim=True)
 
 
 def entropy(probabilities: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -82,5 +93,7 @@ class Ensemble(ERCModel):
 
     def forward(self, batch: ConversationBatch) -> ModelOutput:
         mean = mean_probability(self.member_probabilities(batch), [m.weight for m in self.config.members])
+        if self.config.adjustment and not self.spec.multi_label:
+            mean = adjusted(mean, torch.tensor(self.config.prior, device=mean.device), self.config.adjustment)
         logits = torch.logit(mean, eps=1e-6) if self.spec.multi_label else mean.clamp(min=1e-12).log()
         return ModelOutput(logits=logits, uncertainty=entropy(mean, self.spec.multi_label))

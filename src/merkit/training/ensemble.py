@@ -28,7 +28,7 @@ from merkit.data.formats import DataBundle, read_data
 from merkit.errors import MerkitError
 from merkit.evaluation.calibration import apply_temperature, fit_temperature
 from merkit.io import atomic_write_json
-from merkit.metrics import headline, score_metrics, summarize
+from merkit.metrics import classification_metrics, headline, score_metrics, summarize
 from merkit.models.base import DataSpec
 from merkit.models.ensemble import Ensemble, EnsembleConfig, EnsembleMember
 from merkit.models.registry import get_model
@@ -37,6 +37,8 @@ from merkit.thresholds import choose_thresholds
 from merkit.training.engine import claim_run_dir, environment, write_predictions
 
 WEIGHTS = ("uniform", "fit")
+ADJUST = ("none", "macro_f1", "weighted_f1")
+TAU_GRID = tuple(np.round(np.arange(0.0, 2.01, 0.25), 2).tolist())  # logit-adjustment strengths tried on validation
 
 
 def member_folders(paths: Sequence[str | Path]) -> list[Path]:
@@ -112,18 +114,31 @@ def fit_weights(member_scores: Sequence[np.ndarray], labels: np.ndarray, multi_l
     return [round(float(w), 6) for w in torch.softmax(raw.detach(), 0)]
 
 
+def choose_adjustment(mean: np.ndarray, labels: np.ndarray, prior: np.ndarray, metric: str, names: Sequence[str]) -> dict[str, Any]:
+    """The logit-adjustment strength τ of :data:`TAU_GRID` with the best ``metric`` on these (validation) labels."""
+    scores = {}
+    for tau in TAU_GRID:
+        shifted = mean * np.clip(prior, 1e-12, None) ** -tau
+        scores[tau] = classification_metrics(labels, shifted.argmax(1), names)[metric]
+    best = max(TAU_GRID, key=lambda tau: (scores[tau], -tau))  # ties: the smaller shift
+    return {"metric": metric, "tau": best, "valid": {str(tau): round(score, 6) for tau, score in scores.items()}}
+
+
 def build_ensemble(
     paths: Sequence[str | Path],
     out: str | Path,
     *,
     data: str | Path | DataBundle | None = None,
     weights: Literal["uniform", "fit"] = "uniform",
+    adjust: Literal["none", "macro_f1", "weighted_f1"] = "none",
     batch_size: int = 16,
     resume: bool = False,
 ) -> dict[str, Any]:
     """Fit (on validation) and write the ensemble run of the checkpoints in ``paths``; return its results."""
     if weights not in WEIGHTS:
         raise MerkitError(f"unknown weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
+    if adjust not in ADJUST:
+        raise MerkitError(f"unknown adjust {adjust!r}; choose one of: {', '.join(ADJUST)}")
     started = time.time()
     folders = member_folders(paths)
     if len(folders) < 2:
@@ -144,7 +159,9 @@ def build_ensemble(
         check_compatible(checkpoint.meta, bundle.corpus.labels, {m: f.describe() for m, f in bundle.features.items()})
     labels = checkpoints[0].labels
     out = Path(out)
-    description = {"model": "ensemble", "members": [str(f) for f in folders], "weights": weights, "data": source}
+    if adjust != "none" and labels.multi_label:
+        raise MerkitError("--adjust (logit adjustment toward rare classes) is for single-label data")
+    description = {"model": "ensemble", "members": [str(f) for f in folders], "weights": weights, "adjust": adjust, "data": source}
     claim_run_dir(out / "config.json", description, resume, "different members or settings")
 
     def member_predictions(checkpoint: Checkpoint, split: str) -> Predictions:
@@ -158,13 +175,19 @@ def build_ensemble(
     calibrated = [p.scores if labels.multi_label else apply_temperature(p.scores, t) for p, t in zip(valid, temperatures, strict=True)]
     member_weights = fit_weights(calibrated, valid[0].labels, labels.multi_label) if weights == "fit" else [1.0] * len(folders)
 
+    prior = tuple(checkpoints[0].meta.get("label_prior") or [1.0 / labels.num_classes] * labels.num_classes)
+    adjustment = {"metric": adjust, "tau": 0.0}
+    if adjust != "none":
+        mean = sum(w * p for w, p in zip(member_weights, calibrated, strict=True)) / sum(member_weights)
+        adjustment = choose_adjustment(mean, valid[0].labels, np.asarray(prior), adjust, labels.names)
+
     members = tuple(
         EnsembleMember(model=c.meta["model"], config=c.meta["model_config"], data_spec=c.model.spec, temperature=t, weight=w, source=str(f))
         for f, c, t, w in zip(folders, checkpoints, temperatures, member_weights, strict=True)
     )
     dims = {m: d for c in checkpoints for m, d in c.model.spec.modalities.items()}
     spec = DataSpec(modalities=dims, num_classes=labels.num_classes, multi_label=labels.multi_label, class_names=labels.names)
-    model = Ensemble(EnsembleConfig(members=members), spec)
+    model = Ensemble(EnsembleConfig(members=members, adjustment=adjustment["tau"], prior=prior), spec)
     for target, checkpoint in zip(model.members, checkpoints, strict=True):
         target.load_state_dict(checkpoint.model.state_dict())
     first = checkpoints[0].meta
@@ -204,6 +227,7 @@ def build_ensemble(
         "protocol": "honest",
         "protocol_label": "honest: temperatures and weights fitted on the validation split",
         "data": {"corpus": bundle.corpus.name, "source": source, "features": ensemble.meta["features"]},
+        "adjustment": adjustment,
         "members": [{"checkpoint": str(f), "model": c.meta["model"], "temperature": t, "weight": w,
                      **({"test": r["per_seed"].get(str(c.meta.get("seed")), {}).get("test")} if r else {})}
                     for f, c, t, w, r in zip(folders, checkpoints, temperatures, member_weights, results, strict=True)],  # fmt: skip
