@@ -140,6 +140,10 @@ def _sections(results: dict[str, Any], evaluation: dict[str, Any]) -> list[tuple
         rows = [[m, *(f"{100 * r[metric]:.2f}" for r in c["rows"]), f"{c['relative_robustness']:.3f}"] for m, c in evaluation["noise"].items()]
         levels = [f"σ×{r['level']}" for r in next(iter(evaluation["noise"].values()))["rows"]]
         sections.append(("Feature noise", rows, ["modality", *levels, "relative robustness"]))
+    if "uncertainty" in evaluation:
+        u = evaluation["uncertainty"]
+        rows = [[f"AUROC for the model's own errors (per {u['unit']}; 0.5 = chance)", f"{u['error_auroc']:.3f}"]]
+        sections.append(("Uncertainty", rows, ["measure", "value"]))
     if "calibration" in evaluation:
         c = evaluation["calibration"]
         rows = [[name, f"{c['before'][name]:.4f}", f"{c['after'][name]:.4f}"] for name in c["before"]]

@@ -41,8 +41,10 @@ Losses [C] (weights of the released run script): ``fused_weight·BCE(s) + semant
   KL(q_σ‖q_c)] / (B·K)``, which pairs *large* σ with *large* confidence; [R]
   ``per_sample_inverse`` — both softmaxes per utterance, confidence against −‖σ‖.
 
-Outputs: ``logits = logit(s)`` (``[B, T, K]``; sigmoid gives ``s``); ``uncertainty`` =
-‖[σ_m]_m‖ per label (``[B, T, K]``). ``expert_weights`` (eval only) = each modality's share of
+Outputs: ``logits = logit(s)`` (``[B, T, K]``; sigmoid gives ``s``); ``uncertainty`` ``[B, T, K]`` per
+label, [R] ``uncertainty``: ``score_entropy`` (default) = the binary entropy of ``s_k``, which rises with the
+label's errors; ``sigma_norm`` = ‖[σ_m]_m‖, which the code's L_crl trains to rise with the semantic
+confidence c_k instead, and ranks errors worse than chance (README "LDDU's uncertainty"). ``expert_weights`` (eval only) = each modality's share of
 the fusion's dependence on it: ``|s − s_without_m|`` averaged over labels, where
 ``s_without_m`` reruns the gate and heads with modality m's slots zeroed exactly as for a
 missing modality, normalised over the modalities (the fusion gates μ- against σ-heads, not
@@ -61,8 +63,9 @@ queue rows as anchors (``queue_anchors``). Defaults differ from the code in two 
 the mosei-*/m3ed presets restore it: ``queue_size`` (0; code 8192) and ``label_query_residual``
 (True; code False). [R] the alignment runs after the input LayerNorm; the fusion concatenates
 modalities in merkit's order (text, audio, visual; the code's v, a, t is a permutation). Not reproduced: BertAdam (no bias correction,
-per-parameter clipping) and its inverted weight-decay grouping — merkit trains with AdamW,
-no decay on biases/LayerNorm; its cosine restarts from the warm-up end; early stopping is
+per-parameter clipping) — merkit trains with AdamW, no decay on biases/LayerNorm (the code's inverted
+grouping, decay on biases/LayerNorm only, is ``--set decay_grouping=inverted``, models.md's
+``lddu_inverted_decay``); its cosine restarts from the warm-up end; early stopping is
 plain patience on validation micro-F1 (the code's extra train−test gap rule needs test);
 the threshold is searched on validation (``threshold=lddu_search``), never on test. Under
 DDP each rank keeps its own queue. The per-label KL-to-prior and reconstruction weights of

@@ -19,7 +19,8 @@ Sources of each part:
   class weights of SDT; the IEMOCAP training settings (Adam 1e-4, weight decay 1e-5, batch 16,
   150 epochs).
 - [R] (the code is missing or broken here): the Gaussian expert (``(μ, log σ²) = Linear(D → 2D)``,
-  log σ² clamped to ±``logvar_clamp``, reparameterised sample in training, μ in evaluation,
+  log σ² clamped to ±``logvar_clamp``, reparameterised sample in training, μ in evaluation
+  (``eval_latent=mean``; ``samples`` averages the probabilities of ``eval_samples`` seeded draws),
   ``Linear(D → D)`` decoder, KL to N(0, I)); the router score ``r − λ_u·u`` with per-token top-k
   renormalisation over real tokens (the code normalises over the batch and ignores variances);
   the reasoning module (the code's graph readout cannot take ``[B, T, D]``) with its residual;
@@ -52,6 +53,10 @@ Paper vs code (config option selecting each reading):
 Ablations, one command each: ``--set moe=false`` (no mixture of experts), ``--set reasoning=false``
 (no iterative reasoning), ``--set gate=false`` (no transformer gate block),
 ``--set unimodal_gate=none`` (transformers kept, gates removed).
+
+Training logs (``logs/metrics.csv``) hold, per epoch and modality, the chosen experts' mean σ
+(``diag_sigma_<m>``) and mean ‖μ‖ (``diag_mu_norm_<m>``): with ``logvar_init`` 0, σ ≈ 1 per feature
+while ‖μ‖ ≈ 5 over 256 features, so the sampling noise (norm ≈ 16) dominates (README "SURE's Gaussian experts").
 
 Outputs: ``uncertainty [B, T, M]`` = mean variance of the chosen experts per modality (the prior
 variance 1 where the modality is missing; absent when ``moe=false``); ``expert_weights [B, T, M]`` =
