@@ -325,8 +325,9 @@ def test_latent_encoder_biases_keep_the_default_init_unless_asked():
 
 
 def test_exposed_uncertainty_rises_with_errors_where_sigma_norm_does_not(tmp_path):
-    """With the code's L_crl, ‖σ_k‖ is trained to rise with the semantic confidence, so it ranks the model's own
-    label errors worse than chance; the exposed ``uncertainty`` (the score's entropy) ranks them better than chance."""
+    """With the code's L_crl, ‖σ_k‖ is trained to rise with the semantic confidence; on this synthetic corpus it
+    ranks the model's own label errors worse than chance, while the exposed ``uncertainty`` (the score's entropy)
+    ranks them better than chance (on GoEmotions: 0.72 vs 0.87, README "LDDU's uncertainty")."""
     from merkit.evaluation.evaluate import Evaluator
 
     bundle = read_data("synthetic", multi_label=True, dialogues=60, max_turns=8)

@@ -44,7 +44,8 @@ Losses [C] (weights of the released run script): ``fused_weight·BCE(s) + semant
 Outputs: ``logits = logit(s)`` (``[B, T, K]``; sigmoid gives ``s``); ``uncertainty`` ``[B, T, K]`` per
 label, [R] ``uncertainty``: ``score_entropy`` (default) = the binary entropy of ``s_k``, which rises with the
 label's errors; ``sigma_norm`` = ‖[σ_m]_m‖, which the code's L_crl trains to rise with the semantic
-confidence c_k instead, and ranks errors worse than chance (README "LDDU's uncertainty"). ``expert_weights`` (eval only) = each modality's share of
+confidence c_k instead (positively with ``crl_mode=code``, negatively with ``per_sample_inverse``), and
+ranks errors worse than the entropy, or worse than chance (README "LDDU's uncertainty"). ``expert_weights`` (eval only) = each modality's share of
 the fusion's dependence on it: ``|s − s_without_m|`` averaged over labels, where
 ``s_without_m`` reruns the gate and heads with modality m's slots zeroed exactly as for a
 missing modality, normalised over the modalities (the fusion gates μ- against σ-heads, not
@@ -123,8 +124,9 @@ class LDDUConfig(ModelConfig):
     queue_init: Literal["empty", "random"] = "empty"  # [R]
     queue_anchors: bool = True  # [C] queue rows are anchors too; False: only the batch's vectors
     crl_mode: Literal["code", "per_sample_inverse"] = "code"  # [C] / [R]
-    # [R] what the output's ``uncertainty`` is, per label: the binary entropy of the score s_k, or ‖[σ_m]_m‖
-    # (which crl_mode=code trains to rise with the semantic confidence, not with error: README "LDDU's uncertainty")
+    # [R] what the output's ``uncertainty`` is, per label: the binary entropy of the score s_k (error AUROC 0.87 on
+    # GoEmotions validation), or ‖[σ_m]_m‖, which L_crl ties to the semantic confidence c_k rather than to error
+    # (AUROC 0.72 with crl_mode=code, 0.29 with per_sample_inverse; README "LDDU's uncertainty")
     uncertainty: Literal["score_entropy", "sigma_norm"] = "score_entropy"
 
     @model_validator(mode="after")
