@@ -426,7 +426,7 @@ def ensemble(
     members: Annotated[list[Path], typer.Argument(help="Runs (every seed*/best) or checkpoint folders to combine.")],
     out: Annotated[Path, typer.Option(help="The ensemble's run directory.")],
     data: Annotated[Optional[str], typer.Option(help="Data to fit and score it on (default: the data the runs were trained on).")] = None,
-    weights: Annotated[str, typer.Option(help="uniform, or fit: simplex weights minimising the validation NLL.")] = "uniform",
+    weights: Annotated[str, typer.Option(help="uniform, or fit: simplex weights minimising the validation NLL (the split that also chose each member's epoch, so fit can overfit it).")] = "uniform",
     adjust: Annotated[str, typer.Option(help="none, or macro_f1 / weighted_f1: logit adjustment toward rare classes, strength chosen on validation by that metric.")] = "none",
     resume: Annotated[bool, typer.Option(help="Rebuild into an --out that holds the same ensemble.")] = False,
 ) -> None:

@@ -5,7 +5,9 @@ share the label set, the features of every modality they read (same store: extra
 fingerprint), the feature scaling and the speaker index, and be trained under the honest protocol
 (a paper-compat member has trained on the validation split the ensemble is fitted on). Each
 single-label member gets a temperature fitted on validation; the weights are uniform or
-(``weights="fit"``) the simplex weights minimising the validation NLL of the mixture.
+(``weights="fit"``) the simplex weights minimising the validation NLL of the mixture. Fitted weights favour the
+members whose validation score was luckiest (the same split chose each member's epoch): on IEMOCAP they
+overfit it (README "Seed ensembles"), so uniform is the default.
 
 The result is a run folder like ``merkit train``'s (``config.json``, ``results.json``,
 ``seed0/best`` with the ``ensemble`` model, ``seed0/metrics.json``, ``seed0/predictions-test.jsonl``),
