@@ -52,14 +52,12 @@ def main() -> None:
     parser.add_argument("--chunk", type=float, default=300.0)
     args = parser.parse_args()
 
-    from faster_whisper import WhisperModel
-
-    from merkit.recording import SAMPLE_RATE, RecordingSettings, asr_folder, chunks, speech_spans, transcribe
+    from merkit.recording import SAMPLE_RATE, RecordingSettings, chunks, load_asr, speech_spans, transcribe
 
     settings = RecordingSettings(asr=args.asr, chunk=args.chunk)
     with tempfile.TemporaryDirectory() as tmp:
         path = build(Path(tmp), 60 * args.minutes)
-        model = WhisperModel(str(asr_folder(settings.asr)), device="cpu", compute_type="int8", cpu_threads=1)
+        model = load_asr(settings)
         timing = {"decode": 0.0, "vad": 0.0, "asr": 0.0}
         audio_seconds, segments = 0.0, 0
         pieces = chunks(path, settings.chunk)

