@@ -116,3 +116,25 @@ def untrained_checkpoint(
         protocol="honest", seed=seed,
     )  # fmt: skip
     return path
+
+
+def join_clips(clips: Sequence[Path], out: Path, pause: float = 1.0, rate: int = 16000) -> list[tuple[float, float]]:
+    """One mono 16-bit wav of ``clips`` with ``pause`` seconds of silence after each; each clip's (start, end) in it."""
+    import numpy as np
+
+    from merkit.features.media import decode_audio
+
+    pieces, spans, clock = [], [], 0
+    silence = np.zeros(int(pause * rate), dtype=np.float32)
+    for clip in clips:
+        samples = decode_audio(str(clip), sample_rate=rate)
+        spans.append((clock / rate, (clock + len(samples)) / rate))
+        pieces += [samples, silence]
+        clock += len(samples) + len(silence)
+    audio = np.clip(np.concatenate(pieces), -1.0, 1.0)
+    with wave.open(str(out), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((audio * 32767).astype("<i2").tobytes())
+    return spans

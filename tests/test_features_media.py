@@ -106,6 +106,37 @@ def test_opensmile_functionals_and_descriptors_on_real_speech(media):
     assert get_extractor("compare").encode_clip(cut).shape == (6373,)
 
 
+def test_trim_db_makes_a_silence_padded_clip_read_as_its_speech(media, tmp_path):
+    """RAVDESS-like clips (speech with a second of silence each side) against the speech alone: with trim_db
+    their eGeMAPS functionals agree; without it the silence changes them. Old stores keep their fingerprint."""
+    pytest.importorskip("opensmile", reason="openSMILE needs the audio extra")
+    import wave
+
+    from merkit.features.media import trim_quiet
+
+    speech = decode_audio(str(media / "speech.wav"), sample_rate=16000)
+    speech = trim_quiet(speech, 16000, 40)  # espeak's own few ms of silence
+    padded = np.concatenate([np.zeros(16000, np.float32), speech, np.zeros(16000, np.float32)])
+    assert abs(trim_quiet(padded, 16000, 40).size - speech.size) <= 0.03 * 16000
+    paths = {}
+    for name, samples in {"speech": speech, "padded": padded}.items():
+        paths[name] = tmp_path / f"{name}.wav"
+        with wave.open(str(paths[name]), "wb") as handle:
+            handle.setnchannels(1)
+            handle.setsampwidth(2)
+            handle.setframerate(16000)
+            handle.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    plain, trimmed = get_extractor("egemaps"), get_extractor("egemaps", trim_db=40)
+
+    def gap(extractor) -> float:
+        a, b = (extractor.encode_clip(Clip(str(paths[n]))) for n in ("speech", "padded"))
+        return float(np.mean(np.abs(a - b) / (np.abs(a) + 1e-3) > 0.1))  # the share of the 88 that move by over 10 %
+
+    assert gap(trimmed) < 0.05 and gap(plain) > 0.2  # measured: 1 of 88 and 30 of 88
+    assert "trim_db" not in plain.spec()["settings"] and trimmed.spec()["settings"]["trim_db"] == 40
+    assert plain.fingerprint() != trimmed.fingerprint()
+
+
 def test_failure_report_exit_codes_and_cached_failures(media, corpus_file, corpus):
     pytest.importorskip("opensmile", reason="openSMILE needs the audio extra")
     store = media / "store"

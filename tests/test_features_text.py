@@ -314,3 +314,47 @@ def test_finetune_handles_multi_label_corpora(tmp_path):
         corpus, get_extractor("minilm"), tmp_path / "enc", FinetuneConfig(epochs=1, batch_size=8, max_steps=1), progress=False, log=None
     )
     assert record["multi_label"] and record["selected"]["step"] == 1 and (folder / "merkit_head.safetensors").is_file()
+
+
+def test_an_interrupted_finetune_resumes_to_the_same_encoder(tmp_path, corpus, monkeypatch):
+    from safetensors.numpy import load_file
+
+    from merkit.features import finetune
+
+    config = finetune.FinetuneConfig(epochs=2, batch_size=4, evals_per_epoch=3, lr=1e-4, bf16=False)
+    straight, record = finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "straight", config, progress=False, log=None)
+    assert len(record["history"]) == 6
+
+    real, calls = finetune._weighted_f1, []
+
+    def dies_at_the_third_check(*args):
+        calls.append(1)
+        if len(calls) == 3:  # mid-epoch: the state of step 2 of 3 is saved
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(finetune, "_weighted_f1", dies_at_the_third_check)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "resumed", config, progress=False, log=None)
+    saved = list((tmp_path / "resumed").glob(".*.resume/state.pt"))
+    assert len(saved) == 1 and not list((tmp_path / "resumed").glob("minilm-finetuned-*/"))
+    monkeypatch.setattr(finetune, "_weighted_f1", real)
+    said = []
+    resumed, again = finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "resumed", config, progress=False, log=said.append)
+    assert any("resuming the fine-tuning from step 2" in line for line in said)
+    assert again["history"] == record["history"] and again["selected"] == record["selected"]
+    for name in ("model.safetensors", finetune.HEAD):
+        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not saved[0].parent.exists()  # the resume state is removed once the encoder is saved
+
+
+def test_bf16_autocast_is_off_by_default_where_the_cpu_emulates_it(monkeypatch):
+    import torch
+
+    from merkit.devices import native_bf16
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert native_bf16("cpu") is False
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert native_bf16("cpu") is True

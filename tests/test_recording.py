@@ -182,3 +182,185 @@ def test_the_predict_command_writes_the_timeline_files(recording, tmp_path, monk
     table.write_text('{"dialogue_id": "d", "utterance_id": "0", "speaker": "A", "text": "hi"}\n')
     wrong = CliRunner().invoke(app, ["predict", str(checkpoint), str(table), "--srt", str(srt)])
     assert isinstance(wrong.exception, MerkitError) and "one audio or video recording" in str(wrong.exception)
+
+
+# ------------------------------------------------------------------ the server and its page
+@pytest.fixture(scope="module")
+def text_predictor(tmp_path_factory):
+    pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from media_helpers import untrained_checkpoint
+
+    import merkit
+
+    with merkit.load(untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt", {"text": "minilm"})) as predictor:
+        yield predictor
+
+
+def _rttm(path: Path, truth) -> Path:
+    path.write_text("".join(f"SPEAKER meeting 1 {s:.3f} {e - s:.3f} <NA> <NA> {who} <NA> <NA>\n" for s, e, who, _ in truth))
+    return path
+
+
+def test_the_server_answers_a_recording_with_its_timeline(recording, text_predictor, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi", reason="the server needs the serve extra")
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from merkit.serve import ServeLimits, create_app
+
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    path, truth = recording
+    rttm = _rttm(tmp_path / "who.rttm", truth)
+    expected = text_predictor.predict_recording(path, speakers=rttm, cache=False)
+    before = set(Path(tempfile.gettempdir()).glob("merkit-upload-*"))
+    limits = ServeLimits(max_upload_mb=2.0, max_recording_seconds=30)
+    with TestClient(create_app(text_predictor, limits)) as client:
+        assert client.get("/model").json()["recording"] == {"asr": "tiny"}
+        answer = client.post("/predict/recording", files={"recording": ("meeting.wav", path.read_bytes()), "speakers": ("who.rttm", rttm.read_bytes())})
+        assert answer.status_code == 200, answer.text
+        timeline = answer.json()
+        assert timeline["recording"] == "meeting.wav" and timeline["speakers"] == "RTTM who.rttm"
+        assert "/tmp" not in answer.text and tempfile.gettempdir() not in answer.text
+        assert [(s["speaker"], s["label"], s["text"]) for s in timeline["segments"]] == [(s.speaker, s.label, s.text) for s in expected.segments]
+
+        def refused(status: int, needle: str, **request) -> None:
+            response = client.post("/predict/recording", **request)
+            assert response.status_code == status and needle in response.json()["detail"], response.text
+            assert tempfile.gettempdir() not in response.text
+
+        silent = tmp_path / "quiet.wav"
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "2", str(silent)], check=True)
+        refused(422, "quiet.wav: no speech found", files={"recording": ("quiet.wav", silent.read_bytes())})
+        refused(422, "bad.wav: cannot decode", files={"recording": ("bad.wav", b"RIFF....WAVEjunk")})
+        refused(422, "bad.rttm, line 1: not an RTTM SPEAKER line",
+                files={"recording": ("meeting.wav", path.read_bytes()), "speakers": ("bad.rttm", b"SPEAKER x 1 zero\n")})  # fmt: skip
+        refused(422, "needs a 'recording' file", files={"speakers": ("who.rttm", rttm.read_bytes())})
+        refused(422, "language code", files={"recording": ("meeting.wav", path.read_bytes())}, data={"language": "e n!"})
+        refused(415, "multipart/form-data", json={"recording": "meeting.wav"})
+        long = tmp_path / "long.wav"
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "40", str(long)], check=True)
+        refused(422, "longer than the limit of 30 s (max_recording_seconds)", files={"recording": ("long.wav", long.read_bytes())})
+        refused(413, "max_upload_mb", files={"recording": ("big.wav", b"\0" * 2_100_000)})
+    assert set(Path(tempfile.gettempdir()).glob("merkit-upload-*")) == before  # uploads are deleted
+    assert not (tmp_path / "cache" / "recordings").exists()  # and their transcripts are not kept
+
+
+def test_the_page_draws_the_timeline_of_an_uploaded_recording(recording, text_predictor, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    uvicorn = pytest.importorskip("uvicorn", reason="the server needs the serve extra")
+    import socket
+    import threading
+    import time
+
+    from merkit.serve import create_app
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("Chromium is not installed (make test installs it with apt when run as root)")
+    path, truth = recording
+    rttm = _rttm(tmp_path / "who.rttm", truth)
+    expected = text_predictor.predict_recording(path, speakers=rttm, cache=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(text_predictor), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.click("#tab-recording")
+            assert page.locator("#form").is_hidden() and page.locator("#recording-form").is_visible()
+            page.click("#recording-submit")
+            page.wait_for_function("document.getElementById('recording-error').textContent.includes('Choose a recording')")
+            page.set_input_files("#recording", str(path))
+            page.set_input_files("#speakers", str(rttm))
+            page.click("#recording-submit")
+            page.wait_for_selector("#recording-status[data-done=true]", timeout=120_000)
+            labels = page.locator("[data-testid=label]").all_text_contents()
+            speakers = page.locator(".utterance .speaker").all_text_contents()
+            captions = page.locator(".utterance .turn").all_text_contents()
+            assert page.locator("#chart").is_visible() and page.locator("#legend span").count() == len(expected.labels)
+            drawn = page.locator("#chart path").evaluate_all("paths => paths.map(p => [p.dataset.class, p.getAttribute('d').split('M').length - 1])")
+            page.screenshot(path=str(tmp_path / "timeline.png"), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert labels == [s.label for s in expected.segments] and speakers == [s.speaker for s in expected.segments]
+    assert captions[0] == f"{expected.segments[0].start:.2f} s – {expected.segments[0].end:.2f} s"
+    assert drawn == [[name, len(truth)] for name in expected.labels]  # one step per segment for every class
+
+
+# ------------------------------------------------------------------ real speech: RAVDESS
+RAVDESS_EMOTIONS = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry"}
+
+
+def _ravdess_clips(data: Path, actors, statement: str = "01", repetitions=("01", "02")) -> list[tuple[Path, str, int]]:
+    found = []
+    for actor in actors:
+        for path in sorted((data / "audio" / f"Actor_{actor:02d}").glob("*.flac")):
+            _, _, emotion, _, said, repetition, _ = path.stem.split("-")
+            if emotion in RAVDESS_EMOTIONS and said == statement and repetition in repetitions:
+                found.append((path, RAVDESS_EMOTIONS[emotion], actor))
+    return found
+
+
+@pytest.mark.slow
+def test_the_emotion_track_of_a_recording_of_ravdess_clips_follows_their_labels(tmp_path, monkeypatch):
+    """Speaker-independent: an eGeMAPS MLP trained on actors 1–16 (selected on 17–18); a recording of six other
+    actors' clips with pauses; its track against the clips' labels and against the model on the clips themselves."""
+    pytest.importorskip("opensmile", reason="eGeMAPS needs the audio extra")
+    import json
+    import random
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import run_cli, shared
+    from media_helpers import join_clips
+
+    import merkit
+
+    data = shared("ravdess")
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    rows = [{"dialogue_id": p.stem, "speaker": f"Actor_{a:02d}", "label": label, "split": "valid" if a > 16 else "train", "audio": str(p)}
+            for p, label, a in _ravdess_clips(data, range(1, 19))]  # fmt: skip
+    corpus = tmp_path / "clips.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store, run = tmp_path / "store", tmp_path / "run"
+    done = run_cli("extract", str(corpus), "-m", "audio", "-e", "egemaps", "--set", "trim_db=40", "--out", str(store), "-q")
+    assert done.returncode == 0, done.stderr
+    done = run_cli("train", str(store), "--model", "mlp", "--modalities", "audio", "--out", str(run), "-q")
+    assert done.returncode == 0, done.stderr
+
+    clips = _ravdess_clips(data, range(19, 25), repetitions=("01",))
+    random.Random(0).shuffle(clips)
+    recording = tmp_path / "six-actors.wav"
+    spans = join_clips([p for p, _, _ in clips], recording, pause=1.0)
+    rttm = tmp_path / "six-actors.rttm"
+    rttm.write_text("".join(f"SPEAKER six 1 {s:.3f} {e - s:.3f} <NA> <NA> Actor_{a} <NA> <NA>\n" for (s, e), (_, _, a) in zip(spans, clips)))
+    with merkit.load(run / "seed0" / "best", threads=1) as predictor:
+        timeline = predictor.predict_recording(recording, speakers=rttm)
+        direct = predictor.predict([{"speaker": f"Actor_{a}", "audio": str(p)} for p, _, a in clips])
+    truth = [label for _, label, _ in clips]
+    track = []
+    for (start, end), (_, _, actor) in zip(spans, clips):
+        inside = [s for s in timeline.segments if start <= (s.start + s.end) / 2 <= end]
+        track.append(inside[0].label if len(inside) == 1 else None)
+        if len(inside) == 1:
+            assert inside[0].speaker == f"Actor_{actor}"
+    found = sum(t is not None for t in track)
+    on_track = np.mean([t == y for t, y in zip(track, truth)])
+    on_clips = np.mean([u.label == y for u, y in zip(direct.utterances, truth)])
+    assert found >= 0.9 * len(clips), f"{found} of {len(clips)} clips got exactly one segment"
+    assert on_track >= 0.45, f"track accuracy {on_track:.3f} (4 classes: chance 0.25; the model on the clips {on_clips:.3f})"
+    assert on_track >= on_clips - 0.12, f"the track ({on_track:.3f}) loses more than 12 points against the clips ({on_clips:.3f})"

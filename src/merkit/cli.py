@@ -581,8 +581,10 @@ def serve(
     threads: ThreadsOption = None,
     backend: BackendOption = "auto",
     replicas: Annotated[int, typer.Option(help="Copies of the model serving requests at once (up to the cores; each takes its memory).", min=1)] = 1,
+    max_recording_seconds: Annotated[Optional[float], typer.Option(help="Duration of a recording for POST /predict/recording (default 3600).")] = None,
+    asr: Annotated[str, typer.Option(help="Whisper for POST /predict/recording: tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
 ) -> None:
-    """HTTP server: POST /predict, GET /health, GET /model, API docs at /docs, and a web page at /."""
+    """HTTP server: POST /predict, POST /predict/recording, GET /health, GET /model, API docs at /docs, and a web page at /."""
     try:
         import uvicorn
 
@@ -596,11 +598,16 @@ def serve(
     given = {
         "max_utterances": max_utterances, "max_upload_mb": max_upload_mb, "max_media_seconds": max_media_seconds,
         "max_characters": max_characters, "max_queue": max_queue, "request_seconds": request_seconds,
+        "max_recording_seconds": max_recording_seconds,
     }  # fmt: skip
     try:
         limits = ServeLimits(**{key: value for key, value in given.items() if value is not None})
     except ValidationError as exc:
         raise MerkitError(f"--{validation_message(exc).replace('_', '-')}") from None
+    from merkit.recording import RecordingSettings, asr_folder
+
+    if asr not in ("tiny", "base"):
+        asr_folder(asr)  # a wrong folder is said now, not at the first recording
     _torch_threads(threads)
     listening = _listen(host, port)  # a busy port is said now, not after the model has loaded
     try:
@@ -617,7 +624,8 @@ def serve(
     typer.echo(f"merkit serve: {info['model']} ({info['backend']}, {replicas} replica(s)) on http://{host}:{port}/ "
                "(API docs at /docs)", err=True)  # fmt: skip
     try:
-        uvicorn.Server(uvicorn.Config(create_app(predictors, limits), log_level="info")).run(sockets=[listening])
+        app = create_app(predictors, limits, RecordingSettings(asr=asr))
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listening])
     finally:
         for predictor in predictors:
             predictor.close()

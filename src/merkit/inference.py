@@ -52,6 +52,7 @@ from merkit.data.features import FeatureSet, stack_rows
 from merkit.data.formats import Source, detect_format, read_data
 from merkit.devices import resolve_device
 from merkit.errors import MerkitError
+from merkit.progress import progress_bar
 from merkit.features.extract import Absent
 from merkit.features.registry import Extractor, available_extractors, get_extractor
 from merkit.io import atomic_path, atomic_write_json, atomic_write_text
@@ -458,16 +459,6 @@ def rebuild_extractor(modality: str, entry: Mapping[str, Any], *, device: str, w
     return extractor
 
 
-def _progress_bar(total: int, description: str, enabled: bool):
-    if not enabled or total == 0:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is a nicety
-        return None
-    return tqdm(total=total, desc=description, unit="utt", mininterval=0.5, leave=False)
-
-
 def _absent(modality: str, count: int, dim: int, sequence: bool) -> FeatureSet:
     """A modality no utterance of the input has: every row masked."""
     values = np.zeros((0 if sequence else count, dim), dtype=np.float32)
@@ -479,7 +470,7 @@ class TimeLimitExceeded(MerkitError):
     """A prediction ran past its deadline."""
 
 
-def _check_deadline(deadline: float | None) -> None:
+def check_deadline(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise TimeLimitExceeded("the prediction ran past its time limit")
 
@@ -563,7 +554,7 @@ class Predictor:
         features, notes = {}, {}
         for modality in self.modalities:
             features[modality], notes[modality] = self._extract(corpus, modality, progress, deadline)
-        _check_deadline(deadline)
+        check_deadline(deadline)
         dataset = self.checkpoint.dataset(corpus, features, [SPLIT])
         scored = predict(self.model, make_loader(dataset, self.batch_size), self.device, all_utterances=True, prior=self.checkpoint.prior)
         position = {utterance_id: i for i, utterance_id in enumerate(scored.utterance_ids)}
@@ -581,21 +572,22 @@ class Predictor:
 
     def predict_recording(
         self, path: str | Path, settings: Any = None, *, speakers: str | Path | None = None, progress: bool = False,
-        log: Callable[[str], None] = lambda line: None,
+        log: Callable[[str], None] = lambda line: None, cache: bool = True, deadline: float | None = None,
     ) -> Any:  # fmt: skip
         """An emotion :class:`~merkit.recording.Timeline` for a raw recording: its speech segments (VAD + Whisper,
         ``settings`` a :class:`~merkit.recording.RecordingSettings`), speakers from an RTTM file if given, then
-        :meth:`predict` over the whole recording as one conversation (the checkpoint's own extractors)."""
+        :meth:`predict` over the whole recording as one conversation (the checkpoint's own extractors).
+        ``cache``: keep and reuse the transcript; ``deadline`` as for :meth:`predict`."""
         from merkit import recording
 
         path = Path(path)
-        segments = recording.segment_recording(path, settings, progress=progress, log=log)
+        segments = recording.segment_recording(path, settings, progress=progress, log=log, cache=cache, deadline=deadline)
         source = recording.UNKNOWN_SPEAKER
         if speakers is not None:
             recording.assign_speakers(segments, recording.read_rttm(speakers))
             source = f"RTTM {Path(speakers).name}"
         video = path.suffix.lower() in MEDIA_SUFFIXES["video"]
-        result = self.predict(recording.conversation_of(path, segments, video), progress=progress)
+        result = self.predict(recording.conversation_of(path, segments, video), progress=progress, deadline=deadline)
         return recording.timeline_of(path, segments, result, source)
 
     def _unused_input_notes(self, utterance: Utterance, used: list[str]) -> dict[str, str]:
@@ -655,10 +647,10 @@ class Predictor:
         rows: list[np.ndarray | None] = [None] * len(ids)
         reasons: dict[str, str] = {}
         todo = sorted((i for i, item in enumerate(items) if item is not None), key=lambda i: -items[i].cost)
-        bar = _progress_bar(len(todo), f"{extractor.record_name} {modality}", progress)
+        bar = progress_bar(len(todo), f"{extractor.record_name} {modality}", enabled=progress, leave=False)
         try:
             for start in range(0, len(todo), EXTRACT_BATCH):
-                _check_deadline(deadline)
+                check_deadline(deadline)
                 batch = todo[start : start + EXTRACT_BATCH]
                 for i, row in zip(batch, extractor.encode([items[i].payload for i in batch]), strict=True):
                     if isinstance(row, Absent):

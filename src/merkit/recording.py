@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from merkit.errors import MerkitError
 from merkit.features.models_dir import cache_root, file_sha256
 from merkit.io import atomic_write_json
+from merkit.progress import progress_bar
 
 SAMPLE_RATE = 16_000
 UNKNOWN_SPEAKER = "unknown"
@@ -173,9 +174,12 @@ def assign_speakers(segments: Sequence[Segment], turns: Sequence[tuple[float, fl
 
 def segment_recording(
     path: str | Path, settings: RecordingSettings | None = None, *, progress: bool = False, cache: bool = True,
-    log: Callable[[str], None] = lambda line: None,
+    log: Callable[[str], None] = lambda line: None, deadline: float | None = None,
 ) -> list[Segment]:  # fmt: skip
-    """The recording's speech turns with their transcripts (from the cache when this file was done before)."""
+    """The recording's speech turns with their transcripts (from the cache when this file was done before).
+
+    ``deadline`` (a ``time.monotonic()`` value): past it, ``TimeLimitExceeded`` is raised between chunks.
+    """
     path, settings = Path(path), settings or RecordingSettings()
     if not path.is_file():
         raise MerkitError("no such file", path=path)
@@ -186,10 +190,15 @@ def segment_recording(
         return [Segment(**row) for row in json.loads(cached.read_text())]
     model = load_asr(settings)
     segments: list[Segment] = []
-    pieces, bar, heard = chunks(path, settings.chunk), _bar(progress), 0.0
+    from merkit.features.media import media_duration
+    from merkit.inference import check_deadline
+
+    pieces, heard = chunks(path, settings.chunk), 0.0
+    bar = progress_bar(media_duration(path), "voice activity + transcription", enabled=progress, unit="s audio", leave=False)
     try:
         offset, audio = next(pieces)
         while True:
+            check_deadline(deadline)
             length = len(audio) / SAMPLE_RATE
             heard = offset + length
             spans = speech_spans(audio, settings)
@@ -212,14 +221,6 @@ def segment_recording(
     if cache:
         atomic_write_json(cached, [asdict(s) for s in segments])
     return segments
-
-
-def _bar(enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(desc="segmenting and transcribing", unit="s audio", mininterval=0.5, leave=False)
 
 
 def conversation_of(path: Path, segments: Sequence[Segment], video: bool) -> dict[str, Any]:

@@ -84,7 +84,9 @@ def extract(
     finetune_batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 16,
     evals_per_epoch: Annotated[int, typer.Option(help="Validation checks per fine-tuning epoch.")] = 1,
     seed: Annotated[int, typer.Option(help="Fine-tuning seed.")] = 0,
-    bf16: Annotated[bool, typer.Option("--bf16/--fp32", help="bf16 autocast while fine-tuning.")] = True,
+    bf16: Annotated[
+        Optional[bool], typer.Option("--bf16/--fp32", help="bf16 autocast while fine-tuning (default: where the device has native bf16).")
+    ] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop fine-tuning after this many steps.")] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="Input format, or 'auto' to detect it.")] = "auto",
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickles that run code.")] = False,

@@ -42,6 +42,7 @@ from merkit.data.corpus import Corpus
 from merkit.data.features import FeatureSet, stack_rows
 from merkit.data.store import corpus_fingerprint, write_store
 from merkit.errors import MerkitError
+from merkit.progress import progress_bar
 from merkit.features.cache import FeatureCache, item_key
 from merkit.features.registry import Extractor, get_extractor
 from merkit.io import atomic_write_json, atomic_write_text
@@ -149,14 +150,6 @@ def _write_failure_report(out: str | Path, corpus: Corpus, extractor: Extractor,
     return path
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is a nicety; the counts are logged anyway
-        return None
-    return tqdm(total=total, desc=desc, unit="utt", disable=not enabled, mininterval=1.0, smoothing=0.05, file=sys.stderr, dynamic_ncols=True)
-
-
 def run_extraction(
     corpus: Corpus,
     extractor: Extractor,
@@ -224,7 +217,7 @@ def run_extraction(
         )
     compute_started = time.perf_counter()
     if todo:
-        bar = _progress(to_compute, label, progress)
+        bar = progress_bar(to_compute, label, enabled=progress)
         try:
             for chunk in todo:
                 chunk_rows: dict[bytes, np.ndarray] = {}

@@ -9,7 +9,11 @@ used as a feature extractor for all splits. Here:
   never used;
 * the model is the encoder + dropout + a linear head on the pooled vector (the same input
   builder and pooling as extraction), AdamW with linear warm-up and decay, optional bf16
-  autocast (about 1.9× faster on CPU), seeded shuffling; the GPU is used when present;
+  autocast where the device computes bf16 natively (``bf16=None``; on an AVX2-only CPU it is emulated
+  and far slower than fp32), seeded shuffling; the GPU is used when present;
+* the state (encoder, head, optimiser, schedule, random generators, history) is saved at every
+  validation check beside the output folder, so an interrupted run resumes from its last check
+  and ends with the same encoder as an uninterrupted one;
 * the selected encoder is saved (safetensors + tokenizer, plus ``merkit_head.safetensors``
   and ``merkit_finetune.json`` with the recipe, the history and the selection) into a folder
   named after a hash of everything that determines it, so a re-run reuses it and features
@@ -18,7 +22,6 @@ used as a feature extractor for all splits. Here:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -26,7 +29,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from merkit.errors import MerkitError
 from merkit.features.extract import Log, _stderr
 from merkit.features.text import LocalFolder, TransformerTextExtractor, pool_hidden
 from merkit.io import atomic_write_json
+from merkit.progress import progress_bar
 
 RECORD = "merkit_finetune.json"
 HEAD = "merkit_head.safetensors"
@@ -54,7 +58,7 @@ class FinetuneConfig:
     warmup: float = 0.1  # fraction of the steps
     dropout: float = 0.1
     seed: int = 0
-    bf16: bool = True
+    bf16: bool | None = None  # None: bf16 autocast where the device has native bf16 (merkit.devices.native_bf16)
     evals_per_epoch: int = 1
     max_steps: int | None = None  # stop early (tests, quick checks)
 
@@ -117,6 +121,11 @@ def finetune_encoder(
     """
     say = log or (lambda message: None)
     out_dir = Path(out_dir)
+    device = base.resolve_device()
+    if config.bf16 is None:
+        from merkit.devices import native_bf16
+
+        config = replace(config, bf16=native_bf16(device))
     folder = out_dir / f"{base.name}-finetuned-{finetune_key(base, config, corpus)}"
     if (folder / RECORD).is_file():
         record = json.loads((folder / RECORD).read_text("utf-8"))
@@ -137,7 +146,6 @@ def finetune_encoder(
     multi = corpus.labels.multi_label
     num_classes = corpus.labels.num_classes
     lengths = [0 if x is None else len(x[0]) for x in inputs]
-    device = base.resolve_device()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
 
@@ -196,29 +204,33 @@ def finetune_encoder(
         logits = np.concatenate(chunks)
         return _weighted_f1(logits, [labels[i] for i in order], multi, num_classes)
 
+    resume = _Resume(folder)
+    state = resume.load(encoder, head, optimizer, scheduler, device)
+    if state is not None:
+        say(f"resuming the fine-tuning from step {state['step']} (saved in {resume.folder})")
     say(
         f"fine-tuning {base.name} on {len(train):,} train utterances ({len(valid):,} valid), {config.epochs} epochs × "
         f"{steps_per_epoch} steps, lr {config.lr}, batch {config.batch_size}, device {device}"
         + (", bf16 autocast" if config.bf16 else "")
     )
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"valid_weighted_f1": -1.0}
-    best_state = None
+    history: list[dict[str, Any]] = state["history"] if state else []
+    best: dict[str, Any] = state["best"] if state else {"valid_weighted_f1": -1.0}
+    step = state["step"] if state else 0
+    first_epoch, skip = (state["epoch"], state["batch_number"]) if state else (0, 0)
+    if state:
+        rng.bit_generator.state = state["epoch_rng"]
+    spent = state["seconds"] if state else 0.0
     started = time.perf_counter()
-    step = 0
-    bar = None
-    try:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps * config.batch_size, unit="utt", desc="fine-tune", disable=not progress, mininterval=1.0)
-    except ImportError:
-        pass
+    bar = progress_bar(total_steps * config.batch_size, "fine-tune", enabled=progress, initial=step * config.batch_size)
     encoder.train()
     head.train()
     done = False
-    for epoch in range(config.epochs):
-        running, seen = 0.0, 0
+    for epoch in range(first_epoch, config.epochs):
+        epoch_rng = rng.bit_generator.state
+        running, seen = (state["running"], state["seen"]) if state and epoch == first_epoch else (0.0, 0)
         for batch_number, indices in enumerate(_batches(train, lengths, config.batch_size, rng), start=1):
+            if epoch == first_epoch and batch_number <= skip:
+                continue
             with autocast:
                 logits = forward(indices)
             loss = loss_fn(logits.float(), target_tensor(indices))
@@ -239,11 +251,16 @@ def finetune_encoder(
                 entry = {"epoch": epoch + batch_number / steps_per_epoch, "step": step, "train_loss": running / seen, "valid_weighted_f1": score}
                 history.append(entry)
                 say(f"  epoch {entry['epoch']:.2f} step {step}: train loss {entry['train_loss']:.4f}, valid weighted F1 {score:.4f}")
-                if score > best["valid_weighted_f1"]:
+                improved = score > best["valid_weighted_f1"]
+                if improved:
                     best = entry
-                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in encoder.state_dict().items()}), copy.deepcopy(
-                        {k: v.detach().cpu() for k, v in head.state_dict().items()}
-                    )
+                resume.save(
+                    encoder, head, optimizer, scheduler, improved=improved,
+                    state={
+                        "step": step, "epoch": epoch, "batch_number": batch_number, "epoch_rng": epoch_rng, "running": running,
+                        "seen": seen, "history": history, "best": best, "seconds": spent + time.perf_counter() - started,
+                    },
+                )  # fmt: skip
             if last:
                 done = True
                 break
@@ -251,10 +268,8 @@ def finetune_encoder(
             break
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - started
-    assert best_state is not None
-    encoder.load_state_dict(best_state[0])
-    head.load_state_dict(best_state[1])
+    seconds = spent + time.perf_counter() - started
+    resume.load_best(encoder, head, device)
 
     record = {
         "base": base.record_name,
@@ -274,8 +289,71 @@ def finetune_encoder(
         "device": device,
     }
     _save(folder, encoder, base, head, record)
+    resume.clear()
     say(f"saved the fine-tuned encoder (valid weighted F1 {best['valid_weighted_f1']:.4f} at epoch {best['epoch']:.2f}) to {folder}")
     return folder, record
+
+
+class _Resume:
+    """The fine-tuning state at the last validation check, in ``.<folder name>.resume/`` beside the output.
+
+    ``state.pt`` holds the encoder, head, optimiser and schedule with the counters and random states
+    (read back with ``weights_only=True``: merkit's own file, no code runs); ``best.safetensors`` the
+    encoder and head of the best check so far, written only when it improves.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder.parent / f".{folder.name}.resume"
+
+    def save(self, encoder, head, optimizer, scheduler, *, improved: bool, state: dict[str, Any]) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if improved:
+            tensors = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+            tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
+            tmp = self.folder / "best.safetensors.tmp"
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+            os.replace(tmp, self.folder / "best.safetensors")
+        blob = {
+            **state, "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "encoder": encoder.state_dict(), "head": head.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        }  # fmt: skip
+        tmp = self.folder / "state.pt.tmp"
+        torch.save(blob, tmp)
+        os.replace(tmp, self.folder / "state.pt")
+
+    def load(self, encoder, head, optimizer, scheduler, device: str) -> dict[str, Any] | None:
+        import torch
+
+        path = self.folder / "state.pt"
+        if not path.is_file():
+            return None
+        try:
+            blob = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise MerkitError(f"{path}: the saved fine-tuning state cannot be read ({exc}); delete {self.folder} to start over") from exc
+        encoder.load_state_dict(blob.pop("encoder"))
+        head.load_state_dict(blob.pop("head"))
+        optimizer.load_state_dict(blob.pop("optimizer"))
+        scheduler.load_state_dict(blob.pop("scheduler"))
+        torch.set_rng_state(blob.pop("torch_rng").cpu())
+        cuda_rng = blob.pop("cuda_rng")
+        if cuda_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([r.cpu() for r in cuda_rng])
+        return blob
+
+    def load_best(self, encoder, head, device: str) -> None:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(self.folder / "best.safetensors"), device=device)
+        encoder.load_state_dict({k[len("encoder.") :]: v for k, v in tensors.items() if k.startswith("encoder.")})
+        head.load_state_dict({k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")})
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _save(folder: Path, encoder, base: TransformerTextExtractor, head, record: dict[str, Any]) -> None:

@@ -79,6 +79,22 @@ def _open(path: str):
         raise MediaError(f"unreadable media file ({_reason(exc)})") from None
 
 
+def media_duration(path: str | Path) -> float | None:
+    """Seconds a media file lasts, from its container (``None`` when unknown or unreadable: decoding reports why)."""
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(str(path)) as container:
+            if container.duration:
+                return container.duration / av.time_base
+            spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
+            return max(spans, default=None)
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
 def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "strerror", None) or exc).strip() or type(exc).__name__
 
@@ -180,6 +196,17 @@ def check_audible(samples: np.ndarray, floor_db: float) -> None:
     level = 20 * math.log10(peak) if peak > 0 else -math.inf
     if level < floor_db:
         raise MediaError(f"silent audio (peak {level:.1f} dBFS, below {floor_db:g} dBFS)")
+
+
+def trim_quiet(samples: np.ndarray, rate: int, top_db: float, frame: float = 0.025, hop: float = 0.010) -> np.ndarray:
+    """``samples`` from the first to the last frame whose RMS is within ``top_db`` of the loudest frame's
+    (as ``librosa.effects.trim``, on 25 ms frames every 10 ms)."""
+    size, step = max(1, int(frame * rate)), max(1, int(hop * rate))
+    if samples.size <= size:
+        return samples
+    power = np.mean(np.lib.stride_tricks.sliding_window_view(samples, size)[::step].astype(np.float64) ** 2, axis=1)
+    loud = np.flatnonzero(power >= power.max() * 10 ** (-top_db / 10))
+    return samples[loud[0] * step : loud[-1] * step + size]
 
 
 # ------------------------------------------------------------------ video

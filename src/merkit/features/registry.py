@@ -43,9 +43,18 @@ _EXTRACTOR_MODULES = ("merkit.features.text", "merkit.features.audio", "merkit.f
 
 
 class ExtractorSettings(BaseModel):
-    """Base of every extractor's settings: frozen, unknown keys refused."""
+    """Base of every extractor's settings: frozen, unknown keys refused.
+
+    ``added_later`` names settings added after stores existed: while off (``None``) they are left out of
+    the recorded settings and the fingerprint, so older stores and checkpoints keep theirs.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    added_later: ClassVar[tuple[str, ...]] = ()
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings as recorded in manifests and fingerprints."""
+        return self.model_dump(mode="json", exclude={k for k in self.added_later if getattr(self, k) is None})
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ class Extractor(ABC):
 
     def spec(self) -> dict[str, Any]:
         """Name and settings: enough to rebuild this extractor with :func:`get_extractor`."""
-        return {"name": self.name, "settings": self.settings.model_dump(mode="json")}
+        return {"name": self.name, "settings": self.settings.recorded()}
 
     def weights(self) -> dict[str, Any]:
         """Where the weights are and their checksum (empty for extractors without weights)."""
@@ -134,7 +143,7 @@ class Extractor(ABC):
     def manifest_settings(self) -> dict[str, Any]:
         """The ``settings`` recorded in the store manifest: enough to regenerate the features."""
         return {
-            **self.settings.model_dump(mode="json"),
+            **self.settings.recorded(),
             **self.extra,
             "extractor": self.name,
             "modality": self.modality,

@@ -1,4 +1,5 @@
-"""The FastAPI app: ``POST /predict``, ``GET /health``, ``GET /model``, the web page at ``/``, OpenAPI at ``/docs``.
+"""The FastAPI app: ``POST /predict``, ``POST /predict/recording``, ``GET /health``, ``GET /model``, the web page
+at ``/``, OpenAPI at ``/docs``.
 
 ``POST /predict`` takes a conversation as JSON (``application/json``: a list of utterances,
 ``{"dialogue_id", "utterances": [...]}`` or ``{"dialogues": [...]}``, as
@@ -6,6 +7,11 @@
 ``multipart/form-data``: a ``conversation`` field holding that JSON and the files, which
 the utterances name in their ``audio``/``video`` fields. Uploads go to a temporary folder
 that is deleted after the request; a JSON request can never name a file on the server.
+
+``POST /predict/recording`` takes ``multipart/form-data`` with one ``recording`` file (audio or
+video), optionally a ``speakers`` RTTM file and a ``language`` field, and answers the emotion
+:class:`~merkit.recording.Timeline` (segments with times, speaker, transcript, label, probabilities,
+uncertainty). The transcript is not cached on the server: nothing of an upload outlives its request.
 
 Every error is a JSON ``{"detail": "what was wrong"}`` with a 4xx status (400 malformed
 JSON, 413 body over ``max_upload_mb``, 415 other content types, 422 wrong types, unknown
@@ -18,6 +24,7 @@ traceback goes to the server log, never to the client. The limits are listed at 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import queue
@@ -40,6 +47,7 @@ from starlette.exceptions import HTTPException
 
 from merkit import __version__
 from merkit.errors import MerkitError
+from merkit.features.media import media_duration
 from merkit.inference import (
     MEDIA_FIELDS,
     ConversationInput,
@@ -49,6 +57,7 @@ from merkit.inference import (
     TimeLimitExceeded,
     read_conversations,
 )
+from merkit.recording import EXTRA, RecordingSettings, Timeline
 
 
 class ServeLimits(BaseModel):
@@ -62,6 +71,7 @@ class ServeLimits(BaseModel):
     max_characters: int = Field(50_000, ge=1, description="characters of text per request (speakers and texts together)")
     max_queue: int = Field(8, ge=1, description="requests running or waiting; beyond it a 503 with Retry-After")
     request_seconds: float = Field(60.0, gt=0, description="time a request may wait and run; beyond it a 503 (waiting) or 422 (running)")
+    max_recording_seconds: float = Field(3600.0, gt=0, description="duration of a recording sent to POST /predict/recording")
 
     @property
     def max_body_bytes(self) -> int:
@@ -116,22 +126,6 @@ def _too_large_message(max_bytes: int) -> str:
 def _public_message(exc: MerkitError) -> str:
     """The error without the server's file paths (temporary upload folders)."""
     return f"{exc.place}: {exc.message}" if exc.place else exc.message
-
-
-def media_seconds(path: Path) -> float | None:
-    """Duration of a media file from its container (``None`` when unknown or unreadable: the extractor reports it)."""
-    try:
-        import av
-    except ImportError:
-        return None
-    try:
-        with av.open(str(path)) as container:
-            if container.duration:
-                return container.duration / av.time_base
-            spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
-            return max(spans, default=None)
-    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
-        return None
 
 
 def _parse_json(raw: bytes | str, what: str) -> Any:
@@ -192,7 +186,7 @@ def _with_uploads(conversations: list[ConversationInput], files: dict[str, Path]
     if unused:
         raise HTTPException(422, f"uploaded file(s) not named by any utterance's audio, video or image: {', '.join(unused)}")
     for name in sorted(used):
-        seconds = media_seconds(files[name])
+        seconds = media_duration(files[name])
         if seconds is not None and seconds > limits.max_media_seconds:
             raise HTTPException(
                 422, f"{name} lasts {seconds:.1f} s, longer than the limit of {limits.max_media_seconds:g} s (max_media_seconds)"
@@ -215,6 +209,24 @@ _PREDICT_BODY = {
                     },
                 }
             },
+        },
+    }
+}
+_RECORDING_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["recording"],
+                    "properties": {
+                        "recording": {"type": "string", "format": "binary", "description": "an audio or video file"},
+                        "speakers": {"type": "string", "format": "binary", "description": "optional: who speaks when, as RTTM"},
+                        "language": {"type": "string", "description": "optional: the spoken language (e.g. en)"},
+                    },
+                }
+            }
         },
     }
 }
@@ -274,15 +286,20 @@ def _application(**options: Any) -> FastAPI:
     return FastAPIOffline(**options)
 
 
-def create_app(predictor: Predictor | Sequence[Predictor], limits: ServeLimits | None = None) -> FastAPI:
+def create_app(
+    predictor: Predictor | Sequence[Predictor], limits: ServeLimits | None = None, recording: RecordingSettings | None = None
+) -> FastAPI:
     """The app serving ``predictor`` within ``limits``: calls to one predictor are serialised (it is not
-    thread-safe); given several copies of one model, as many requests run at once."""
+    thread-safe); given several copies of one model, as many requests run at once. ``recording``: how
+    POST /predict/recording cuts and transcribes (default :class:`~merkit.recording.RecordingSettings`)."""
     limits = limits or ServeLimits()
+    recording = recording or RecordingSettings()
+    can_transcribe = importlib.util.find_spec("faster_whisper") is not None
     predictors = list(predictor) if isinstance(predictor, Sequence) else [predictor]
     if not predictors:
         raise ValueError("create_app needs at least one predictor")
     waiting = _Queue(limits, predictors)
-    info = {**predictors[0].describe(), "replicas": len(predictors)}
+    info = {**predictors[0].describe(), "replicas": len(predictors), "recording": {"asr": recording.asr} if can_transcribe else None}
     app = _application(
         title="merkit",
         version=__version__,
@@ -349,6 +366,58 @@ def create_app(predictor: Predictor | Sequence[Predictor], limits: ServeLimits |
                 return await run_in_threadpool(run, _with_uploads(conversations, files, limits))
         finally:
             await form.close()
+
+    @app.post("/predict/recording", response_model=Timeline, openapi_extra=_RECORDING_BODY, responses=_ERRORS)
+    async def predict_recording(request: Request) -> Timeline:
+        """The emotion timeline of an uploaded recording: speech segments, transcripts, speakers (RTTM), emotions."""
+        if not can_transcribe:
+            raise HTTPException(501, f"this server cannot transcribe recordings: faster-whisper is not installed ({EXTRA})")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "multipart/form-data":
+            raise HTTPException(415, "send multipart/form-data with a 'recording' file (and optionally 'speakers' RTTM and 'language')")
+        form = await request.form(max_files=2, max_fields=4, max_part_size=limits.max_body_bytes)
+        try:
+            upload, rttm, language = form.get("recording"), form.get("speakers"), form.get("language")
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(422, "the form needs a 'recording' file (audio or video)")
+            if rttm is not None and not isinstance(rttm, UploadFile):
+                raise HTTPException(422, "'speakers' must be an uploaded RTTM file")
+            if language is not None and (not isinstance(language, str) or not language.strip().isalpha() or len(language.strip()) > 8):
+                raise HTTPException(422, "'language' must be a language code such as en")
+            name = Path(upload.filename or "").name or "recording"
+            settings = recording.model_copy(update={"language": language.strip().lower()}) if language else recording
+            with tempfile.TemporaryDirectory(prefix="merkit-upload-") as folder:
+                saved = Path(folder) / f"recording{Path(name).suffix[:16]}"
+                with saved.open("wb") as handle:
+                    shutil.copyfileobj(upload.file, handle)
+                seconds = media_duration(saved)
+                if seconds is not None and seconds > limits.max_recording_seconds:
+                    raise HTTPException(
+                        422, f"{name} lasts {seconds:.1f} s, longer than the limit of {limits.max_recording_seconds:g} s (max_recording_seconds)"
+                    )
+                speakers, renames = None, {str(saved): name}
+                if rttm is not None:
+                    speakers = Path(folder) / "speakers.rttm"
+                    with speakers.open("wb") as handle:
+                        shutil.copyfileobj(rttm.file, handle)
+                    renames[str(speakers)] = Path(rttm.filename or "").name or "speakers.rttm"
+                timeline = await run_in_threadpool(run_recording, saved, settings, speakers, renames)
+                said = {"speakers": f"RTTM {renames[str(speakers)]}"} if speakers else {}
+                return timeline.model_copy(update={"recording": name, **said})
+        finally:
+            await form.close()
+
+    def run_recording(path: Path, settings: RecordingSettings, speakers: Path | None, renames: dict[str, str]) -> Timeline:
+        with waiting.turn() as (predictor, deadline):
+            try:
+                return predictor.predict_recording(path, settings, speakers=speakers, cache=False, deadline=deadline)
+            except TimeLimitExceeded:
+                raise HTTPException(
+                    422, f"the recording took longer than the limit of {limits.request_seconds:g} s (request_seconds); send a shorter one"
+                ) from None
+            except MerkitError as exc:  # said with the client's file name, not the server's temporary path
+                named = MerkitError(exc.message, path=renames.get(exc.path or ""), place=exc.place)
+                raise HTTPException(422, str(named)) from None
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
