@@ -317,6 +317,8 @@ def test_finetune_handles_multi_label_corpora(tmp_path):
 
 
 def test_an_interrupted_finetune_resumes_to_the_same_encoder(tmp_path, corpus, monkeypatch):
+    from dataclasses import replace
+
     from safetensors.numpy import load_file
 
     from merkit.features import finetune
@@ -347,6 +349,17 @@ def test_an_interrupted_finetune_resumes_to_the_same_encoder(tmp_path, corpus, m
         a, b = load_file(str(straight / name)), load_file(str(resumed / name))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert not saved[0].parent.exists()  # the resume state is removed once the encoder is saved
+
+    # killed after the last check of a run that stops mid-epoch (max_steps), before the encoder was saved
+    short = replace(config, max_steps=4)
+    _, whole = finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "short", short, progress=False, log=None)
+    real_save = finetune._save
+    monkeypatch.setattr(finetune, "_save", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "late", short, progress=False, log=None)
+    monkeypatch.setattr(finetune, "_save", real_save)
+    _, late = finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "late", short, progress=False, log=None)
+    assert late["history"] == whole["history"] and late["selected"]["step"] <= 4  # no step is trained again
 
 
 def test_bf16_autocast_is_off_by_default_where_the_cpu_emulates_it(monkeypatch):

@@ -144,6 +144,7 @@ def test_a_prediction_per_segment_from_text_and_the_audio_span(recording, tmp_pa
     assert len(timeline.segments) == len(truth)
     assert [s.speaker for s in timeline.segments] == [who for _, _, who, _ in truth]
     assert alone.speakers == "unknown" and {s.speaker for s in alone.segments} == {"unknown"}
+    assert len(timeline.notes) == 1 and "without trim_db" in timeline.notes[0]  # eGeMAPS of whole clips: said
     for segment in timeline.segments:
         assert segment.label in timeline.labels
         assert sum(segment.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
@@ -358,6 +359,7 @@ def test_the_emotion_track_of_a_recording_of_ravdess_clips_follows_their_labels(
         track.append(inside[0].label if len(inside) == 1 else None)
         if len(inside) == 1:
             assert inside[0].speaker == f"Actor_{actor}"
+    assert timeline.notes == []  # the model's eGeMAPS trims, as the segments are cut
     found = sum(t is not None for t in track)
     on_track = np.mean([t == y for t, y in zip(track, truth)])
     on_clips = np.mean([u.label == y for u, y in zip(direct.utterances, truth)])

@@ -254,6 +254,7 @@ class Timeline(BaseModel):
     labels: list[str]
     speakers: str = Field(description="where the speakers come from: an RTTM file, or 'unknown' (one unknown speaker)")
     segments: list[TimelineSegment]
+    notes: list[str] = Field(default_factory=list, description="what to know before trusting the track")
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -311,7 +312,8 @@ class Timeline(BaseModel):
             f"<!doctype html><meta charset='utf-8'><title>merkit timeline — {html.escape(Path(self.recording).name)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>"
             f"<h1>Emotion timeline of {html.escape(Path(self.recording).name)}</h1><p>speakers: {html.escape(self.speakers)}</p>"
-            f"<img alt='timeline' src='data:image/png;base64,{encoded}'>"
+            + "".join(f"<p><b>note:</b> {html.escape(n)}</p>" for n in self.notes)
+            + f"<img alt='timeline' src='data:image/png;base64,{encoded}'>"
             f"<table><tr><th>start</th><th>end</th><th>speaker</th><th>text</th><th>label</th><th>uncertainty</th></tr>{rows}</table>"
         )
 

@@ -217,6 +217,8 @@ def finetune_encoder(
     best: dict[str, Any] = state["best"] if state else {"valid_weighted_f1": -1.0}
     step = state["step"] if state else 0
     first_epoch, skip = (state["epoch"], state["batch_number"]) if state else (0, 0)
+    if step >= total_steps:  # stopped after its last check, before the encoder was saved
+        first_epoch = config.epochs
     if state:
         rng.bit_generator.state = state["epoch_rng"]
     spent = state["seconds"] if state else 0.0
