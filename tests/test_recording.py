@@ -114,6 +114,8 @@ def test_bad_recordings_get_a_clear_error(tmp_path, monkeypatch):
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "3", str(silent)], check=True)
     with pytest.raises(MerkitError, match="no speech found"):
         segment_recording(silent)
+    with pytest.raises(MerkitError, match="language 'fr' is not one Whisper 'tiny' transcribes .en.; --asr base"):
+        segment_recording(silent, RecordingSettings(language="fr"))
     with pytest.raises(MerkitError, match="no such file"):
         segment_recording(tmp_path / "missing.wav")
     bad = tmp_path / "bad.rttm"
@@ -241,6 +243,8 @@ def test_the_server_answers_a_recording_with_its_timeline(recording, text_predic
                 files={"recording": ("meeting.wav", path.read_bytes()), "speakers": ("bad.rttm", b"SPEAKER x 1 zero\n")})  # fmt: skip
         refused(422, "needs a 'recording' file", files={"speakers": ("who.rttm", rttm.read_bytes())})
         refused(422, "language code", files={"recording": ("meeting.wav", path.read_bytes())}, data={"language": "e n!"})
+        refused(422, "language 'fr' is not one Whisper 'tiny' transcribes", files={"recording": ("meeting.wav", path.read_bytes())},
+                data={"language": "fr"})  # fmt: skip
         refused(415, "multipart/form-data", json={"recording": "meeting.wav"})
         long = tmp_path / "long.wav"
         subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "40", str(long)], check=True)

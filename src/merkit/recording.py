@@ -189,6 +189,11 @@ def segment_recording(
         log(f"reusing the transcript of {path.name} ({cached})")
         return [Segment(**row) for row in json.loads(cached.read_text())]
     model = load_asr(settings)
+    known = list(model.supported_languages)
+    if settings.language is not None and settings.language not in known:
+        shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "")
+        raise MerkitError(f"language {settings.language!r} is not one Whisper {settings.asr!r} transcribes ({shown})"
+                          + ("; --asr base is multilingual" if known == ["en"] else ""))  # fmt: skip
     segments: list[Segment] = []
     from merkit.features.media import media_duration
     from merkit.inference import check_deadline
