@@ -26,20 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from media_helpers import join_clips  # noqa: E402
-
-EMOTIONS = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry"}
-
-
-def clips(data: Path, actors: range) -> list[tuple[Path, str, int]]:
-    found = []
-    for actor in actors:
-        for path in sorted((data / "audio" / f"Actor_{actor:02d}").glob("*.flac")):
-            code = path.stem.split("-")[2]
-            if code in EMOTIONS:
-                found.append((path, EMOTIONS[code], actor))
-    return found
-
+from media_helpers import RAVDESS_EMOTIONS, join_clips, ravdess_clips  # noqa: E402
 
 def merkit(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "merkit", *args], check=True)
@@ -59,7 +46,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path, label, actor in clips(args.data, range(1, 25)):
+    for path, label, actor in ravdess_clips(args.data, range(1, 25)):
         split = "test" if actor > 18 else "valid" if actor > 16 else "train"
         rows.append({"dialogue_id": path.stem, "speaker": f"Actor_{actor:02d}", "label": label, "split": split, "audio": str(path.resolve())})
     corpus = args.out / "clips.jsonl"
@@ -71,13 +58,13 @@ def main() -> None:
     merkit("baseline", str(store), "--modalities", "audio", "--out", str(svm))
     svm_test = json.loads((svm / "results.json").read_text())
 
-    names = list(EMOTIONS.values())
+    names = list(RAVDESS_EMOTIONS.values())
     table = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         truth, track, on_clips, found, started, audio_seconds = [], [], [], 0, time.perf_counter(), 0.0
         with api.load(run / f"seed{seed}" / "best", threads=1) as predictor:
             for actor in range(19, 25):
-                mine = clips(args.data, range(actor, actor + 1))
+                mine = ravdess_clips(args.data, [actor])
                 random.Random(actor).shuffle(mine)
                 recording = args.out / f"actor{actor}.wav"
                 spans = join_clips([p for p, _, _ in mine], recording, pause=1.0)

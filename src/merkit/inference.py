@@ -52,11 +52,11 @@ from merkit.data.features import FeatureSet, stack_rows
 from merkit.data.formats import Source, detect_format, read_data
 from merkit.devices import resolve_device
 from merkit.errors import MerkitError
-from merkit.progress import progress_bar
 from merkit.features.extract import Absent
 from merkit.features.registry import Extractor, available_extractors, get_extractor
 from merkit.io import atomic_path, atomic_write_json, atomic_write_text
 from merkit.prediction import Predictions, make_loader, predict
+from merkit.progress import progress_bar
 from merkit.thresholds import checkpoint_thresholds
 from merkit.training.config import PROTOCOLS
 

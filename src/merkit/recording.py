@@ -194,10 +194,10 @@ def segment_recording(
         shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "")
         raise MerkitError(f"language {settings.language!r} is not one Whisper {settings.asr!r} transcribes ({shown})"
                           + ("; --asr base is multilingual" if known == ["en"] else ""))  # fmt: skip
-    segments: list[Segment] = []
     from merkit.features.media import media_duration
     from merkit.inference import check_deadline
 
+    segments: list[Segment] = []
     pieces, heard = chunks(path, settings.chunk), 0.0
     bar = progress_bar(media_duration(path), "voice activity + transcription", enabled=progress, unit="s audio", leave=False)
     try:

@@ -42,10 +42,10 @@ from merkit.data.corpus import Corpus
 from merkit.data.features import FeatureSet, stack_rows
 from merkit.data.store import corpus_fingerprint, write_store
 from merkit.errors import MerkitError
-from merkit.progress import progress_bar
 from merkit.features.cache import FeatureCache, item_key
 from merkit.features.registry import Extractor, get_extractor
 from merkit.io import atomic_write_json, atomic_write_text
+from merkit.progress import progress_bar
 
 Log = Callable[[str], None]
 

@@ -208,20 +208,20 @@ def finetune_encoder(
     state = resume.load(encoder, head, optimizer, scheduler, device)
     if state is not None:
         say(f"resuming the fine-tuning from step {state['step']} (saved in {resume.folder})")
+        rng.bit_generator.state = state["epoch_rng"]
+    else:
+        state = {"history": [], "best": {"valid_weighted_f1": -1.0}, "step": 0, "epoch": 0, "batch_number": 0,
+                 "running": 0.0, "seen": 0, "seconds": 0.0}  # fmt: skip
     say(
         f"fine-tuning {base.name} on {len(train):,} train utterances ({len(valid):,} valid), {config.epochs} epochs × "
         f"{steps_per_epoch} steps, lr {config.lr}, batch {config.batch_size}, device {device}"
         + (", bf16 autocast" if config.bf16 else "")
     )
-    history: list[dict[str, Any]] = state["history"] if state else []
-    best: dict[str, Any] = state["best"] if state else {"valid_weighted_f1": -1.0}
-    step = state["step"] if state else 0
-    first_epoch, skip = (state["epoch"], state["batch_number"]) if state else (0, 0)
+    history: list[dict[str, Any]] = state["history"]
+    best: dict[str, Any] = state["best"]
+    step, first_epoch, skip, spent = state["step"], state["epoch"], state["batch_number"], state["seconds"]
     if step >= total_steps:  # stopped after its last check, before the encoder was saved
         first_epoch = config.epochs
-    if state:
-        rng.bit_generator.state = state["epoch_rng"]
-    spent = state["seconds"] if state else 0.0
     started = time.perf_counter()
     bar = progress_bar(total_steps * config.batch_size, "fine-tune", enabled=progress, initial=step * config.batch_size)
     encoder.train()
@@ -229,7 +229,7 @@ def finetune_encoder(
     done = False
     for epoch in range(first_epoch, config.epochs):
         epoch_rng = rng.bit_generator.state
-        running, seen = (state["running"], state["seen"]) if state and epoch == first_epoch else (0.0, 0)
+        running, seen = (state["running"], state["seen"]) if epoch == first_epoch else (0.0, 0)
         for batch_number, indices in enumerate(_batches(train, lengths, config.batch_size, rng), start=1):
             if epoch == first_epoch and batch_number <= skip:
                 continue

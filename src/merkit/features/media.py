@@ -79,19 +79,20 @@ def _open(path: str):
         raise MediaError(f"unreadable media file ({_reason(exc)})") from None
 
 
+def _seconds(container, streams) -> float | None:
+    """The container's duration, else the longest of ``streams``' (``None`` when neither says)."""
+    if container.duration:
+        return container.duration / _av().time_base
+    spans = [float(s.duration * s.time_base) for s in streams if s.duration and s.time_base]
+    return max(spans, default=None)
+
+
 def media_duration(path: str | Path) -> float | None:
     """Seconds a media file lasts, from its container (``None`` when unknown or unreadable: decoding reports why)."""
     try:
-        import av
-    except ImportError:
-        return None
-    try:
-        with av.open(str(path)) as container:
-            if container.duration:
-                return container.duration / av.time_base
-            spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
-            return max(spans, default=None)
-    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        with _open(str(path)) as container:
+            return _seconds(container, container.streams)
+    except (MerkitError, ValueError):  # MediaError is one; so is PyAV missing
         return None
 
 
@@ -225,11 +226,7 @@ def sample_frames(
             raise MediaError("no video track")
         stream.thread_type = "AUTO"
         begin = max(start or 0.0, 0.0)
-        stop = end
-        if stop is None:
-            stop = container.duration / av.time_base if container.duration else None
-        if stop is None and stream.duration and stream.time_base:
-            stop = float(stream.duration * stream.time_base)
+        stop = end if end is not None else _seconds(container, [stream])
         if stop is None:
             raise MediaError("the video has no duration; give the utterance an end time")
         count = min(max_frames, max(1, math.ceil((stop - begin) * fps - 1e-9)))
