@@ -154,6 +154,13 @@ def _conversations(data: Any, limits: ServeLimits) -> list[ConversationInput]:
     return conversations
 
 
+def _save(upload: UploadFile, path: Path) -> Path:
+    """Copy an uploaded file to ``path``, a name of the server's own (the client's name is never a path here)."""
+    with path.open("wb") as handle:
+        shutil.copyfileobj(upload.file, handle)
+    return path
+
+
 def _with_uploads(conversations: list[ConversationInput], files: dict[str, Path], limits: ServeLimits) -> list[ConversationInput]:
     """Utterances naming uploaded files get their saved paths; anything else naming media is refused."""
     used: set[str] = set()
@@ -360,9 +367,7 @@ def create_app(
                     if name in files:
                         raise HTTPException(422, f"two uploaded files are named {name!r}")
                     # Saved under a short name of our own: the client's name is only the key utterances use.
-                    files[name] = Path(folder) / f"upload{len(files)}{Path(name).suffix[:16]}"
-                    with files[name].open("wb") as handle:
-                        shutil.copyfileobj(upload.file, handle)
+                    files[name] = _save(upload, Path(folder) / f"upload{len(files)}{Path(name).suffix[:16]}")
                 return await run_in_threadpool(run, _with_uploads(conversations, files, limits))
         finally:
             await form.close()
@@ -387,9 +392,7 @@ def create_app(
             name = Path(upload.filename or "").name or "recording"
             settings = recording.model_copy(update={"language": language.strip().lower()}) if language else recording
             with tempfile.TemporaryDirectory(prefix="merkit-upload-") as folder:
-                saved = Path(folder) / f"recording{Path(name).suffix[:16]}"
-                with saved.open("wb") as handle:
-                    shutil.copyfileobj(upload.file, handle)
+                saved = _save(upload, Path(folder) / f"recording{Path(name).suffix[:16]}")
                 seconds = media_duration(saved)
                 if seconds is not None and seconds > limits.max_recording_seconds:
                     raise HTTPException(
@@ -397,9 +400,7 @@ def create_app(
                     )
                 speakers, renames = None, {str(saved): name}
                 if rttm is not None:
-                    speakers = Path(folder) / "speakers.rttm"
-                    with speakers.open("wb") as handle:
-                        shutil.copyfileobj(rttm.file, handle)
+                    speakers = _save(rttm, Path(folder) / "speakers.rttm")
                     renames[str(speakers)] = Path(rttm.filename or "").name or "speakers.rttm"
                 timeline = await run_in_threadpool(run_recording, saved, settings, speakers, renames)
                 said = {"speakers": f"RTTM {renames[str(speakers)]}"} if speakers else {}

@@ -190,7 +190,8 @@ def _class_weights(config: TrainConfig, dataset: DialogueDataset) -> torch.Tenso
     return torch.tensor(np.where(frequencies > 0, 1.0 / np.maximum(frequencies, 1e-12), 0.0), dtype=torch.float32)
 
 
-def write_predictions(path: Path, predictions: Predictions, class_names: Sequence[str]) -> None:
+def write_predictions(path: Path, predictions: Predictions) -> None:
+    """One JSON line an utterance: its id, label, scores (and uncertainty, expert weights when the model has them)."""
     lines = []
     for i, utterance_id in enumerate(predictions.utterance_ids):
         row = {"id": utterance_id, "label": predictions.labels[i].tolist(), "scores": np.round(predictions.scores[i], 6).tolist()}
@@ -408,7 +409,7 @@ def _train_seed(
         if corpus.labels.multi_label:
             result[f"{split}_threshold_0.5"] = headline(score_metrics(labels, scores, corpus.labels.names, True))
         if split == "test":
-            write_predictions(run_dir / "predictions-test.jsonl", predictions[split], corpus.labels.names)
+            write_predictions(run_dir / "predictions-test.jsonl", predictions[split])
     result["wall_seconds"] = round(time.time() - started, 2)
     result["resume_state_bytes"] = last.stat().st_size if last.exists() else 0
     atomic_write_json(metrics_path, result)  # first: a seed with metrics.json is finished, even without last.ckpt

@@ -215,7 +215,7 @@ def build_ensemble(
     for split, found in predictions.items():
         metrics[split] = score_metrics(found.labels, found.scores, labels.names, labels.multi_label, threshold=threshold)
     if "test" in predictions:
-        write_predictions(out / "seed0" / "predictions-test.jsonl", predictions["test"], labels.names)
+        write_predictions(out / "seed0" / "predictions-test.jsonl", predictions["test"])
     metrics["wall_seconds"] = round(time.time() - started, 2)
     atomic_write_json(out / "seed0" / "metrics.json", metrics)
     per_seed = {"0": {split: headline(metrics[split]) for split in predictions} | {"best_epoch": None}}
