@@ -316,6 +316,22 @@ def test_finetune_handles_multi_label_corpora(tmp_path):
     assert record["multi_label"] and record["selected"]["step"] == 1 and (folder / "merkit_head.safetensors").is_file()
 
 
+def test_finetuning_the_top_layers_leaves_the_rest_of_the_encoder_as_it_was(tmp_path, corpus):
+    from safetensors.torch import load_file
+
+    from merkit.features.finetune import FinetuneConfig, finetune_encoder
+
+    base = get_extractor("minilm")
+    config = FinetuneConfig(epochs=1, batch_size=4, max_steps=2, lr=1e-3, bf16=False, train_layers=2)
+    folder, record = finetune_encoder(corpus, base, tmp_path / "enc", config, progress=False, log=None)
+    assert record["config"]["train_layers"] == 2
+    before, after = load_file(str(base.folder / "model.safetensors")), load_file(str(folder / "model.safetensors"))
+    changed = {k for k in after if not np.array_equal(after[k].numpy(), before[k.removeprefix("bert.") if k not in before else k].numpy())}
+    assert changed and all(k.startswith(("encoder.layer.4.", "encoder.layer.5.")) for k in changed), sorted(changed)
+    with pytest.raises(MerkitError, match="has 6 layers"):
+        finetune_encoder(corpus, base, tmp_path / "enc", FinetuneConfig(max_steps=1, train_layers=7), progress=False, log=None)
+
+
 def test_an_interrupted_finetune_resumes_to_the_same_encoder(tmp_path, corpus, monkeypatch):
     from dataclasses import replace
 

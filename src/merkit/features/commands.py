@@ -83,6 +83,9 @@ def extract(
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 2e-5,
     finetune_batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 16,
     evals_per_epoch: Annotated[int, typer.Option(help="Validation checks per fine-tuning epoch.")] = 1,
+    finetune_layers: Annotated[
+        Optional[int], typer.Option(help="Fine-tune only the top N transformer layers (default: all; fewer is faster).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Fine-tuning seed.")] = 0,
     bf16: Annotated[
         Optional[bool], typer.Option("--bf16/--fp32", help="bf16 autocast while fine-tuning (default: where the device has native bf16).")
@@ -129,7 +132,7 @@ def extract(
             raise MerkitError(f"--finetune works with transformer text extractors, not {ex.name!r}")
         config = FinetuneConfig(
             epochs=epochs, lr=lr, batch_size=finetune_batch_size, seed=seed, bf16=bf16,
-            evals_per_epoch=evals_per_epoch, max_steps=max_steps,
+            evals_per_epoch=evals_per_epoch, max_steps=max_steps, train_layers=finetune_layers,
         )  # fmt: skip
         folder, record = finetune_encoder(bundle.corpus, ex, Path(out) / "encoders", config, progress=not quiet, log=log)
         ex = finetuned_extractor(ex, folder, record)
