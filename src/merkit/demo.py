@@ -1,9 +1,9 @@
 """``merkit demo``, the README's main job.
 
 With the real corpora beside the repo (``../shared/data``): extract frozen text features of
-IEMOCAP (MPNet) and MELD (MiniLM) (cached; see ``TEXT_EXTRACTORS``), train a model on each with selection on the validation
-split, score the test split, print the table, and predict the emotions of a short example
-conversation. With RAVDESS there too and the audio extra installed, the multimodal part:
+IEMOCAP (MPNet) and MELD (MiniLM) (cached; see ``TEXT_EXTRACTORS``), train a model on each
+with selection on the validation split, score the test split, print the table, and predict
+the emotions of a short example conversation. With RAVDESS there too and the audio extra installed, the multimodal part:
 Whisper-base encoder means of the speech clips, the OpenFace action units imported from the
 corpus's table, a fusion model trained on both (speaker-independent split), its test scores, and
 one test clip predicted from its raw audio. With CK+ there and the FER CNN's weights installed,
