@@ -326,7 +326,7 @@ def test_finetuning_the_top_layers_leaves_the_rest_of_the_encoder_as_it_was(tmp_
     folder, record = finetune_encoder(corpus, base, tmp_path / "enc", config, progress=False, log=None)
     assert record["config"]["train_layers"] == 2
     before, after = load_file(str(base.folder / "model.safetensors")), load_file(str(folder / "model.safetensors"))
-    changed = {k for k in after if not np.array_equal(after[k].numpy(), before[k.removeprefix("bert.") if k not in before else k].numpy())}
+    changed = {k for k in after if not np.array_equal(after[k].numpy(), before[k].numpy())}
     assert changed and all(k.startswith(("encoder.layer.4.", "encoder.layer.5.")) for k in changed), sorted(changed)
     with pytest.raises(MerkitError, match="has 6 layers"):
         finetune_encoder(corpus, base, tmp_path / "enc", FinetuneConfig(max_steps=1, train_layers=7), progress=False, log=None)

@@ -91,7 +91,7 @@ def run_demo(out: Path, data_root: Path | None, model: str, console: Console) ->
             extractor = TEXT_EXTRACTORS[name]
             console.print(f"[bold]{name}[/bold] ({extractor} features)")
             store = _extract_once(data_root / name, out / "stores" / f"{name}-{extractor}", "text", extractor, "text features", console)
-            rows[name] = _train(store, out / "runs" / f"{name}-{extractor}-{model}", model, console)
+            rows[name] = _train(store, _text_run(out, name, model), model, console)
         ravdess = _ravdess_part(data_root / "ravdess", out, console)
         if ravdess is not None:
             rows["ravdess"] = ravdess
@@ -114,12 +114,17 @@ def run_demo(out: Path, data_root: Path | None, model: str, console: Console) ->
         )  # fmt: skip
     console.print(table)
     if data_root is not None:
-        _predict_example(out / "runs" / f"meld-{TEXT_EXTRACTORS['meld']}-{model}" / "seed0" / "best", console)
+        _predict_example(_text_run(out, "meld", model) / "seed0" / "best", console)
     if "ravdess" in rows:
         _predict_clip(out / "runs" / f"ravdess-{RAVDESS_MODEL}" / "seed0" / "best", data_root / "ravdess", console)
     if "ckplus" in rows:
         _predict_image(out / "runs" / f"ckplus-{CKPLUS_MODEL}" / "seed0" / "best", out / "stores" / f"ckplus-{CKPLUS_EXTRACTOR}", console)
     return rows
+
+
+def _text_run(out: Path, corpus: str, model: str) -> Path:
+    """The run of ``model`` on ``corpus``'s text features (the example conversation is predicted from MELD's)."""
+    return out / "runs" / f"{corpus}-{TEXT_EXTRACTORS[corpus]}-{model}"
 
 
 def _features(results: dict[str, Any], modality: str) -> str:
