@@ -5,23 +5,25 @@ import json
 import numpy as np
 import pytest
 
-from merkit.data import read_data
+from merkit.data import read_data, write_store
 from merkit.data.corpus import Dialogue, LabelSchema, build_corpus, build_utterance
+from merkit.data.external import add_features
 from merkit.data.folds import dialogue_groups, make_folds
 from merkit.data.formats import DataBundle
 from merkit.data.features import FeatureSet
 from merkit.errors import MerkitError
 from merkit.training.crossval import cross_validate
 
-from conftest import run_cli
+from conftest import run_cli, shared
 
 
-def _actor_corpus(actors=12, clips=5, seed=0):
-    """One-utterance dialogues of ``actors`` speakers, with audio vectors that carry the label."""
+def _actor_corpus(actors=12, clips=5, seed=0, first_actor_clips=None):
+    """One-utterance dialogues of ``actors`` speakers, with audio vectors that carry the label
+    (``first_actor_clips``: Actor_01 has that many clips, the others ``clips``)."""
     rng = np.random.default_rng(seed)
     dialogues, labels = [], []
     for a in range(1, actors + 1):
-        for c in range(clips):
+        for c in range(first_actor_clips if a == 1 and first_actor_clips else clips):
             label = int(rng.integers(0, 3))
             labels.append(label)
             utterance = build_utterance(id=f"a{a:02d}c{c}", speaker=f"Actor_{a:02d}", label=label)
@@ -61,6 +63,8 @@ def test_dialogues_sharing_a_speaker_stay_together():
     assert len(dialogue_groups(corpus, "dialogue")) == 5
     with pytest.raises(MerkitError, match="at least 5 speaker groups"):
         make_folds(corpus, 5)
+    assert [f.groups["test"] for f in make_folds(corpus, "loso")] == [["ann"], ["dan"], ["eve"], ["fay"]]  # d1 + d2 together
+    assert [f.groups["test"] for f in make_folds(corpus, "loso", "dialogue")] == [["d1"], ["d2"], ["d3"], ["d4"], ["d5"]]
     with pytest.raises(MerkitError, match="choose one of"):
         dialogue_groups(corpus, "session")
 
@@ -94,16 +98,21 @@ def test_train_folds_from_the_command_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_stratified_assignment_spreads_a_class_that_sorted_speakers_bunch():
-    """Like CK+: the last speakers posed only class 'c'; contiguous parts put them in one part, with a note."""
+def _bunched_corpus(speakers=20, posing_c=4):
+    """Like CK+: the last ``posing_c`` speakers posed only class 'c', the others 'a' and 'b' (4 clips each)."""
     dialogues = []
-    for s in range(1, 21):
+    for s in range(1, speakers + 1):
         for c in range(4):
-            label = 2 if s > 16 else c % 2
+            label = 2 if s > speakers - posing_c else c % 2
             utterance = build_utterance(id=f"s{s:02d}c{c}", speaker=f"S{s:03d}", label=label)
             dialogues.append(Dialogue(id=utterance.id, utterances=(utterance,)))
-    corpus = build_corpus(name="bunched", labels=LabelSchema(names=("a", "b", "c")), dialogues=tuple(dialogues),
-                          splits={"train": tuple(d.id for d in dialogues)})  # fmt: skip
+    return build_corpus(name="bunched", labels=LabelSchema(names=("a", "b", "c")), dialogues=tuple(dialogues),
+                        splits={"train": tuple(d.id for d in dialogues)})  # fmt: skip
+
+
+def test_stratified_assignment_spreads_a_class_that_sorted_speakers_bunch():
+    """Contiguous parts put the speakers of class 'c' in one part, with a note; stratified spreads them."""
+    corpus = _bunched_corpus()
     contiguous = make_folds(corpus, 5)
     assert any("'c' items" in note and "stratified" in note for f in contiguous for note in f.notes)
     stratified = make_folds(corpus, 5, assignment="stratified")
@@ -115,3 +124,68 @@ def test_stratified_assignment_spreads_a_class_that_sorted_speakers_bunch():
     assert make_folds(corpus, 5, assignment="stratified")[0].corpus.splits == stratified[0].corpus.splits  # seeded
     with pytest.raises(MerkitError, match="--fold-assignment 'random'"):
         make_folds(corpus, 5, assignment="random")
+
+
+def test_uneven_speakers_cannot_fill_k_parts_and_the_error_names_the_ways_out():
+    """Like a 10-speaker speech corpus where one speaker recorded half the clips: 10 contiguous parts leave some empty."""
+    corpus = _actor_corpus(actors=10, first_actor_clips=40).corpus
+    ways_out = r"Actor_01 alone holds 40 of the 85 utterances\); use --folds loso .*, or --fold-assignment stratified, or fewer folds"
+    with pytest.raises(MerkitError, match=ways_out):
+        make_folds(corpus, 10)
+    with pytest.raises(MerkitError, match="give a number of parts .* or loso"):
+        make_folds(corpus, "ten")
+    with pytest.raises(MerkitError, match="stratified has nothing to deal"):
+        make_folds(corpus, "loso", assignment="stratified")
+
+
+def test_leave_one_speaker_out_tests_each_speaker_once_and_selects_on_the_next():
+    corpus = _actor_corpus(actors=10, first_actor_clips=40).corpus
+    folds = make_folds(corpus, "loso")
+    actors = [f"Actor_{a:02d}" for a in range(1, 11)]
+    assert [f.groups["test"] for f in folds] == [[a] for a in actors]
+    assert [f.groups["valid"] for f in folds] == [[actors[(i + 1) % 10]] for i in range(10)]
+    for fold in folds:
+        assert sorted(_speakers(fold.corpus, "train")) == sorted(set(actors) - set(fold.groups["test"]) - set(fold.groups["valid"]))
+    assert make_folds(corpus, "10", assignment="stratified")[0].corpus.splits  # digits from the command line work too
+    notes = [f.notes for f in make_folds(_bunched_corpus(speakers=5, posing_c=1), "loso")]
+    assert notes[4] == ("training holds 0 of the 4 'c' items",)  # S005 tested: no stratified hint, loso has none to give
+    two = _actor_corpus(actors=2).corpus
+    with pytest.raises(MerkitError, match="--folds loso needs at least 3 speaker groups; the labelled data has 2"):
+        make_folds(two, "loso")
+
+
+RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+
+
+@pytest.fixture(scope="module")
+def uneven_ravdess_store(tmp_path_factory):
+    """Real RAVDESS clips with their OpenFace action units: Actor_01's 60 clips, 10 of each of Actors 2-10."""
+    table = shared("ravdess") / "face_action_units.csv"
+    clips = sorted(line.split(",", 1)[0] for line in table.read_text().splitlines()[1:])
+    chosen = [c for c in clips if c.endswith("-01")] + [c for a in range(2, 11) for c in [c for c in clips if c.endswith(f"-{a:02d}")][::6]]
+    dialogues = tuple(
+        Dialogue(id=c, utterances=(build_utterance(id=c, speaker=f"Actor_{c[-2:]}", label=int(c.split("-")[2]) - 1),)) for c in chosen
+    )
+    corpus = build_corpus(name="ravdess-uneven", labels=LabelSchema(names=RAVDESS_EMOTIONS), dialogues=dialogues, splits={"train": chosen})
+    store = tmp_path_factory.mktemp("ravdess") / "store"
+    write_store(store, corpus)
+    with pytest.warns(UserWarning, match="match no utterance"):  # the other actors' clips
+        add_features(store, "visual", table, columns="AU*_r,AU*_c")
+    return store
+
+
+def test_leave_one_speaker_out_on_real_uneven_speakers_in_train_and_baseline(uneven_ravdess_store, tmp_path):
+    store = str(uneven_ravdess_store)
+    refused = run_cli("train", store, "--model", "mlp", "--folds", "10", "--out", str(tmp_path / "k10"), "--quiet")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "too uneven" in refused.stderr and "--folds loso" in refused.stderr and "--fold-assignment stratified" in refused.stderr
+    train = run_cli("train", store, "--model", "mlp", "--folds", "loso", "--set", "epochs=2", "--out", str(tmp_path / "mlp"), "--quiet")
+    assert train.returncode == 0, train.stderr
+    baseline = run_cli("baseline", store, "--modalities", "visual", "--folds", "loso", "--c", "1,10", "--out", str(tmp_path / "svm"))
+    assert baseline.returncode == 0, baseline.stderr
+    trained, svm = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("mlp", "svm"))
+    assert trained["runs"] == svm["runs"] == 10
+    layout = trained["cross_validation"]
+    assert layout["folds"] == 10 and layout["loso"] is True
+    assert [layout["parts"][f"fold{i}"]["test"] for i in range(10)] == [[f"Actor_{a:02d}"] for a in range(1, 11)]
+    assert svm["cross_validation"] == layout  # the baseline reports the same per-fold groups

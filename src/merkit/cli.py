@@ -220,7 +220,11 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     quiet: QuietOption = False,
     folds: Annotated[
-        Optional[int], typer.Option(help="K-fold cross-validation: each fold tests on one part, selects on the next, trains on the rest.")
+        Optional[str],
+        typer.Option(
+            help="K-fold cross-validation: each fold tests on one part, selects on the next, trains on the rest; "
+            "or loso, leave one group out: one fold per speaker group (per dialogue with --group-by dialogue)."
+        ),
     ] = None,
     group_by: Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")] = "speaker",
     fold_assignment: Annotated[
@@ -235,7 +239,7 @@ def train(
 ) -> None:
     """Train a model (one run per seed) with selection on the validation split; write results.json.
 
-    With --folds K: K runs on speaker-independent parts (OUT/fold<i>/), mean ± std over folds × seeds."""
+    With --folds K (or loso, one fold per group): runs on speaker-independent parts (OUT/fold<i>/), mean ± std over folds × seeds."""
     from merkit.data.formats import parse_options
     from merkit.devices import lightning_accelerator
     from merkit.training.crossval import cross_validate
@@ -275,7 +279,9 @@ def baseline(
     out: Annotated[Path, typer.Option("--out", help="Run directory (results.json, as `merkit train` writes).")],
     modalities: Annotated[str, typer.Option(help="Comma-separated modalities, concatenated.")],
     c_grid: Annotated[str, typer.Option("--c", help="Comma-separated C values; the best on valid is tested.")] = "0.1,0.3,1,3,10,30,100",
-    folds: Annotated[Optional[int], typer.Option(help="The same K speaker-independent folds as `merkit train --folds`.")] = None,
+    folds: Annotated[
+        Optional[str], typer.Option(help="The same folds as `merkit train --folds`: K parts, or loso (leave one speaker group, or dialogue, out).")
+    ] = None,
     group_by: Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")] = "speaker",
     fold_assignment: Annotated[
         str, typer.Option(help="contiguous (sorted speakers in runs) | stratified (each part with the class mix).")

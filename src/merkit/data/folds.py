@@ -14,6 +14,14 @@ mostly *contempt*, so its last part holds most of that class and the fold traine
 fails on it. ``assignment="stratified"`` deals the groups out with scikit-learn's
 ``StratifiedGroupKFold`` (shuffled, seed 0 [R]) so that each part has about the corpus's class mix;
 either way a fold whose training holds under half its share of a class gets a note.
+
+A few uneven groups cannot fill K contiguous parts (a 10-speaker corpus where one speaker has
+half the clips leaves parts empty at K = 10). ``folds="loso"`` is leave one group out: one part
+per group, so K is the number of groups (leave-one-speaker-out with ``group_by="speaker"``,
+leave-one-dialogue-out with ``"dialogue"``). Its validation part is the next group (mod K), the
+K-fold rule above [R]: the test group is never seen in selection, every group validates once,
+and one rule serves both schemes (a nested search over the other K - 1 groups would cost K - 1
+times as much).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from merkit.errors import MerkitError
 
 GROUPINGS = ("speaker", "dialogue")
 ASSIGNMENTS = ("contiguous", "stratified")
+LOSO = "loso"  # --folds loso: leave one group out
 
 
 @dataclass(frozen=True)
@@ -63,34 +72,62 @@ def dialogue_groups(corpus: Corpus, group_by: str = "speaker") -> list[list[str]
     return list(groups.values())
 
 
-def make_folds(corpus: Corpus, k: int, group_by: str = "speaker", assignment: str = "contiguous") -> list[Fold]:
-    """K corpora with the same dialogues, each with its own train/valid/test parts (see the module doc)."""
+def make_folds(corpus: Corpus, folds: int | str, group_by: str = "speaker", assignment: str = "contiguous") -> list[Fold]:
+    """K corpora with the same dialogues, each with its own train/valid/test parts; ``folds`` is K
+    (an integer, or its digits as ``--folds`` gives them) or ``"loso"`` (see the module doc)."""
     if assignment not in ASSIGNMENTS:
         raise MerkitError(f"--fold-assignment {assignment!r}: choose one of {', '.join(ASSIGNMENTS)}")
-    if k < 3:
-        raise MerkitError(f"--folds {k}: at least 3 are needed (a test part, a validation part and training)")
+    k = _fold_count(folds)
+    if k is None and assignment == "stratified":
+        raise MerkitError("--folds loso puts each group in a part of its own; --fold-assignment stratified has nothing to deal, leave it out")
     by_id = {d.id: d for d in corpus.dialogues}
     labelled = {d.id for d in corpus.dialogues if any(u.label is not None for u in d.utterances)}
     groups = [g for g in dialogue_groups(corpus, group_by) if labelled.intersection(g)]
-    if len(groups) < k:
-        raise MerkitError(f"--folds {k} needs at least {k} {group_by} groups; the labelled data has {len(groups)}")
+    if len(groups) < (k or 3):
+        raise MerkitError(f"--folds {folds} needs at least {k or 3} {group_by} groups; the labelled data has {len(groups)}")
 
     def name(group: list[str]) -> str:
         speakers = sorted({u.speaker for d in group for u in by_id[d].utterances if u.speaker})
         return speakers[0] if group_by == "speaker" and speakers else sorted(group)[0]
 
     groups.sort(key=name)
-    parts = _stratified_parts(groups, by_id, k) if assignment == "stratified" else _contiguous_parts(groups, by_id, k)
+    loso = k is None
+    if loso:
+        k, parts = len(groups), [[g] for g in groups]
+    elif assignment == "stratified":
+        parts = _stratified_parts(groups, by_id, k)
+    else:
+        parts = _contiguous_parts(groups, by_id, k)
     if any(not p for p in parts):
-        raise MerkitError(f"--folds {k}: the {len(groups)} {group_by} groups are too uneven to fill {k} parts")
-    folds = []
+        sizes = {name(g): sum(len(by_id[d]) for d in g) for g in groups}
+        largest = max(sizes, key=sizes.get)
+        ways = ["--folds loso (one fold per group)", *(["--fold-assignment stratified"] if assignment == "contiguous" else []), "fewer folds"]
+        raise MerkitError(
+            f"--folds {k}: the {len(groups)} {group_by} groups are too uneven to fill {k} {assignment} parts "
+            f"({largest} alone holds {sizes[largest]} of the {sum(sizes.values())} utterances); use {', or '.join(ways)}"
+        )
+    folds_of = []
     for i in range(k):
         roles = {"test": [i], "valid": [(i + 1) % k], "train": [j for j in range(k) if j not in (i, (i + 1) % k)]}
         splits = {split: tuple(d for j in members for g in parts[j] for d in g) for split, members in roles.items()}
         fold_corpus = corpus.model_copy(update={"splits": splits})
         groups_of = {split: [name(g) for j in members for g in parts[j]] for split, members in roles.items()}
-        folds.append(Fold(i, fold_corpus, groups_of, _scarce_classes(corpus, splits["train"], by_id, (k - 2) / k, assignment)))
-    return folds
+        notes = _scarce_classes(corpus, splits["train"], by_id, (k - 2) / k, hint=not loso and assignment == "contiguous")
+        folds_of.append(Fold(i, fold_corpus, groups_of, notes))
+    return folds_of
+
+
+def _fold_count(folds: int | str) -> int | None:
+    """K from ``--folds`` (an integer, at least 3), or None for ``loso`` (one fold per group)."""
+    if folds == LOSO:
+        return None
+    try:
+        k = int(folds)
+    except ValueError:
+        raise MerkitError(f"--folds {folds!r}: give a number of parts (e.g. 6) or loso (leave one group out: one fold per group)") from None
+    if k < 3:
+        raise MerkitError(f"--folds {k}: at least 3 are needed (a test part, a validation part and training)")
+    return k
 
 
 def _contiguous_parts(groups: list[list[str]], by_id: dict, k: int) -> list[list[list[str]]]:
@@ -116,13 +153,14 @@ def _stratified_parts(groups: list[list[str]], by_id: dict, k: int) -> list[list
     return parts
 
 
-def _scarce_classes(corpus: Corpus, train: tuple[str, ...], by_id: dict, share: float, assignment: str) -> tuple[str, ...]:
-    """Notes on the classes whose training share is under half the expected ``share`` of their items."""
+def _scarce_classes(corpus: Corpus, train: tuple[str, ...], by_id: dict, share: float, hint: bool) -> tuple[str, ...]:
+    """Notes on the classes whose training share is under half the expected ``share`` of their items
+    (``hint``: say that stratified assignment would balance them)."""
     names = corpus.labels.names
     every = Counter(i for d in by_id.values() for u in d.utterances for i in u.label_indices())
     trained = Counter(i for d in train for u in by_id[d].utterances for i in u.label_indices())
-    hint = "; --fold-assignment stratified balances the classes" if assignment == "contiguous" else ""
+    remedy = "; --fold-assignment stratified balances the classes" if hint else ""
     return tuple(
-        f"training holds {trained[c]} of the {every[c]} {names[c]!r} items{hint}"
+        f"training holds {trained[c]} of the {every[c]} {names[c]!r} items{remedy}"
         for c in sorted(every) if trained[c] < 0.5 * share * every[c]
     )  # fmt: skip

@@ -1,10 +1,12 @@
-"""Speaker-independent K-fold cross-validation: ``merkit train … --folds K --group-by speaker``.
+"""Speaker-independent K-fold cross-validation: ``merkit train … --folds K --group-by speaker``
+(or ``--folds loso``, leave one group out).
 
 Each fold is an ordinary run of :func:`merkit.training.engine.train_model` in ``OUT/fold<i>/``
 (its own validation part for selection, its own test part scored once; see
 :mod:`merkit.data.folds`), so every fold resumes, exports and reports like any run. ``OUT/results.json``
 gathers them: per fold × seed headline metrics, mean ± std over all of them, and which speakers
-each fold tested and selected on.
+each fold tested and selected on. ``merkit baseline --folds`` gathers its folds with the same
+helpers, so both write the same ``results.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from merkit.data.folds import make_folds
+from merkit.data.folds import LOSO, Fold, make_folds
 from merkit.data.formats import DataBundle
 from merkit.errors import MerkitError
 from merkit.io import atomic_write_json
@@ -27,7 +29,7 @@ def cross_validate(
     model: str,
     *,
     out: str | Path,
-    folds: int,
+    folds: int | str,
     group_by: str = "speaker",
     assignment: str = "contiguous",
     seeds: Sequence[int] = (0,),
@@ -41,7 +43,7 @@ def cross_validate(
     bundle = _load_bundle(data, data_options)
     plan = make_folds(bundle.corpus, folds, group_by, assignment)
     out = Path(out)
-    layout = {"folds": folds, "group_by": group_by, "assignment": assignment, "parts": {f"fold{f.index}": f.groups for f in plan}}
+    layout = fold_layout(plan, folds, group_by, assignment)
     claim_run_dir(out / "crossval.json", layout, resume, "different folds")
     started = time.time()
     per_fold = {}
@@ -52,24 +54,42 @@ def cross_validate(
         )  # fmt: skip
     if not all(per_fold.values()):  # non-zero DDP ranks do not evaluate or write
         return {}
-    first = next(iter(per_fold.values()))
-    rows = {f"{fold}/seed{seed}": row for fold, result in per_fold.items() for seed, row in result["per_seed"].items()}
+    results = gather_folds(plan, layout, per_fold, seeds, time.time() - started)
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def fold_layout(plan: Sequence[Fold], folds: int | str, group_by: str, assignment: str) -> dict[str, Any]:
+    """How the corpus was cut (``results.json``'s ``cross_validation``): K, and the groups of each fold's parts."""
+    loso = {LOSO: True} if folds == LOSO else {}  # only then: crossval.json of K-fold runs stays as it was
+    return {"folds": len(plan), **loso, "group_by": group_by, "assignment": assignment, "parts": {f"fold{f.index}": f.groups for f in plan}}
+
+
+def summarise_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std of each headline metric of each split over ``rows`` (per-run ``{split: {metric: value}}``)."""
     summary = {}
     for split in ("valid", "test"):
-        values = [row[split] for row in rows.values() if split in row]
+        values = [row[split] for row in rows if split in row]
         if values:
             summary[split] = {metric: summarize([v[metric] for v in values]) for metric in values[0]}
-    results = {
+    return summary
+
+
+def gather_folds(
+    plan: Sequence[Fold], layout: dict[str, Any], per_fold: dict[str, dict[str, Any]], seeds: Sequence[int], wall: float
+) -> dict[str, Any]:
+    """One ``results.json`` from the folds' own (``per_fold``: ``fold<i>`` → that run's results)."""
+    first = next(iter(per_fold.values()))
+    rows = {f"{fold}/seed{seed}": row for fold, result in per_fold.items() for seed, row in result["per_seed"].items()}
+    return {
         **{k: v for k, v in first.items() if k not in ("per_seed", "summary", "wall_seconds", "seeds", "warnings")},
         "cross_validation": layout,
         "seeds": list(seeds),
         "runs": len(rows),
         "per_seed": rows,
         "per_fold": {fold: result["summary"] for fold, result in per_fold.items()},
-        "summary": summary,
+        "summary": summarise_rows(list(rows.values())),
         "warnings": [f"fold{f.index}: {note}" for f in plan for note in f.notes]
         + [f"{fold} {w}" for fold, result in per_fold.items() for w in result.get("warnings", [])],
-        "wall_seconds": round(time.time() - started, 2),
+        "wall_seconds": round(wall, 2),
     }
-    atomic_write_json(out / "results.json", results)
-    return results
