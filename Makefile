@@ -1,21 +1,27 @@
 # The two commands of the README. Each creates the virtual environment when it is
-# missing (or older than pyproject.toml), installs merkit into it, then runs its job.
+# missing (or older than pyproject.toml or the lock file), installs merkit into it from the lock
+# file, then runs its job.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Every version `make demo`, `make test` and CI install: the set that passed the tests. pyproject.toml
+# keeps loose ranges for library users; `make lock` re-resolves them into this file.
+LOCK   := requirements/lock.txt
+EXTRAS := text,report,dev,audio,video,serve,onnx,recording
+PIP    := $(BIN)/python -m pip install --quiet --constraint $(LOCK)
 
-.PHONY: demo test install install-test system-deps clean
+.PHONY: demo test install install-test system-deps clean lock
 
-$(BIN)/.merkit-installed: pyproject.toml
+$(BIN)/.merkit-installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[text,report,audio,video]'
-	$(BIN)/python -m pip install --quiet --no-deps what-the-face-classification==0.0.27
+	$(PIP) -e '.[text,report,audio,video]'
+	$(PIP) --no-deps what-the-face-classification==0.0.27
 	touch $@
 
 $(BIN)/.merkit-test-installed: $(BIN)/.merkit-installed
-	$(BIN)/python -m pip install --quiet -e '.[text,report,dev,audio,video,serve,onnx,recording]' 'httpx>=0.27'
-	$(BIN)/python -m pip install --quiet --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27
+	$(PIP) -e '.[$(EXTRAS)]'
+	$(PIP) --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27
 	$(MAKE) --no-print-directory system-deps
 	touch $@
 
@@ -40,6 +46,15 @@ demo: install
 # than sharing two threads (and subprocesses inherit OMP_NUM_THREADS).
 test: install-test
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# Re-resolve the newest versions pyproject.toml allows into the lock file (pip-tools, in a
+# throw-away venv); then `make test` installs and tests them. The two --no-deps packages are
+# pinned above, not here.
+lock:
+	$(PYTHON) -m venv /tmp/merkit-lock-venv
+	/tmp/merkit-lock-venv/bin/python -m pip install --quiet 'pip-tools>=7.4'
+	/tmp/merkit-lock-venv/bin/pip-compile --quiet --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+	    --extra $(EXTRAS) --output-file $(LOCK) pyproject.toml
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -9,6 +9,7 @@ naming what is missing, when a program (espeak-ng, ffmpeg) or an optional packag
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,24 @@ def test_registry_lists_the_media_extractors_with_their_dimensions():
     assert {k: dims[k] for k in ("face-effnet", "face-fer", "face-effnet-fer", "face-landmarks")} == {
         "face-effnet": 1280, "face-fer": 304, "face-effnet-fer": 1584, "face-landmarks": 1434}  # fmt: skip
     assert available_extractors()["face-effnet"].modality == "visual"
+
+
+def test_extractors_say_what_their_weights_learnt_from():
+    """The FER CNN saw CK+ (its package's metadata): whoever scores CK+ with face-fer* must be told."""
+    infos = available_extractors()
+    for name in ("face-fer", "face-fer-conv", "face-effnet-fer"):
+        assert "FER2013 and CK+" in infos[name].trained_on, name
+    for name in ("face-landmarks", "face-effnet"):
+        assert "CK+" not in infos[name].trained_on, name
+    assert all(info.trained_on for info in infos.values())
+    listed = CliRunner().invoke(_standalone_app(), ["extractors", "--json"])
+    assert {row["name"]: row["trained_on"] for row in json.loads(listed.output)}["face-fer"] == infos["face-fer"].trained_on
+    readme = (Path(__file__).parents[1] / "README.md").read_text("utf-8")
+    faces = readme[readme.index("### Results on real faces: CK+"):]
+    faces = faces[: faces.index("\n### ")]
+    assert "**Clean figure**" in faces and "**Possibly contaminated**" in faces
+    for row in (line for line in faces.splitlines() if line.startswith("| `face-fer")):
+        assert "(contaminated)" in row, row
 
 
 # ------------------------------------------------------------------ openSMILE
@@ -282,4 +301,13 @@ def test_own_media_folder_extracts_and_trains(media, tmp_path):
     assert sorted(opened.modalities) == ["audio", "visual"]
     assert int(opened.features("audio").present.sum()) == 11 and int(opened.features("visual").present.sum()) == 11
     results = train_model(str(store), "late-fusion", out=tmp_path / "run", overrides=["epochs=2"], seeds=[0], progress=False)
-    assert 0.0 <= results["summary"]["test"]["weighted_f1"]["mean"] <= 1.0
+    # The score is that of the test predictions written beside it: the 3 turns of dialogue e, both modalities' masks applied.
+    from sklearn.metrics import f1_score
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "seed0" / "predictions-test.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(abs(sum(row["scores"]) - 1) < 1e-4 for row in rows)
+    names = opened.corpus.labels.names
+    truth = [names.index(label) for label in ("joy", "anger", "joy")]
+    predicted = [int(np.argmax(row["scores"])) for row in rows]
+    expected = f1_score(truth, predicted, average="weighted", labels=range(len(names)), zero_division=0)
+    assert results["summary"]["test"]["weighted_f1"]["mean"] == pytest.approx(expected, abs=1e-6)

@@ -112,7 +112,9 @@ def test_killed_run_resumed_ends_like_an_unbroken_one(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes_matches_a_single_process(tmp_path):
-    args = [*RUN, "--set", "epochs=8", "--set", "dropout=0.0"]
+    """Same global batches and, with dialogues of one length, the same loss normalisation on every rank:
+    the mean of the two ranks' gradients is the single process's, so the runs agree to float precision."""
+    args = [*RUN, "-o", "min_turns=10", "-o", "max_turns=10", "--set", "epochs=8", "--set", "dropout=0.0"]
     single = _cli(*args, "--set", "batch_size=16", "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
     ddp = _cli(*args, "--set", "batch_size=8", "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path / "ddp"), timeout=300)
@@ -120,9 +122,12 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process(tmp_path):
     one = json.loads((tmp_path / "single" / "seed0" / "metrics.json").read_text())
     two = json.loads((tmp_path / "ddp" / "seed0" / "metrics.json").read_text())
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    # Same global batches; gradients differ only by the per-rank loss normalisation.
-    for split in ("valid", "test"):
-        assert two[split]["weighted_f1"] == pytest.approx(one[split]["weighted_f1"], abs=0.05)
+    assert two["best_epoch"] == one["best_epoch"]
+    scores = [
+        np.array([json.loads(line)["scores"] for line in (tmp_path / run / "seed0" / "predictions-test.jsonl").read_text().splitlines()])
+        for run in ("single", "ddp")
+    ]
+    assert scores[0].shape == scores[1].shape and np.abs(scores[0] - scores[1]).max() < 1e-4
 
 
 def test_multi_seed_results_and_checkpoint_round_trip(tmp_path, tiny):

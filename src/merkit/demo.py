@@ -113,6 +113,11 @@ def run_demo(out: Path, data_root: Path | None, model: str, console: Console) ->
             *(f"{100 * test[m]['mean']:.2f}" for m in ("accuracy", "weighted_f1", "macro_f1")),
         )  # fmt: skip
     console.print(table)
+    if "ckplus" in rows:
+        from merkit.features.registry import available_extractors
+
+        console.print(f"  ckplus: {CKPLUS_EXTRACTOR}'s CNN was trained on {available_extractors()[CKPLUS_EXTRACTOR].trained_on}; README \"Results on real faces\" "
+                      "gives the clean figure (face-landmarks, face-effnet)")  # fmt: skip
     if data_root is not None:
         _predict_example(_text_run(out, "meld", model) / "seed0" / "best", console)
     if "ravdess" in rows:

@@ -11,7 +11,8 @@ does not transcribe again. Nothing is downloaded.
 
 [R] merkit's choices (fields of :class:`RecordingSettings`): VAD threshold 0.5, pauses under 0.5 s
 do not split a turn, 0.1 s of padding around speech, segments over 15 s are split, under 0.3 s dropped;
-greedy decoding (beam 1), no conditioning on the previous segment; the file is decoded and cut in
+greedy decoding (beam 1) in float32 (``compute_type``: int8's CPU kernels differ by instruction set, and so
+would the words), no conditioning on the previous segment; the file is decoded and cut in
 chunks of 300 s (a speech stretch still open at a chunk's end starts the next chunk), so memory does not
 grow with the recording's length.
 """
@@ -26,7 +27,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +55,10 @@ class RecordingSettings(BaseModel):
     max_segment: float = Field(15.0, gt=1, description="longer speech is split into turns of at most this")
     min_segment: float = Field(0.3, ge=0, description="shorter speech stretches are dropped")
     beam_size: int = Field(1, ge=1)
+    compute_type: Literal["float32", "int8"] = Field(
+        "float32", description="Whisper's CTranslate2 compute type: float32 gives the same words on every CPU; int8 is "
+        "about 1.4x faster but its kernels, picked by the CPU's instruction set, change the words between machines",
+    )
     chunk: float = Field(300.0, ge=5, description="seconds of audio decoded and cut at a time (bounds the memory); keep it above max_segment")
 
 
@@ -88,8 +93,9 @@ def asr_folder(asr: str) -> Path:
 
 
 def load_asr(settings: RecordingSettings) -> Any:
-    """The ``faster_whisper.WhisperModel`` of ``settings.asr`` (CPU, int8, one thread)."""
-    return _faster_whisper().WhisperModel(str(asr_folder(settings.asr)), device="cpu", compute_type="int8", cpu_threads=1)
+    """The ``faster_whisper.WhisperModel`` of ``settings.asr`` (CPU, ``settings.compute_type``, one thread)."""
+    folder = str(asr_folder(settings.asr))
+    return _faster_whisper().WhisperModel(folder, device="cpu", compute_type=settings.compute_type, cpu_threads=1)
 
 
 def _full(audio: np.ndarray, seconds: float) -> bool:

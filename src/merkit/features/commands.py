@@ -167,7 +167,7 @@ def extractors(
     if as_json:
         rows = [
             {"name": i.name, "modality": i.modality, "dim": i.dim, "levels": list(i.levels), "description": i.description,
-             "settings": i.defaults}
+             "trained_on": i.trained_on, "settings": i.defaults}
             for i in infos.values()
         ]  # fmt: skip
         typer.echo(json.dumps(rows, indent=2, default=str))
@@ -175,9 +175,9 @@ def extractors(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("extractor", "modality", "dim", "levels", "description")
+    table = Table("extractor", "modality", "dim", "levels", "description", "trained on")
     for info in infos.values():
-        table.add_row(info.name, info.modality, str(info.dim or "from model"), ", ".join(info.levels), info.description)
+        table.add_row(info.name, info.modality, str(info.dim or "from model"), ", ".join(info.levels), info.description, info.trained_on)
     Console().print(table)
     settings = sorted({k for i in infos.values() for k in i.defaults})
     if settings:

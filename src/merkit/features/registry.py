@@ -78,6 +78,7 @@ class ExtractorInfo:
     name: str
     modality: str
     description: str
+    trained_on: str
     dim: int | None
     levels: tuple[str, ...]
     defaults: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +91,8 @@ class Extractor(ABC):
     name: ClassVar[str]
     modality: ClassVar[str]
     description: ClassVar[str]
+    # What the pretrained weights learnt from, so that no one scores them on data they saw (e.g. CK+ for the FER CNN).
+    trained_on: ClassVar[str] = "nothing (no learnt weights)"
     levels: ClassVar[tuple[str, ...]] = ("utterance",)
     dim: ClassVar[int | None] = None  # None: known only once the model is located
     Settings: ClassVar[type[ExtractorSettings]] = ExtractorSettings
@@ -195,7 +198,7 @@ def available_extractors(modality: str | None = None) -> dict[str, ExtractorInfo
         if modality is not None and cls.modality != modality:
             continue
         defaults = {key: info.default for key, info in cls.Settings.model_fields.items() if not info.is_required()}
-        infos[name] = ExtractorInfo(name, cls.modality, cls.description, cls.dim, cls.levels, defaults, cls)
+        infos[name] = ExtractorInfo(name, cls.modality, cls.description, cls.trained_on, cls.dim, cls.levels, defaults, cls)
     return infos
 
 

