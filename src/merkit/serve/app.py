@@ -1,5 +1,5 @@
 """The FastAPI app: ``POST /predict``, ``POST /predict/recording``, ``GET /health``, ``GET /model``, the web page
-at ``/``, OpenAPI at ``/docs``.
+at ``/``, OpenAPI at ``/docs``; every answer carries a Content-Security-Policy that keeps browsers on this server.
 
 ``POST /predict`` takes a conversation as JSON (``application/json``: a list of utterances,
 ``{"dialogue_id", "utterances": [...]}`` or ``{"dialogues": [...]}``, as
@@ -15,10 +15,12 @@ uncertainty). The transcript is not cached on the server: nothing of an upload o
 
 Every error is a JSON ``{"detail": "what was wrong"}`` with a 4xx status (400 malformed
 JSON, 413 body over ``max_upload_mb``, 415 other content types, 422 wrong types, unknown
-fields or modalities, an empty conversation, too many utterances or characters, media too long, a
-request that ran past ``request_seconds``; 405 with ``Allow``), 503 with ``Retry-After`` when
-``max_queue`` requests are already running or waiting, and 500 ``internal error`` for a bug, whose
-traceback goes to the server log, never to the client. The limits are listed at ``GET /model``.
+fields or modalities, a number too long to read, an empty conversation, too many utterances or
+characters, media too long, a request that by itself ran for the whole ``request_seconds``; 405 with
+``Allow``), 503 with ``Retry-After`` when ``max_queue`` requests are already running or waiting or
+when a request's time went waiting (see :class:`_Queue`), and 500 ``internal error`` for a bug, whose
+traceback goes to the server log, never to the client. A field is named by its place in the
+conversation (``utterances.1.start``) in either content type. The limits are listed at ``GET /model``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import math
 import queue
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -70,7 +73,7 @@ class ServeLimits(BaseModel):
     max_media_seconds: float = Field(600.0, gt=0, description="duration of each uploaded media file")
     max_characters: int = Field(50_000, ge=1, description="characters of text per request (speakers and texts together)")
     max_queue: int = Field(8, ge=1, description="requests running or waiting; beyond it a 503 with Retry-After")
-    request_seconds: float = Field(60.0, gt=0, description="time a request may wait and run; beyond it a 503 (waiting) or 422 (running)")
+    request_seconds: float = Field(60.0, gt=0, description="time a request may wait and run; beyond it a 503 if waiting used it, else a 422")
     max_recording_seconds: float = Field(3600.0, gt=0, description="duration of a recording sent to POST /predict/recording")
 
     @property
@@ -115,6 +118,34 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+# Pages load scripts, styles, images and workers from this server only (inline ones included: the page's and
+# Swagger UI's scripts, Redoc's styles, its search worker): the browser then asks nothing of the internet, not
+# even for what a bundle would fetch by itself (Redoc's logo from cdn.redoc.ly).
+_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:"
+).encode()
+
+
+class LocalOnly:
+    """ASGI middleware: every answer carries the Content-Security-Policy ``_POLICY``, so /, /docs and /redoc work
+    offline and tell no one else that they are being read."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_policy(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (b"content-security-policy", _POLICY)]}
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
+
+
 def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
@@ -128,19 +159,58 @@ def _public_message(exc: MerkitError) -> str:
     return f"{exc.place}: {exc.message}" if exc.place else exc.message
 
 
+class _LongNumber(str):
+    """An integer literal of more digits than Python converts (``sys.get_int_max_str_digits``), kept as its
+    digits so that the error can name the field that holds it."""
+
+
+def _integer(digits: str) -> int | _LongNumber:
+    try:
+        return int(digits)
+    except ValueError:
+        return _LongNumber(digits)
+
+
 def _parse_json(raw: bytes | str, what: str) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_int=_integer)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise HTTPException(400, f"{what} is not valid JSON{where}") from None
     except RecursionError:
         raise HTTPException(400, f"{what} is nested too deeply") from None
-    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise HTTPException(400, f"{what} holds a number with too many digits ({exc})") from None
+
+
+def _long_number(data: Any) -> tuple[str, _LongNumber] | None:
+    """The first :class:`_LongNumber` in ``data`` and where it is (``utterances.0.start``); iterative, as
+    ``data`` may be nested as deeply as the JSON parser allows."""
+    todo: list[tuple[str, Any]] = [("", data)]
+    while todo:
+        where, value = todo.pop()
+        if isinstance(value, _LongNumber):
+            return where, value
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        todo.extend((f"{where}.{key}" if where else str(key), item) for key, item in reversed(list(items)))
+    return None
+
+
+def _as_conversation(data: Any) -> Any:
+    """A flat list of turns as the ``utterances`` it is, so that a turn's field has one name, ``utterances.0.start``,
+    whether the list or ``{"utterances": [...]}`` was sent (the README's multipart and JSON examples differ so)."""
+    if isinstance(data, list) and not any(isinstance(item, Mapping) and "utterances" in item for item in data):
+        return {"utterances": data}
+    return data
 
 
 def _conversations(data: Any, limits: ServeLimits) -> list[ConversationInput]:
+    data = _as_conversation(data)
+    found = _long_number(data)
+    if found is not None:
+        where, digits = found
+        raise HTTPException(
+            422, f"{where or 'the conversation'}: the number has {len(digits.lstrip('-')):,} digits, too many to be read "
+            f"(at most {sys.get_int_max_str_digits():,}); send a shorter number"
+        )
     try:
         conversations = read_conversations(data)
     except MerkitError as exc:
@@ -245,8 +315,13 @@ _ERRORS = {
 
 class _Queue:
     """At most one prediction per predictor at a time (a predictor is not thread-safe), at most ``max_queue``
-    requests holding a place, each within ``request_seconds`` from when it got its place: the waiting ones are
-    told to retry. With several predictors (``merkit serve --replicas``) that many requests run at once."""
+    requests holding a place, each within ``request_seconds`` from when it got its place. With several
+    predictors (``merkit serve --replicas``) that many requests run at once.
+
+    Time lost waiting is the server's doing, so it is a 503 with ``Retry-After``, never the client's 422: a
+    request that waited starts only if at least a prediction's usual duration (the running mean) is left of its
+    limit, and one that then runs out of time had it only because of the wait (it computed less than the whole
+    limit). A request that ran the whole limit by itself is too large for it: the caller's 422."""
 
     def __init__(self, limits: ServeLimits, predictors: Sequence[Predictor]):
         self.limits = limits
@@ -255,26 +330,50 @@ class _Queue:
             self.idle.put(predictor)
         self.replicas = len(predictors)
         self.places = threading.BoundedSemaphore(limits.max_queue)
-        self.seconds = 1.0  # running mean of a prediction's duration, for Retry-After
+        self.seconds = 1.0  # running mean of a prediction's duration, for Retry-After and for what is worth starting
 
     def _busy(self, why: str) -> HTTPException:
         retry = max(1, math.ceil(self.seconds * self.limits.max_queue / self.replicas))
         return HTTPException(503, f"the server is busy: {why}; retry in {retry} s", headers={"Retry-After": str(retry)})
 
+    def _after_waiting(self, placed: float, deadline: float) -> Predictor:
+        """The next predictor to come free, if enough of the request's time is left to use it."""
+        limit = f"time limit of {self.limits.request_seconds:g} s (request_seconds)"
+        try:
+            predictor = self.idle.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise self._busy(f"the request waited the whole {limit}") from None
+        now = time.monotonic()
+        if deadline - now < self.seconds:
+            self.idle.put(predictor)
+            raise self._busy(
+                f"the request waited {now - placed:.1f} s of its {limit}; a prediction takes about {self.seconds:.1f} s, more than is left"
+            )
+        return predictor
+
     @contextlib.contextmanager
     def turn(self) -> Iterator[tuple[Predictor, float]]:
-        """Hold a place and then a predictor; yields it and the request's deadline (``time.monotonic()``)."""
+        """Hold a place and then a predictor; yields it and the request's deadline (``time.monotonic()``).
+        A :class:`TimeLimitExceeded` from the body becomes a 503 when the wait caused it, else passes on."""
         if not self.places.acquire(blocking=False):
             raise self._busy(f"{self.limits.max_queue} requests are running or waiting (max_queue)")
         try:
-            deadline = time.monotonic() + self.limits.request_seconds
+            placed = time.monotonic()
+            deadline = placed + self.limits.request_seconds
             try:
-                predictor = self.idle.get(timeout=self.limits.request_seconds)
+                predictor, waited = self.idle.get_nowait(), False
             except queue.Empty:
-                raise self._busy(f"the request waited the whole time limit of {self.limits.request_seconds:g} s (request_seconds)") from None
+                predictor, waited = self._after_waiting(placed, deadline), True
             started = time.monotonic()
             try:
                 yield predictor, deadline
+            except TimeLimitExceeded:
+                if waited and time.monotonic() - started < self.limits.request_seconds:
+                    raise self._busy(
+                        f"the request waited {started - placed:.1f} s for its turn and then ran out of the time limit of "
+                        f"{self.limits.request_seconds:g} s (request_seconds)"
+                    ) from None
+                raise
             finally:
                 self.seconds = 0.8 * self.seconds + 0.2 * (time.monotonic() - started)
                 self.idle.put(predictor)
@@ -314,16 +413,17 @@ def create_app(
         f"({', '.join(info['modalities'])}; classes: {', '.join(info['labels'])}).",
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(LocalOnly)
 
     def run(conversations: list[ConversationInput]) -> PredictionResult:
-        with waiting.turn() as (predictor, deadline):
-            try:
+        try:
+            with waiting.turn() as (predictor, deadline):
                 return predictor.predict(conversations, deadline=deadline)
-            except TimeLimitExceeded:
-                raise HTTPException(
-                    422, f"the request took longer than the limit of {limits.request_seconds:g} s (request_seconds); "
-                    "send fewer or shorter utterances or media"
-                ) from None
+        except TimeLimitExceeded:  # it ran the whole limit by itself (see _Queue)
+            raise HTTPException(
+                422, f"the request took longer than the limit of {limits.request_seconds:g} s (request_seconds); "
+                "send fewer or shorter utterances or media"
+            ) from None
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -409,16 +509,16 @@ def create_app(
             await form.close()
 
     def run_recording(path: Path, settings: RecordingSettings, speakers: Path | None, renames: dict[str, str]) -> Timeline:
-        with waiting.turn() as (predictor, deadline):
-            try:
+        try:
+            with waiting.turn() as (predictor, deadline):
                 return predictor.predict_recording(path, settings, speakers=speakers, cache=False, deadline=deadline)
-            except TimeLimitExceeded:
-                raise HTTPException(
-                    422, f"the recording took longer than the limit of {limits.request_seconds:g} s (request_seconds); send a shorter one"
-                ) from None
-            except MerkitError as exc:  # said with the client's file name, not the server's temporary path
-                named = MerkitError(exc.message, path=renames.get(exc.path or ""), place=exc.place)
-                raise HTTPException(422, str(named)) from None
+        except TimeLimitExceeded:  # it ran the whole limit by itself (see _Queue)
+            raise HTTPException(
+                422, f"the recording took longer than the limit of {limits.request_seconds:g} s (request_seconds); send a shorter one"
+            ) from None
+        except MerkitError as exc:  # said with the client's file name, not the server's temporary path
+            named = MerkitError(exc.message, path=renames.get(exc.path or ""), place=exc.place)
+            raise HTTPException(422, str(named)) from None
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
