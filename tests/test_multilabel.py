@@ -1,6 +1,7 @@
-"""The multi-label path: metrics against scikit-learn, threshold tuning, sequence batches, engine defaults."""
+"""The multi-label path: input files, metrics against scikit-learn, threshold tuning, sequence batches, engine defaults."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -175,3 +176,74 @@ def test_sequence_batches_pad_frames_and_mask_by_stored_length():
     assert torch.equal(batch.features["audio"][:, 0], torch.tensor([[2.0, 3.0], [7.0, 7.0], [0.0, 0.0]]))  # frame means
     assert torch.equal(batch.sequences["text"][:, 0, 0], batch.features["text"][:, 0])  # vectors as one-frame sequences
     assert batch.labels[:, 0].tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
+
+
+# ---------------------------------------------------------------- multi-label input files (#34 item 6)
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), "utf-8")
+    return path
+
+
+def test_empty_list_is_no_emotion_and_missing_or_null_is_unlabelled(tmp_path, recwarn):
+    rows = [
+        {"dialogue_id": "d1", "text": "great and scary", "label": ["joy", "fear"], "split": "train"},
+        {"dialogue_id": "d1", "text": "ok", "label": [], "split": "train"},
+        {"dialogue_id": "d2", "text": "hm", "label": None, "split": "test"},
+        {"dialogue_id": "d2", "text": "?", "split": "test"},
+        {"dialogue_id": "d2", "text": "yay", "label": ["joy"], "split": "test"},
+    ]
+    corpus = read_data(_jsonl(tmp_path / "mine.jsonl", rows)).corpus
+    assert corpus.labels.multi_label and corpus.labels.names == ("fear", "joy")
+    assert [u.label for u in corpus.utterances()] == [(0, 1), (), None, None, (1,)]
+    assert not recwarn.list  # a row holds two labels: nothing to note
+    stats = corpus.stats()
+    assert stats["no_emotion_utterances"] == 1
+    assert [stats["splits"][s]["no_emotion_utterances"] for s in ("train", "valid", "test")] == [1, 0, 0]
+
+
+def test_lists_of_one_label_at_most_are_noted_not_switched_silently(tmp_path):
+    rows = [
+        {"dialogue_id": "d1", "label": ["joy"], "split": "train"},
+        {"dialogue_id": "d1", "label": [], "split": "train"},
+        {"dialogue_id": "d2", "label": ["anger"], "split": "test"},
+    ]
+    path = _jsonl(tmp_path / "single.jsonl", rows)
+    with pytest.warns(UserWarning, match=r"single\.jsonl: labels are written as lists but no row holds more than one.*-o multi_label=true"):
+        noted = read_data(path).corpus
+    assert noted.labels.multi_label and [u.label for u in noted.utterances()] == [(1,), (), (0,)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # saying it silences the note
+        assert read_data(path, multi_label=True).corpus == noted
+        single = read_data(path, multi_label=False).corpus
+    assert not single.labels.multi_label and [u.label for u in single.utterances()] == [1, None, 0]
+
+
+def test_csv_of_single_labels_is_multi_label_when_declared(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text("dialogue_id,text,label,split\nd1,hi,joy,train\nd1,meh,,train\nd2,grr,anger,test\n")
+    assert [u.label for u in read_data(path).corpus.utterances()] == [1, None, 0]  # undeclared: single-label
+    corpus = read_data(path, multi_label=True).corpus
+    assert corpus.labels.multi_label and [u.label for u in corpus.utterances()] == [(1,), (), (0,)]
+
+
+def test_data_stats_counts_no_emotion_rows_in_table_and_json(tmp_path, capsys):
+    from conftest import run_main
+
+    path = tmp_path / "mine.csv"
+    path.write_text("dialogue_id,text,label,split\nd1,hi,joy,train\nd1,meh,,train\nd2,so-so,,test\nd2,grr,anger,test\n")
+    code, out, err = run_main(["data", "stats", str(path), "-o", "multi_label=true", "--json"], capsys)
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["no_emotion_utterances"] == 2 and stats["splits"]["test"]["no_emotion_utterances"] == 1
+    code, out, _ = run_main(["data", "stats", str(path), "-o", "multi_label=true"], capsys)
+    row = next(line for line in out.splitlines() if "(no emotion)" in line)
+    assert [cell.strip() for cell in row.split("│")[2:6]] == ["1", "0", "1", "2"]  # train, valid, test, all
+
+
+def test_readme_says_how_to_declare_multi_label_and_write_no_emotion():
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text("utf-8")
+    own_data = readme[readme.index("### Your own data") : readme.index("### Bringing your own corpus")]
+    assert "-o multi_label=true" in own_data
+    assert '"label": []' in own_data and "no emotion" in own_data and '"label": null' in own_data

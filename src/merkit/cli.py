@@ -97,6 +97,9 @@ def print_stats(stats: dict, console: Console) -> None:
     labels.add_column("all", justify="right")
     for name, count in stats["labels"].items():
         labels.add_row(name, *(f"{stats['splits'][s]['labels'][name]:,}" for s in stats["splits"]), f"{count:,}")
+    if "no_emotion_utterances" in stats:  # multi-label rows labelled with an empty list
+        counts = [stats["splits"][s]["no_emotion_utterances"] for s in stats["splits"]]
+        labels.add_row("(no emotion)", *(f"{c:,}" for c in counts), f"{stats['no_emotion_utterances']:,}", style="italic")
     console.print(labels)
 
 

@@ -196,6 +196,10 @@ class Corpus(_Frozen):
             counts = Counter(index for d in dialogues for u in d.utterances for index in u.label_indices())
             return {name: counts.get(i, 0) for i, name in enumerate(names)}
 
+        def no_emotion_count(dialogues: list[Dialogue]) -> int:
+            """Multi-label utterances labelled with no class (an empty list): in no class's count, yet labelled."""
+            return sum(1 for d in dialogues for u in d.utterances if u.label == ())
+
         def speaker_count(dialogues: list[Dialogue]) -> int:
             return len({u.speaker for d in dialogues for u in d.utterances if u.speaker})
 
@@ -212,9 +216,10 @@ class Corpus(_Frozen):
                 entry["multi_label_utterances"] = sum(
                     1 for d in dialogues for u in d.utterances if len(u.label_indices()) > 1
                 )
+                entry["no_emotion_utterances"] = no_emotion_count(dialogues)
             splits[split] = entry
         every = list(self.dialogues)
-        return {
+        stats = {
             "name": self.name,
             "label_kind": "multi-label" if self.labels.multi_label else "single-label",
             "classes": list(names),
@@ -224,6 +229,9 @@ class Corpus(_Frozen):
             "splits": splits,
             "labels": label_counts(every),
         }
+        if self.labels.multi_label:
+            stats["no_emotion_utterances"] = no_emotion_count(every)
+        return stats
 
 
 def _corpus_error(exc: ValidationError) -> CorpusError:

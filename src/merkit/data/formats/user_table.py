@@ -1,7 +1,9 @@
 """A user's own conversations as JSONL (one utterance per line) or CSV (one utterance per row).
 
 Fields: ``dialogue_id`` (required), ``utterance_id``, ``speaker``, ``text``, ``label`` (a class
-name; for multi-label a JSON list or a ``;``-separated string), ``sentiment``, ``start``,
+name; for multi-label a JSON list or a ``;``-separated string, an empty list (CSV: an empty cell)
+for "no emotion", a missing field or ``null`` for unlabelled; ``multi_label=true`` declares a
+multi-label file whose rows hold one label at most), ``sentiment``, ``start``,
 ``end`` (seconds), ``split`` (train/valid/dev/test) and media paths ``audio``, ``video``,
 ``image`` (a face crop or photograph) and ``frames`` (a folder of frames, or OpenFace's output
 folder; see :mod:`merkit.data.images`); relative paths are resolved against the file's folder. Utterances keep file order within
@@ -140,17 +142,33 @@ def _hash_split(dialogue_id: str) -> str:
     return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
 
 
-def _labels_of(value: Any, multi_label: bool) -> list[str]:
-    if value is None or value == "":
-        return []
+def _labels_of(value: Any, multi_label: bool) -> list[str] | None:
+    """The class names of a label field; ``None``: unlabelled.
+
+    A missing field or ``null`` is unlabelled. In a multi-label file an empty list (CSV: an empty
+    cell) is labelled, with no emotion; in a single-label file it is unlabelled too."""
+    if value is None:
+        return None
     if isinstance(value, list):
-        return [str(v).strip() for v in value]
-    text = str(value).strip()
-    return [part.strip() for part in text.split(";") if part.strip()] if multi_label else [text]
+        names = [str(v).strip() for v in value]
+    else:
+        text = str(value).strip()
+        names = [part.strip() for part in text.split(";") if part.strip()] if multi_label else [text] if text else []
+    return names if names or multi_label else None
 
 
-def _is_multi_label(rows: list[tuple[int, dict[str, Any]]]) -> bool:
-    return any(isinstance(row.get("label"), list) or ";" in str(row.get("label") or "") for _, row in rows)
+def _is_multi_label(rows: list[tuple[int, dict[str, Any]]], path: Path) -> bool:
+    """Whether labels are written as lists (JSON lists, ``a;b``); a note when no row holds more than one."""
+    multi = any(isinstance(row.get("label"), list) or ";" in str(row.get("label") or "") for _, row in rows)
+    if multi and max(len(_labels_of(row.get("label"), True) or ()) for _, row in rows) <= 1:
+        warnings.warn(
+            f"{path.name}: labels are written as lists but no row holds more than one; reading it as multi-label "
+            "(an empty list: no emotion). Pass -o multi_label=true to confirm (and silence this note), or "
+            "-o multi_label=false for one class per row (an empty list: unlabelled)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return multi
 
 
 def _number(value: Any, field: str) -> float | None:
@@ -177,9 +195,9 @@ def rows_to_corpus(
     if not rows:
         raise MerkitError("no utterances in file", path=path)
     rows = map_columns(rows, path, _columns_of(rows), column_options)
-    multi = _is_multi_label(rows) if multi_label is None else multi_label
+    multi = _is_multi_label(rows, path) if multi_label is None else multi_label
     if labels is None:
-        names = sorted({label for _, row in rows for label in _labels_of(row.get("label"), multi)})
+        names = sorted({label for _, row in rows for label in _labels_of(row.get("label"), multi) or ()})
         if not names:
             names = ["unlabelled"]
     else:
@@ -205,10 +223,11 @@ def rows_to_corpus(
             if split_of.setdefault(dialogue_id, split) != split:
                 raise MerkitError(f"dialogue {dialogue_id!r} is in two splits: {split_of[dialogue_id]!r} and {split!r}")
             turns = grouped.setdefault(dialogue_id, [])
-            indices = tuple(schema.index(label) for label in _labels_of(row.get("label"), multi))
+            names_given = _labels_of(row.get("label"), multi)
+            indices = tuple(schema.index(label) for label in names_given or ())
             if not multi and len(indices) > 1:
-                raise MerkitError("several labels in a single-label file")
-            label = indices if multi else (indices[0] if indices else None)
+                raise MerkitError("several labels in a single-label file; pass -o multi_label=true")
+            label = None if names_given is None else indices if multi else indices[0]
             media = dict(row.get("media") or {})
             media.update({field: row[field] for field in MEDIA_KINDS if row.get(field)})
             media = {m: str((path.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p) for m, p in media.items()}
