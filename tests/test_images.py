@@ -9,6 +9,7 @@ shared CK+ crops when ``../shared/data/ckplus`` is there.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,45 @@ def test_split_folders_and_frame_folders(tmp_path):
     clip = next(u for u in corpus.utterances() if "frames" in u.media)
     assert clip.id == "train/angry/p1-clip" and clip.speaker == "1"
     assert [p.name for p in frame_files(clip.media["frames"])] == ["frame_1.png", "frame_2.png", "frame_10.png"]
+
+
+def _face_jpg(path: Path, smile: bool, shade: int) -> Path:
+    """A 48×48 grey JPEG of a drawn face (head, eyes, a mouth curved up or down), as FER2013 crops look."""
+    from PIL import ImageDraw
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("L", (48, 48), 30)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((6, 4, 42, 46), fill=shade)
+    for x in (15, 28):
+        draw.ellipse((x, 16, x + 5, 21), fill=20)
+    draw.arc((14, 24 if smile else 32, 34, 38 if smile else 44), *((20, 160) if smile else (200, 340)), fill=20, width=2)
+    image.save(path, quality=90)
+    return path
+
+
+@pytest.mark.parametrize("splits", [("test",), ("valid", "test")])
+def test_evaluation_only_split_folders_are_read_as_they_are(tmp_path, capsys, splits):
+    """No ``train/``: nothing to draw a split from, so ``test/`` (and ``valid/``) are the splits, whole."""
+    from conftest import run_main
+
+    root = tmp_path / "fer-test"
+    for split in splits:
+        for label, smile in (("happy", True), ("sad", False)):
+            for i in range(3):
+                _face_jpg(root / split / label / f"{split}-{label}-{i}.jpg", smile, 150 + 20 * i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no split drawn, so no warning about speakers either
+        corpus = read_data(root).corpus
+    assert corpus.labels.names == ("happy", "sad")
+    sizes = {s: len(corpus.split_dialogues(s)) for s in ("train", "valid", "test")}
+    assert sizes == {"train": 0, "valid": 6 if "valid" in splits else 0, "test": 6}
+    assert {u.id.split("/")[0] for d in corpus.split_dialogues("test") for u in d.utterances} == {"test"}
+    code, out, err = run_main(["data", "stats", str(root), "--json"], capsys)
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["splits"]["test"]["utterances"] == 6 and stats["splits"]["test"]["labels"] == {"happy": 3, "sad": 3}
+    assert stats["splits"]["train"]["utterances"] == 0
 
 
 @pytest.mark.skipif(not CKPLUS.is_dir(), reason=f"needs the shared CK+ crops at {CKPLUS}")

@@ -12,8 +12,9 @@ sorted order (``-o labels=a,b,…`` fixes the order).
 Speaker (subject): ``-o speaker_pattern=REGEX`` searched in the file name without suffix,
 its first group (else the whole match); ``'^(S\\d+)_'`` gives CK+'s subjects. Without it
 every image is its own speaker, with a warning when the split is drawn (near-duplicate
-frames of one person would land on both sides). Splits: the split folders when present
-(a missing validation split is drawn from training, grouped by speaker); else a seeded split
+frames of one person would land on both sides). Splits: the split folders when present (a
+missing validation or test split is drawn from ``train/``, grouped by speaker; without ``train/``,
+e.g. an evaluation-only ``test/``, the folders are the splits as they are); else a seeded split
 grouped by speaker (scikit-learn ``GroupShuffleSplit``; ``valid_fraction`` 0.1,
 ``test_fraction`` 0.1, ``seed`` 0 [R]).
 """
@@ -159,8 +160,10 @@ class ImageFolderReader:
     def _draw_missing_splits(
         split_of: dict[str, str], speakers: dict[str, str], pattern, valid: float, test: float, seed: int, where: str
     ) -> None:
-        """Fill in test (when no split folders) and valid (when none was given) from training, grouped by speaker."""
-        drawn = [s for s in ("test", "valid") if s not in split_of.values()]
+        """Fill in the missing test and valid splits from training, grouped by speaker; with no training
+        images (an evaluation-only folder) there is nothing to draw from, and nothing is drawn."""
+        given = set(split_of.values())
+        drawn = [s for s in ("test", "valid") if s not in given] if "train" in given else []
         if drawn and pattern is None and len(set(speakers.values())) == len(speakers):
             warnings.warn(
                 f"{where}: no speaker_pattern, so every image is its own speaker and near-duplicate images of one person "
