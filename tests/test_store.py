@@ -151,3 +151,50 @@ def test_killed_first_write_is_not_a_store(tmp_path):
     assert result.returncode == -9
     with pytest.raises(MerkitError, match="not a complete"):
         open_store(target)
+
+
+# ---------------------------------------------------------------- reproducible stores (#34 item 7i)
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_two_identical_extractions_give_byte_identical_stores(tmp_path):
+    """Two processes (safetensors' metadata order and any random name differ between processes, not within one)."""
+    from conftest import run_cli
+    from media_helpers import speak, write_jsonl
+
+    pytest.importorskip("opensmile", reason="openSMILE needs the audio extra")
+    lines = {"a": "I got the job!", "b": "Oh no, not again.", "c": "Leave me alone."}
+    rows = [{"dialogue_id": "d1", "utterance_id": k, "text": t, "audio": speak(t, tmp_path / f"{k}.wav").name} for k, t in lines.items()]
+    table = write_jsonl(tmp_path / "talk.jsonl", rows)
+    stores = [tmp_path / "one", tmp_path / "two"]
+    for store in stores:
+        result = run_cli("extract", str(table), "--out", str(store), "-m", "audio", "-e", "egemaps", "--quiet")
+        assert result.returncode == 0, result.stderr
+    one, two = (_files(store) for store in stores)
+    assert sorted(one) == sorted(two) and any(name.startswith("audio-") for name in one)
+    assert [name for name in one if one[name] != two[name]] == []
+
+
+def test_store_file_names_are_content_hashes_and_old_token_named_stores_open(tmp_path, bundle):
+    first = write_store(tmp_path / "a", bundle.corpus, bundle.features)
+    second = write_store(tmp_path / "b", bundle.corpus, bundle.features)
+    assert _files(first.root) == _files(second.root)
+    assert first.manifest["corpus"]["file"] == f"corpus-{first.manifest['corpus']['sha256'][:16]}.json"
+    # A store as written before content-addressed names: random tokens, the version in the file metadata.
+    from safetensors.numpy import load_file, save_file
+
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((first.root / MANIFEST).read_text())
+    manifest["corpus"]["file"] = "corpus-3f9a1c2b7d4e.json"
+    (old / manifest["corpus"]["file"]).write_bytes((first.root / first.manifest["corpus"]["file"]).read_bytes())
+    for modality, entry in manifest["features"].items():
+        tensors = load_file(str(first.root / entry["file"]))
+        entry["file"] = f"{modality}-a1b2c3d4e5f6.safetensors"
+        save_file(tensors, str(old / entry["file"]), metadata={"modality": modality, "merkit": "0.1.0"})
+        entry["bytes"] = (old / entry["file"]).stat().st_size
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    store = open_store(old)
+    assert store.corpus == bundle.corpus
+    np.testing.assert_array_equal(store.features("text").values, bundle.features["text"].values)

@@ -2,12 +2,16 @@
 
 Layout of a store directory::
 
-    manifest.json                 # written last; its presence makes the store complete
-    corpus-<token>.json           # the Corpus records
-    <modality>-<token>.safetensors  # tensors "values", "present" (and "offsets")
+    manifest.json                  # written last; its presence makes the store complete
+    corpus-<hash>.json             # the Corpus records
+    <modality>-<hash>.safetensors  # tensors "values", "present" (and "offsets")
 
-Data files get fresh names on every write and ``manifest.json`` is replaced atomically
-after them, so a write that is killed midway leaves the previous store fully readable; the
+Data files are named by a SHA-256 of their content (16 hex digits), so identical extractions
+give byte-identical stores: nothing in a store records a time or a random token (stores
+written before this named their files by a random token; the manifest names the files, so
+they open alike). A file is written under a temporary name and renamed; ``manifest.json`` is
+replaced atomically after them, so a write that is killed midway leaves the previous store
+fully readable (a file it would rewrite has the same name only when it has the same bytes); the
 orphaned files are swept by the next write. Arrays are memory-mapped on open (safetensors
 is a flat header + raw buffers), so a large store costs no RAM until rows are read.
 No pickle anywhere.
@@ -18,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -158,13 +161,24 @@ def open_store(path: str | Path) -> FeatureStore:
     return FeatureStore(root=root, manifest=manifest, corpus=corpus)
 
 
+def _tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes, bytes), read in place: a feature file's name."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        array = tensors[name]
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode("utf-8"))
+        digest.update(array.reshape(-1).view(np.uint8))  # contiguous: a view, no copy
+    return digest.hexdigest()
+
+
 def _write_features(root: Path, features: FeatureSet) -> dict[str, Any]:
     tensors = {"values": np.ascontiguousarray(features.values), "present": features.present.astype(np.uint8)}
     if features.offsets is not None:
         tensors["offsets"] = np.ascontiguousarray(features.offsets, dtype=np.int64)
-    name = f"{features.modality}-{secrets.token_hex(6)}.safetensors"
+    name = f"{features.modality}-{_tensors_sha256(tensors)[:16]}.safetensors"
     with atomic_path(root / name) as tmp:
-        save_file(tensors, str(tmp), metadata={"modality": features.modality, "merkit": __version__})
+        # One metadata key: safetensors writes several in hash order, which differs from run to run.
+        save_file(tensors, str(tmp), metadata={"modality": features.modality})
     return {**features.describe(), "file": name, "bytes": (root / name).stat().st_size}
 
 
@@ -200,7 +214,8 @@ def write_store(
             )
 
     corpus_text = corpus.model_dump_json()
-    corpus_name = f"corpus-{secrets.token_hex(6)}.json"
+    corpus_sha256 = _sha256(corpus_text.encode("utf-8"))
+    corpus_name = f"corpus-{corpus_sha256[:16]}.json"
     atomic_write_text(root / corpus_name, corpus_text)
     for modality, feature_set in features.items():
         entries[modality] = _write_features(root, feature_set)
@@ -210,7 +225,7 @@ def write_store(
         "merkit_version": __version__,
         "corpus": {
             "file": corpus_name,
-            "sha256": _sha256(corpus_text.encode("utf-8")),
+            "sha256": corpus_sha256,
             "fingerprint": fingerprint,
             "name": corpus.name,
             "dialogues": len(corpus.dialogues),
