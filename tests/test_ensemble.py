@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from merkit.checkpoint import load_checkpoint
 from merkit.cli import app
 from merkit.data import read_data
+from merkit.data.store import write_store
 from merkit.errors import MerkitError
 from merkit.evaluation.calibration import apply_temperature, fit_temperature
 from merkit.prediction import make_loader, predict
@@ -57,11 +58,23 @@ def test_probabilities_are_the_weighted_mean_of_the_tempered_members(runs, tmp_p
     np.testing.assert_allclose(np.array([row["scores"] for row in rows]), expected / total, atol=2e-6)
     weights_found = [m["weight"] for m in result["members"]]
     if weights == "uniform":
-        assert weights_found == [1.0] * 4
+        assert weights_found == [0.25] * 4
     else:
         assert sum(weights_found) == pytest.approx(1.0, abs=1e-5) and len(set(weights_found)) > 1
     metrics = json.loads((tmp_path / "ens" / "seed0" / "metrics.json").read_text())
     assert result["summary"]["test"]["weighted_f1"]["mean"] == pytest.approx(metrics["test"]["weighted_f1"])
+
+
+def test_cli_prints_each_uniform_members_share(runs, tmp_path):
+    """Uniform members were recorded, and printed, with weight 1 each rather than their share of the mean."""
+    root, bundle = runs
+    write_store(tmp_path / "store", bundle.corpus, bundle.features)
+    members = [str(root / "bigru"), str(root / "mlp" / "seed0" / "best")]
+    cli = CliRunner().invoke(app, ["ensemble", *members, "--out", str(tmp_path / "ens"), "--data", str(tmp_path / "store")], env={"COLUMNS": "300"})
+    assert cli.exit_code == 0, cli.output
+    rows = [line.split("│") for line in cli.output.splitlines() if "/best" in line]
+    assert [row[4].strip() for row in rows] == ["0.333"] * 3
+    assert [m["weight"] for m in json.loads((tmp_path / "ens" / "results.json").read_text())["members"]] == pytest.approx([1 / 3] * 3)
 
 
 def test_fitted_weights_lower_the_validation_nll(runs, tmp_path):

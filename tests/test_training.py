@@ -1,7 +1,9 @@
 """The training engine: registry smoke test, resume after a kill, DDP, checkpoints, protocols."""
 
+import csv
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -109,6 +111,48 @@ def test_killed_run_resumed_ends_like_an_unbroken_one(tmp_path):
     assert resumed["best_epoch"] == whole["best_epoch"]
     for split in ("valid", "test"):
         assert resumed[split]["weighted_f1"] == pytest.approx(whole[split]["weighted_f1"], abs=1e-9)
+
+
+def _logged_epochs(run, column="epoch"):
+    """The epoch of each row of a run's CSV log that has a value in ``column``."""
+    log = run / "seed0" / "logs" / "metrics.csv"
+    if not log.exists():
+        return []
+    with log.open(newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle) if row.get(column)]
+
+
+def _empty_folders(run):
+    return [folder for folder in run.rglob("*") if folder.is_dir() and not any(folder.iterdir())]
+
+
+def test_resumed_run_continues_its_epoch_log(tmp_path):
+    """Lightning's CSV logger deleted the log it found, so a resumed run's log began at the resumed epoch."""
+    run = tmp_path / "run"
+    args = [*RUN, "--set", "epochs=8", "--out", str(run)]
+    process = subprocess.Popen([sys.executable, "-m", "merkit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while max(_logged_epochs(run), default=-1) < 2 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # killed in epoch 2: epochs 0 and 1 are logged and checkpointed, some of epoch 2 is logged
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "seed0" / "metrics.json").exists(), "the run finished before it could be killed"
+    resumed = _cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    for per_epoch in ("select_weighted_f1", "loss_epoch"):
+        assert _logged_epochs(run, per_epoch) == list(range(8)), per_epoch
+    assert _logged_epochs(run) == sorted(_logged_epochs(run))  # the redone part of epoch 2 is logged once
+    assert not _empty_folders(run)
+
+
+def test_train_output_to_a_pipe_is_one_line_per_epoch(tmp_path):
+    """Off a terminal the live bar left carriage returns and escape codes in redirected output."""
+    done = _cli(*[arg for arg in RUN if arg != "--quiet"], "--set", "epochs=3", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert "\r" not in output and "\x1b" not in output and "it/s" not in output  # no bar, whole or in pieces
+    assert re.findall(r"^seed 0 epoch (\d)/3 \([\d.]+ s\): select_weighted_f1 0\.\d{4}, loss_epoch \d\.\d{4}$", done.stderr, re.M) == ["1", "2", "3"]
+    assert "weighted_f1" in done.stdout  # the results table
 
 
 def test_ddp_on_two_cpu_processes_matches_a_single_process(tmp_path):
@@ -238,6 +282,7 @@ def test_finished_seed_drops_its_resume_state_unless_kept(tmp_path, tiny):
     assert json.loads((seed / "best" / "model.json").read_text())["train_config"]["monitor"] == "uar"
     again = train_model(tiny, "mlp", out=tmp_path / "run", overrides=["epochs=2", "monitor=uar"], progress=False, resume=True)
     assert again["per_seed"] == results["per_seed"]  # a finished seed is read back from metrics.json
+    assert not _empty_folders(tmp_path / "run")  # its emptied checkpoints/ folder went with last.ckpt
     train_model(tiny, "mlp", out=tmp_path / "kept", overrides=["epochs=1"], progress=False, keep_resume_state=True)
     kept = tmp_path / "kept" / "seed0"
     assert (kept / "checkpoints" / "last.ckpt").stat().st_size == json.loads((kept / "metrics.json").read_text())["resume_state_bytes"]

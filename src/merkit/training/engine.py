@@ -4,17 +4,18 @@ Run directory layout (``--out``)::
 
     config.json                  what was asked (model, preset, configs, protocol, data)
     seed<N>/checkpoints/last.ckpt  Lightning resume state (optimizer, epoch, RNG, callbacks); deleted
-                                 when the seed finishes unless keep_resume_state (its size stays in
-                                 metrics.json as resume_state_bytes)
+                                 with its folder when the seed finishes unless keep_resume_state (its
+                                 size stays in metrics.json as resume_state_bytes)
     seed<N>/best/                model.safetensors + model.json of the selected epoch
     seed<N>/metrics.json         selection/valid/test metrics of the selected model
     seed<N>/predictions-test.jsonl  per-utterance scores on the test split
-    seed<N>/logs/                CSV (and TensorBoard when installed) logs
+    seed<N>/logs/                CSV (and TensorBoard when installed) logs; a resumed seed continues them
     results.json                 per-seed metrics and mean ± std, configs, data manifest, versions
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ from merkit.models.base import DataSpec
 from merkit.models.registry import ModelEntry, get_model
 from merkit.normalization import Scaler, fit_scalers, resolve_methods, scalers_to_json
 from merkit.prediction import Predictions, label_prior, make_loader, predict
+from merkit.progress import training_progress
 from merkit.thresholds import choose_thresholds
 from merkit.training.auto import CorpusShape, auto_preset
 from merkit.training.config import AUTO, PROTOCOLS, TrainConfig, override_names, resolve_configs, training_precision
@@ -208,6 +210,7 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # a resumed seed's own
 
 
 def train_model(
@@ -310,9 +313,9 @@ def _train_seed(
 ) -> dict[str, Any] | None:
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
 
-    from merkit.training.task import BestModelExport, DialogueDataModule, ERCTask, RestoreRandomState
+    from merkit.training.task import BestModelExport, ContinuedCSVLogger, DialogueDataModule, ERCTask, RestoreRandomState
 
     metrics_path = run_dir / "metrics.json"
     if resume and metrics_path.exists():
@@ -349,10 +352,11 @@ def _train_seed(
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
         exporter,
         RestoreRandomState(),
+        *training_progress(f"seed {seed}", enabled=progress),
     ]
     if config.patience is not None:
         callbacks.append(EarlyStopping(monitor=f"select_{config.monitor}", mode="max", patience=config.patience))
-    loggers = [CSVLogger(run_dir, name="logs", version="")]
+    loggers = [ContinuedCSVLogger(run_dir, name="logs", version="")]
     try:  # needs tensorboard or tensorboardX
         loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard"))
     except ModuleNotFoundError:
@@ -415,6 +419,8 @@ def _train_seed(
     atomic_write_json(metrics_path, result)  # first: a seed with metrics.json is finished, even without last.ckpt
     if not keep_resume_state:
         last.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder holds nothing else; kept if something was put there
+            last.parent.rmdir()
     return result
 
 

@@ -175,7 +175,8 @@ def build_ensemble(
         raise MerkitError("the members do not predict the same validation utterances (different data?)")
     temperatures = [1.0 if labels.multi_label else round(fit_temperature(p.scores, p.labels), 6) for p in valid]
     calibrated = [p.scores if labels.multi_label else apply_temperature(p.scores, t) for p, t in zip(valid, temperatures, strict=True)]
-    member_weights = fit_weights(calibrated, valid[0].labels, labels.multi_label) if weights == "fit" else [1.0] * len(folders)
+    # Uniform weights on the simplex too, so a member's recorded (and printed) weight is its share of the mean.
+    member_weights = fit_weights(calibrated, valid[0].labels, labels.multi_label) if weights == "fit" else [1 / len(folders)] * len(folders)
 
     prior = tuple(checkpoints[0].meta.get("label_prior") or [1.0 / labels.num_classes] * labels.num_classes)
     adjustment = {"metric": adjust, "tau": 0.0}

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import random
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from merkit.batching import DialogueDataset
 from merkit.checkpoint import save_checkpoint
+from merkit.io import atomic_write_text
 from merkit.metrics import headline, score_metrics
 from merkit.models.base import ERCModel
 from merkit.prediction import make_loader, scores_of
@@ -171,3 +180,64 @@ class RestoreRandomState(L.Callback):
         kind, keys, position, has_gauss, cached = state_dict["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
         random.setstate(state_dict["python"])
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """Lightning's CSVLogger deletes the ``metrics.csv`` it finds, so ``--resume`` lost the earlier
+    epochs' log; this one keeps the rows of the epochs before the one training restarts at."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedWriter(self.log_dir)
+        return self._experiment
+
+
+class _ContinuedWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        """Instead of deleting an earlier log, continue it (at the first ``save``, when the restart epoch is known)."""
+        self._earlier = Path(self.metrics_file_path) if Path(self.metrics_file_path).is_file() else None
+
+    def save(self) -> None:
+        if self._earlier is not None and self.metrics:
+            # Every row Lightning logs carries its epoch: the first new rows are of the epoch the run restarts at,
+            # so earlier rows of that epoch or later (after the last checkpoint) are redone and dropped.
+            restart = min(row["epoch"] for row in self.metrics)
+            with self._earlier.open(newline="") as handle:
+                reader = csv.DictReader(handle)
+                header, kept = reader.fieldnames or [], [row for row in reader if float(row["epoch"]) < restart]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_text(self._earlier, text.getvalue())
+            self.metrics_keys, self._earlier = list(header), None
+        super().save()
+
+
+class EpochLines(ProgressBar):
+    """Training progress as one line per epoch on stderr (where a live bar would only leave fragments):
+    the epoch, its seconds and the live bar's metrics (those logged with ``prog_bar``)."""
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label, self.enabled, self.started = label, True, time.monotonic()
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num" and not k.endswith("_step")}
+        values = ", ".join(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}" for name, value in metrics.items())
+        seconds = time.monotonic() - self.started
+        print(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} ({seconds:.1f} s): {values}", file=sys.stderr, flush=True)
