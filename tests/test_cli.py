@@ -62,6 +62,24 @@ def test_unsafe_pickle_via_cli_names_the_opt_in(tmp_path, capsys):
     assert code == 2 and "--trust-pickle" in err and str(path) in err
 
 
+@pytest.mark.parametrize("command", [
+    ["data", "stats", "{data}"], ["data", "convert", "{data}", "--out", "{tmp}/store"], ["train", "{data}", "--model", "mlp", "--out", "{tmp}/run"],
+    ["baseline", "{data}", "--modalities", "text", "--out", "{tmp}/svm"], ["evaluate", "{tmp}/no-checkpoint", "--data", "{data}"],
+    ["extract", "{data}", "--out", "{tmp}/store"],
+])  # fmt: skip
+def test_every_command_that_reads_data_takes_the_pickle_opt_in_it_names(tmp_path, capsys, command):
+    """The refusal names --trust-pickle, so the command that printed it must accept it."""
+    from collections import Counter
+
+    path = tmp_path / "data.pkl"
+    path.write_bytes(pickle.dumps(Counter("ab")))
+    argv = [part.format(data=path, tmp=tmp_path) for part in command]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and "--trust-pickle" in err and str(path) in err, err
+    code, _, err = run_main([*argv, "--trust-pickle"], capsys)
+    assert "No such option" not in err and "--trust-pickle" not in err, err
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "merkit", "--debug", "data", "stats", str(tmp_path / "missing")],

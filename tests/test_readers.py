@@ -282,6 +282,15 @@ def test_user_csv_without_dialogue_ids_one_dialogue_per_row(tmp_path):
         read_data(path, dialogue_column="none", utterance_column="file")
 
 
+def test_one_row_dialogues_are_named_after_their_media_file(tmp_path):
+    """Not ``row1``: a prediction's id must say which clip it is."""
+    path = tmp_path / "speech.csv"
+    path.write_text("audio,emotion\nclips/happy1.wav,happy\nclips/sad2.wav,sad\n")
+    corpus = read_data(path, dialogue_column="none").corpus
+    assert [d.id for d in corpus.dialogues] == ["clips/happy1", "clips/sad2"]
+    assert [u.id for u in corpus.utterances()] == ["clips/happy1/0", "clips/sad2/0"]
+
+
 def test_meld_csv_is_still_detected_before_the_generic_csv(tmp_path):
     path = tmp_path / "episode.csv"
     path.write_text("Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID\n1,hi,Ross,joy,positive,0,0\n")

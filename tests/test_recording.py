@@ -142,6 +142,10 @@ def test_a_prediction_per_segment_from_text_and_the_audio_span(recording, tmp_pa
     assert [s.speaker for s in timeline.segments] == [who for _, _, who, _ in truth]
     assert alone.speakers == "unknown" and {s.speaker for s in alone.segments} == {"unknown"}
     assert len(timeline.notes) == 1 and "without trim_db" in timeline.notes[0]  # eGeMAPS of whole clips: said
+    assert "merkit extract ... --set trim_db=40" in timeline.notes[0]  # an extraction setting, not a training one
+    from merkit.features import get_extractor
+
+    assert get_extractor("egemaps", trim_db=40).settings.trim_db == 40
     for segment in timeline.segments:
         assert segment.label in timeline.labels
         assert sum(segment.probabilities.values()) == pytest.approx(1.0, abs=1e-5)

@@ -345,12 +345,15 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the random protocols.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the result JSON here.")] = None,
+    format: FormatOption = "auto",
+    trust_pickle: TrustOption = False,
+    option: ReaderOptions = None,
 ) -> None:
     """Metrics with bootstrap 95% intervals, robustness to missing/noisy modalities, and calibration."""
     from merkit.evaluation.evaluate import PROTOCOLS, Evaluator, cross_corpus_evaluation
     from merkit.io import atomic_write_json
 
-    evaluator = Evaluator(checkpoint, data)
+    evaluator = Evaluator(checkpoint, _read(data, format, trust_pickle, option))
     from merkit.evaluation.robustness import DROP_MODES
 
     unknown = [mode for mode in drop_mode or () if mode not in DROP_MODES]
@@ -358,7 +361,7 @@ def evaluate(
         raise MerkitError(f"unknown --drop-mode {unknown[0]!r}; choose from {', '.join(DROP_MODES)}")
     result = evaluator.run(split, protocol or PROTOCOLS, bootstrap, seed, drop_mode or DROP_MODES)
     if cross_corpus:
-        result["cross_corpus"] = cross_corpus_evaluation(evaluator.checkpoint, cross_corpus, split)
+        result["cross_corpus"] = cross_corpus_evaluation(evaluator.checkpoint, _read(cross_corpus, "auto", trust_pickle, None), split)
     if out:
         atomic_write_json(out, result)
     if as_json:

@@ -593,7 +593,7 @@ class Predictor:
         if audio is not None and getattr(audio.settings, "trim_db", 0) is None:
             timeline.notes.append(
                 "the model's audio features were made without trim_db: if its training clips had silence around the speech, "
-                "the voice-activity segments read differently (on RAVDESS 34 % instead of 58 %); train with --set trim_db=40"
+                "the voice-activity segments read differently (on RAVDESS 34 % instead of 58 %); extract the training audio with `merkit extract ... --set trim_db=40` and train again"
             )
         for note in timeline.notes:
             log(f"note: {note}")

@@ -81,6 +81,13 @@ def _find_column(field: str, columns: list[str]) -> str | None:
     return next((c for c in columns if c.lower() in names), None)
 
 
+def _media_name(row: dict[str, Any]) -> str:
+    """A one-row dialogue's name from its media file (``clips/happy1.wav`` → ``clips/happy1``): predictions then
+    name the file, not the row number."""
+    path = next((str(row[kind]).strip() for kind in MEDIA_KINDS if str(row.get(kind) or "").strip()), "")
+    return str(Path(path).with_suffix("")) if path else ""
+
+
 def map_columns(
     rows: list[tuple[int, dict[str, Any]]], path: Path, columns: list[str], mapping: dict[str, Any]
 ) -> list[tuple[int, dict[str, Any]]]:
@@ -125,7 +132,7 @@ def map_columns(
     for number, (line, row) in enumerate(rows, start=1):
         new = {field: row[column] for field, column in source_of.items() if column is not None and column in row}
         if one_per_row:
-            dialogue_id = str(new.get("utterance_id") or "").strip() or f"row{number}"
+            dialogue_id = str(new.get("utterance_id") or "").strip() or _media_name(new) or f"row{number}"
             if dialogue_id in seen:
                 raise MerkitError(
                     f"duplicate utterance id {dialogue_id!r} (dialogue_column=none: one dialogue per row)", path=path, place=f"line {line}"
