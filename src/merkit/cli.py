@@ -1,5 +1,5 @@
 """The ``merkit`` command line (Typer). Verbs: ``data``, ``extract``, ``train``, ``evaluate``, ``report``,
-``compare``, ``models``, ``demo``.
+``compare``, ``models``, ``demo``, ``info``, ``doctor``, ``cache``.
 
 Errors a user can fix (bad file, bad option) print one line on stderr and exit with code 2;
 ``--debug`` (anywhere on the line) shows the traceback instead.
@@ -28,7 +28,7 @@ app = typer.Typer(
     help="Multimodal emotion recognition in conversations: data, features, models, evaluation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion
 )
 data_app = typer.Typer(help="Read, inspect and convert corpora and feature files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -685,6 +685,68 @@ def export(
     folder = out
     files = ", ".join(sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")))
     typer.echo(f"wrote {folder}: {files}")
+
+
+@app.command("info", epilog=example("info"))
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """What a checkpoint is: labels, modalities, feature extractors, model config, selection, seed and recorded scores."""
+    from merkit.diagnostics import checkpoint_info, format_info
+
+    record = checkpoint_info(checkpoint)
+    typer.echo(json.dumps(record, indent=2, ensure_ascii=False) if as_json else "\n".join(format_info(record)))
+
+
+@app.command("doctor", epilog=example("doctor"))
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
+    """Which extras, offline weights and programs are installed (and how to install the missing ones), torch threads, GPU."""
+    from merkit.diagnostics import doctor_report, format_doctor
+
+    report = doctor_report()
+    typer.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else "\n".join(format_doctor(report)))
+
+
+cache_app = typer.Typer(help="List or clear merkit's cache folder ($MERKIT_CACHE, default ~/.cache/merkit).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list", epilog=example("cache list"))
+def cache_list(as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
+    """The joined weights, transcripts and anything else in the cache folder, with sizes (feature caches live in each store's .cache/)."""
+    from merkit.diagnostics import cache_entries, human_bytes
+    from merkit.features.models_dir import cache_root
+
+    entries = cache_entries()
+    if as_json:
+        typer.echo(json.dumps({"root": str(cache_root()), "entries": entries, "bytes": sum(e["bytes"] for e in entries)}, indent=2))
+        return
+    table = Table("entry", "files", "size", "what", title=str(cache_root()))
+    for entry in entries:
+        table.add_row(entry["name"], f"{entry['files']:,}", human_bytes(entry["bytes"]), entry["kind"])
+    table.add_row("all", f"{sum(e['files'] for e in entries):,}", human_bytes(sum(e["bytes"] for e in entries)), "", style="bold")
+    _console().print(table)
+
+
+@cache_app.command("clear", epilog=example("cache clear"))
+def cache_clear(
+    name: Annotated[Optional[str], typer.Argument(help="One entry of `merkit cache list` (default: all of merkit's own).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete cache entries; joined weights are joined again from the installed packages on next use."""
+    from merkit.diagnostics import cache_targets, human_bytes, remove_entries
+
+    targets = cache_targets(name)
+    if not targets:
+        typer.echo("the cache holds nothing of merkit's")
+        return
+    size = human_bytes(sum(e["bytes"] for e in targets))
+    if not yes and not typer.confirm(f"delete {', '.join(e['path'] for e in targets)} ({size})?"):
+        typer.echo("nothing deleted")
+        raise typer.Exit(1)
+    remove_entries(targets)
+    typer.echo(f"deleted {len(targets)} entr{'y' if len(targets) == 1 else 'ies'} ({size})")
 
 
 @app.command("demo", epilog=example("demo"))

@@ -52,6 +52,10 @@ EXAMPLES = {
     "serve": "merkit serve models/sure --port 8000   # then open http://127.0.0.1:8000/",
     "export": "merkit export runs/meld/sure/seed0/best --out models/sure --onnx --quantize int8",
     "demo": "merkit demo",
+    "info": "merkit info runs/meld/sure/seed0/best",
+    "doctor": "merkit doctor",
+    "cache list": "merkit cache list",
+    "cache clear": "merkit cache clear models/whisper-base --yes",
 }
 
 
