@@ -6,7 +6,7 @@
 Four emotions (neutral, happy, sad, angry), speaker-independent: an MLP on eGeMAPS audio features is
 trained on the clips of actors 1–16 (selected on 17–18); the RBF-SVM baseline on the same features, C
 chosen on 17–18. Then, for each test actor 19–24, the actor's clips in a shuffled order with 1 s
-pauses become one recording; `Predictor.predict_recording` (Silero VAD, Whisper tiny.en, eGeMAPS of
+pauses become one recording; `merkit.recording.predict_recording` (Silero VAD, Whisper tiny.en, eGeMAPS of
 each segment's span, the model) gives its emotion track, compared with the clips' labels: segments
 found per clip, track accuracy and macro F1, and the same model on the clips themselves (what the
 track would be with perfect segmentation). ``--trim-db`` extracts with the eGeMAPS setting ``trim_db``
@@ -42,7 +42,7 @@ def main() -> None:
     from sklearn.metrics import accuracy_score, f1_score
 
     import merkit as api
-    from merkit.recording import RecordingSettings
+    from merkit.recording import RecordingSettings, predict_recording
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -69,7 +69,7 @@ def main() -> None:
                 recording = args.out / f"actor{actor}.wav"
                 spans = join_clips([p for p, _, _ in mine], recording, pause=1.0)
                 audio_seconds += spans[-1][1] + 1.0
-                timeline = predictor.predict_recording(recording, RecordingSettings(), cache=True)
+                timeline = predict_recording(predictor, recording, RecordingSettings(), cache=True)
                 direct = predictor.predict([{"speaker": "A", "audio": str(p)} for p, _, _ in mine])
                 for (start, end), (_, label, _), clip_prediction in zip(spans, mine, direct.utterances, strict=True):
                     inside = [s for s in timeline.segments if start <= (s.start + s.end) / 2 <= end]

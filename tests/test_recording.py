@@ -19,7 +19,7 @@ from media_helpers import join_clips, ravdess_clips, untrained_checkpoint
 
 from merkit.errors import MerkitError
 from merkit.features.media import decode_audio
-from merkit.recording import RecordingSettings, read_rttm, assign_speakers, segment_recording
+from merkit.recording import RecordingSettings, read_rttm, assign_speakers, predict_recording, segment_recording
 
 # (voice, text, the content words the transcript must hold). Whisper's exact words depend on the CPU's
 # kernels even in float32 (espeak's "the weather" reads "but when the" on some), so the test asks for
@@ -136,8 +136,8 @@ def test_a_prediction_per_segment_from_text_and_the_audio_span(recording, tmp_pa
     rttm = tmp_path / "meeting.rttm"
     rttm.write_text("".join(f"SPEAKER meeting 1 {s:.3f} {e - s:.3f} <NA> <NA> {who} <NA> <NA>\n" for s, e, who, _ in truth))
     with merkit.load(checkpoint) as predictor:
-        timeline = predictor.predict_recording(path, speakers=rttm)
-        alone = predictor.predict_recording(path)
+        timeline = predict_recording(predictor, path, speakers=rttm)
+        alone = predict_recording(predictor, path)
     assert len(timeline.segments) == len(truth)
     assert [s.speaker for s in timeline.segments] == [who for _, _, who, _ in truth]
     assert alone.speakers == "unknown" and {s.speaker for s in alone.segments} == {"unknown"}
@@ -209,7 +209,7 @@ def test_the_server_answers_a_recording_with_its_timeline(recording, text_predic
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
     path, truth = recording
     rttm = _rttm(tmp_path / "who.rttm", truth)
-    expected = text_predictor.predict_recording(path, speakers=rttm, cache=False)
+    expected = predict_recording(text_predictor, path, speakers=rttm, cache=False)
     before = set(Path(tempfile.gettempdir()).glob("merkit-upload-*"))
     limits = ServeLimits(max_upload_mb=2.0, max_recording_seconds=30)
     with TestClient(create_app(text_predictor, limits)) as client:
@@ -259,7 +259,7 @@ def test_the_page_draws_the_timeline_of_an_uploaded_recording(recording, text_pr
         pytest.skip("Chromium is not installed (make test installs it with apt when run as root)")
     path, truth = recording
     rttm = _rttm(tmp_path / "who.rttm", truth)
-    expected = text_predictor.predict_recording(path, speakers=rttm, cache=False)
+    expected = predict_recording(text_predictor, path, speakers=rttm, cache=False)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -327,7 +327,7 @@ def test_the_emotion_track_of_a_recording_of_ravdess_clips_follows_their_labels(
     rttm = tmp_path / "six-actors.rttm"
     rttm.write_text("".join(f"SPEAKER six 1 {s:.3f} {e - s:.3f} <NA> <NA> Actor_{a} <NA> <NA>\n" for (s, e), (_, _, a) in zip(spans, clips)))
     with merkit.load(run / "seed0" / "best", threads=1) as predictor:
-        timeline = predictor.predict_recording(recording, speakers=rttm)
+        timeline = predict_recording(predictor, recording, speakers=rttm)
         direct = predictor.predict([{"speaker": f"Actor_{a}", "audio": str(p)} for p, _, a in clips])
     truth = [label for _, label, _ in clips]
     track = []

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from merkit import __version__
+from merkit._version import __version__
 from merkit.batching import DialogueDataset
 from merkit.data.corpus import Corpus, LabelSchema
 from merkit.data.features import FeatureSet

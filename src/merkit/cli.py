@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from merkit import __version__
+from merkit._version import __version__
 from merkit.cli_options import BackendOption, DeviceOption, QuietOption, ThreadsOption, example
 from merkit.errors import MerkitError
 from merkit.features.commands import extract, extractors, merge
@@ -544,8 +544,9 @@ def predict_conversations(
 ) -> None:
     """Per-utterance emotions, probabilities, uncertainty and the modalities used, for raw conversations,
     or, for one audio/video recording, an emotion timeline of its speech segments (VAD + Whisper)."""
-    from merkit.inference import MEDIA_SUFFIXES, load
+    from merkit.inference import MEDIA_SUFFIXES
     from merkit.io import atomic_write_text
+    from merkit.loading import load
 
     if as_json and as_csv:
         raise MerkitError("choose one of --json and --csv")
@@ -555,11 +556,11 @@ def predict_conversations(
     _torch_threads(threads)
     with load(checkpoint, device=device, batch_size=batch_size, workers=workers, backend=backend, threads=threads) as predictor:
         if recording:
-            from merkit.recording import RecordingSettings
+            from merkit.recording import RecordingSettings, predict_recording
 
             settings = RecordingSettings(asr=asr, language=language)
-            result = predictor.predict_recording(input, settings, speakers=speakers, progress=not quiet,
-                                                 log=lambda line: quiet or typer.echo(f"merkit: {line}", err=True))  # fmt: skip
+            result = predict_recording(predictor, input, settings, speakers=speakers, progress=not quiet,
+                                       log=lambda line: quiet or typer.echo(f"merkit: {line}", err=True))  # fmt: skip
             count, what = len(result.segments), "speech segments"
         else:
             corpus = predictor.corpus(input)
@@ -605,7 +606,8 @@ def serve(
         raise MerkitError(f"merkit serve needs the serve extra ({exc.name} is missing): pip install 'merkit[serve]'") from None
     from pydantic import ValidationError
 
-    from merkit.inference import load, validation_message
+    from merkit.inference import validation_message
+    from merkit.loading import load
 
     given = {
         "max_utterances": max_utterances, "max_upload_mb": max_upload_mb, "max_media_seconds": max_media_seconds,
@@ -671,7 +673,7 @@ def export(
     quantize: Annotated[str, typer.Option(help="none, or int8: dynamic int8 quantisation of the ONNX text encoders (implies --onnx).")] = "none",
 ) -> None:
     """A model folder: weights, model.json (config), labels, feature manifest, metrics and a README model card."""
-    from merkit.inference import export_model
+    from merkit.export import export_model
 
     if onnx or quantize != "none":
         from merkit.onnx_export import export_onnx

@@ -165,7 +165,7 @@ def _ckplus_part(folder: Path, out: Path, console: Console) -> dict[str, Any]:
 
 def _predict_image(checkpoint: Path, store: Path, console: Console) -> None:
     """A happy image of a test subject, predicted from its file."""
-    from merkit.inference import load
+    from merkit.loading import load
 
     corpus = open_store(store).corpus
     happy = corpus.labels.index("happy")
@@ -202,7 +202,7 @@ def _ravdess_part(folder: Path, out: Path, console: Console) -> dict[str, Any] |
 
 def _predict_clip(checkpoint: Path, folder: Path, console: Console) -> None:
     """One test actor's clip, from its raw audio (the imported action units cannot be computed: the model does without)."""
-    from merkit.inference import load
+    from merkit.loading import load
 
     clip = sorted((folder / "audio" / "Actor_19").glob("03-01-05-02-*.flac"))[0]  # an angry, strong-intensity clip
     predictor = load(checkpoint)
@@ -218,7 +218,7 @@ def _predict_clip(checkpoint: Path, folder: Path, console: Console) -> None:
 
 
 def _predict_example(checkpoint: Path, console: Console) -> None:
-    from merkit.inference import load
+    from merkit.loading import load
 
     example = files("merkit") / "examples" / "conversations.jsonl"
     predictor = load(checkpoint)

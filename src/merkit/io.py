@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -62,3 +63,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------ checksums
+_hash_memo: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered for the process while its size and mtime are unchanged."""
+    stat = path.stat()
+    memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _hash_memo:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _hash_memo[memo_key] = digest.hexdigest()
+    return _hash_memo[memo_key]
+
+
+def folder_sha256(checksums: dict[str, str]) -> str:
+    """One checksum for a model folder: the hash of its sorted ``name sha256`` lines."""
+    lines = "".join(f"{name} {digest}\n" for name, digest in sorted(checksums.items()))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()

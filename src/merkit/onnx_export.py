@@ -34,13 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from merkit import __version__
+from merkit._version import __version__
 from merkit.batching import ConversationBatch
 from merkit.errors import MerkitError
 from merkit.features.models_dir import file_sha256
 from merkit.features.registry import package_versions
 from merkit.features.text import TransformerTextExtractor
-from merkit.inference import Predictor, export_model, load
+from merkit.export import export_model
+from merkit.inference import Predictor
+from merkit.loading import load
 from merkit.io import atomic_write_json, atomic_write_text
 from merkit.onnx_runtime import ONNX_DIR, ONNX_FORMAT, ONNX_META, OUTPUTS, batch_inputs, batch_of_inputs, input_names, load_onnx, session
 

@@ -68,13 +68,3 @@ class LineProgress:
             initial=self.initial,
         )  # fmt: skip
         print(meter, file=sys.stderr, flush=True)
-
-
-def training_progress(label: str, *, enabled: bool = True) -> list[Any]:
-    """The progress callbacks of a Lightning fit: none on a terminal (Lightning adds its live bar) or when
-    progress is off (``enable_progress_bar`` says which), else one line per epoch."""
-    if not enabled or live():
-        return []
-    from merkit.training.task import EpochLines
-
-    return [EpochLines(label)]

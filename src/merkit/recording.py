@@ -27,15 +27,19 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from merkit.deadlines import check_deadline
 from merkit.errors import MerkitError
 from merkit.features.models_dir import cache_root, file_sha256
 from merkit.io import atomic_write_json
 from merkit.progress import progress_bar
+
+if TYPE_CHECKING:
+    from merkit.inference import Predictor
 
 SAMPLE_RATE = 16_000
 UNKNOWN_SPEAKER = "unknown"
@@ -201,7 +205,6 @@ def segment_recording(
         raise MerkitError(f"language {settings.language!r} is not one Whisper {settings.asr!r} transcribes ({shown})"
                           + ("; --asr base is multilingual" if known == ["en"] else ""))  # fmt: skip
     from merkit.features.media import media_duration
-    from merkit.inference import check_deadline
 
     segments: list[Segment] = []
     pieces, heard = chunks(path, settings.chunk), 0.0
@@ -337,3 +340,33 @@ def timeline_of(path: Path, segments: Sequence[Segment], result: Any, speakers: 
         for s, u in zip(segments, result.utterances, strict=True)
     ]
     return Timeline(recording=str(path), model=result.model, labels=result.labels, speakers=speakers, segments=rows)
+
+
+def predict_recording(
+    predictor: Predictor, path: str | Path, settings: RecordingSettings | None = None, *, speakers: str | Path | None = None,
+    progress: bool = False, log: Callable[[str], None] = lambda line: None, cache: bool = True, deadline: float | None = None,
+) -> Timeline:  # fmt: skip
+    """An emotion :class:`Timeline` for a raw recording: its speech segments (VAD + Whisper, ``settings`` a
+    :class:`RecordingSettings`), speakers from an RTTM file if given, then the ``predictor``'s
+    :meth:`~merkit.inference.Predictor.predict` over the whole recording as one conversation (the checkpoint's
+    own extractors). ``cache``: keep and reuse the transcript; ``deadline`` as for ``predict``."""
+    from merkit.inference import MEDIA_SUFFIXES
+
+    path = Path(path)
+    segments = segment_recording(path, settings, progress=progress, log=log, cache=cache, deadline=deadline)
+    source = UNKNOWN_SPEAKER
+    if speakers is not None:
+        assign_speakers(segments, read_rttm(speakers))
+        source = f"RTTM {Path(speakers).name}"
+    video = path.suffix.lower() in MEDIA_SUFFIXES["video"]
+    result = predictor.predict(conversation_of(path, segments, video), progress=progress, deadline=deadline)
+    timeline = timeline_of(path, segments, result, source)
+    audio = predictor.extractors.get("audio")
+    if audio is not None and getattr(audio.settings, "trim_db", 0) is None:
+        timeline.notes.append(
+            "the model's audio features were made without trim_db: if its training clips had silence around the speech, "
+            "the voice-activity segments read differently (on RAVDESS 34 % instead of 58 %); extract the training audio with `merkit extract ... --set trim_db=40` and train again"
+        )
+    for note in timeline.notes:
+        log(f"note: {note}")
+    return timeline

@@ -288,7 +288,7 @@ def _source_files(folder: Path) -> tuple[str, list[Path]]:
 
 def source_sha256(source: Path, files: Sequence[Path] = ()) -> str:
     """SHA-256 of the file, or of the sorted ``name sha256`` lines of the folder's files (as for model folders)."""
-    from merkit.features.models_dir import file_sha256, folder_sha256
+    from merkit.io import file_sha256, folder_sha256
 
     if source.is_file():
         return file_sha256(source)

@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import ValidationError
 from safetensors.numpy import save_file
 
-from merkit import __version__
+from merkit._version import __version__
 from merkit.data.corpus import Corpus
 from merkit.data.features import FeatureSet
 from merkit.errors import MerkitError

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from merkit import calibration
 from merkit.batching import DialogueDataset
 from merkit.checkpoint import Checkpoint, check_compatible, load_checkpoint
 from merkit.data.formats import DataBundle, read_data
+from merkit.data.labels import IEMOCAP_EMOTIONS, MELD_EMOTIONS
 from merkit.errors import MerkitError
-from merkit.evaluation import calibration, robustness
+from merkit.evaluation import robustness
 from merkit.metrics import headline, score_metrics
 from merkit.prediction import Predictions, make_loader, predict
 from merkit.thresholds import checkpoint_thresholds
@@ -201,7 +203,4 @@ def cross_corpus_evaluation(
 
 
 def _corpus_of(class_names: Sequence[str]) -> str:
-    from merkit.data.formats.iemocap_cosmic import IEMOCAP_EMOTIONS
-    from merkit.data.formats.meld_csv import MELD_EMOTIONS
-
     return {tuple(MELD_EMOTIONS): "meld", tuple(IEMOCAP_EMOTIONS): "iemocap"}.get(tuple(class_names), "other")

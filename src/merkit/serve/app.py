@@ -48,7 +48,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from merkit import __version__
+from merkit._version import __version__
+from merkit.deadlines import TimeLimitExceeded
 from merkit.errors import MerkitError
 from merkit.features.media import media_duration
 from merkit.inference import (
@@ -57,10 +58,10 @@ from merkit.inference import (
     DialoguesInput,
     PredictionResult,
     Predictor,
-    TimeLimitExceeded,
     read_conversations,
 )
 from merkit.recording import EXTRA, RecordingSettings, Timeline
+from merkit.recording import predict_recording as recording_timeline  # the route below is predict_recording
 
 
 class ServeLimits(BaseModel):
@@ -511,7 +512,7 @@ def create_app(
     def run_recording(path: Path, settings: RecordingSettings, speakers: Path | None, renames: dict[str, str]) -> Timeline:
         try:
             with waiting.turn() as (predictor, deadline):
-                return predictor.predict_recording(path, settings, speakers=speakers, cache=False, deadline=deadline)
+                return recording_timeline(predictor, path, settings, speakers=speakers, cache=False, deadline=deadline)
         except TimeLimitExceeded:  # it ran the whole limit by itself (see _Queue)
             raise HTTPException(
                 422, f"the recording took longer than the limit of {limits.request_seconds:g} s (request_seconds); send a shorter one"

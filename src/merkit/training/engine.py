@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from merkit import __version__
+from merkit._version import __version__
 from merkit.batching import DialogueDataset, has_speaker_roles
 from merkit.checkpoint import META, load_checkpoint, read_meta
 from merkit.data.corpus import Corpus
@@ -43,7 +43,6 @@ from merkit.models.base import DataSpec
 from merkit.models.registry import ModelEntry, get_model
 from merkit.normalization import Scaler, fit_scalers, resolve_methods, scalers_to_json
 from merkit.prediction import Predictions, label_prior, make_loader, predict
-from merkit.progress import training_progress
 from merkit.thresholds import choose_thresholds
 from merkit.training.auto import CorpusShape, auto_preset
 from merkit.training.config import AUTO, PROTOCOLS, TrainConfig, override_names, resolve_configs, training_precision
@@ -315,7 +314,7 @@ def _train_seed(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from merkit.training.task import BestModelExport, ContinuedCSVLogger, DialogueDataModule, ERCTask, RestoreRandomState
+    from merkit.training.task import BestModelExport, ContinuedCSVLogger, DialogueDataModule, ERCTask, RestoreRandomState, training_progress
 
     metrics_path = run_dir / "metrics.json"
     if resume and metrics_path.exists():

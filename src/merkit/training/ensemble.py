@@ -25,10 +25,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from merkit.calibration import apply_temperature, fit_temperature
 from merkit.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 from merkit.data.formats import DataBundle, read_data
 from merkit.errors import MerkitError
-from merkit.evaluation.calibration import apply_temperature, fit_temperature
 from merkit.io import atomic_write_json
 from merkit.metrics import classification_metrics, headline, score_metrics, summarize
 from merkit.models.base import DataSpec

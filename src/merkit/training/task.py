@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from merkit.batching import DialogueDataset
+from merkit import progress
 from merkit.checkpoint import save_checkpoint
 from merkit.io import atomic_write_text
 from merkit.metrics import headline, score_metrics
@@ -241,3 +242,11 @@ class EpochLines(ProgressBar):
         values = ", ".join(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}" for name, value in metrics.items())
         seconds = time.monotonic() - self.started
         print(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} ({seconds:.1f} s): {values}", file=sys.stderr, flush=True)
+
+
+def training_progress(label: str, *, enabled: bool = True) -> list[Any]:
+    """The progress callbacks of a Lightning fit: none on a terminal (Lightning adds its live bar) or when
+    progress is off (``enable_progress_bar`` says which), else one line per epoch."""
+    if not enabled or progress.live():
+        return []
+    return [EpochLines(label)]

@@ -16,8 +16,8 @@ import numpy as np
 from merkit.data.corpus import Dialogue, LabelSchema, build_corpus, build_utterance
 from merkit.data.features import stack_rows
 from merkit.data.formats import DataBundle, Source
-from merkit.data.formats.iemocap_cosmic import IEMOCAP_EMOTIONS, speaker_role
-from merkit.data.formats.meld_csv import MELD_EMOTIONS, MELD_SENTIMENTS
+from merkit.data.formats.iemocap_cosmic import speaker_role
+from merkit.data.labels import IEMOCAP_EMOTIONS, MELD_EMOTIONS, MELD_SENTIMENTS
 from merkit.errors import MerkitError
 
 FEATURE_ITEMS = {"text": "text", "audio": "audio", "visual": "visual"}

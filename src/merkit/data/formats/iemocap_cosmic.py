@@ -10,10 +10,8 @@ import numpy as np
 
 from merkit.data.corpus import SPEAKER_ROLE, Dialogue, LabelSchema, build_corpus, build_utterance
 from merkit.data.formats import DataBundle, Source, register_reader
+from merkit.data.labels import IEMOCAP_EMOTIONS  # noqa: F401  (re-exported)
 from merkit.errors import MerkitError
-
-IEMOCAP_EMOTIONS = ("happy", "sad", "neutral", "angry", "excited", "frustrated")
-
 
 IEMOCAP_ROLES = ("M", "F")  # the index order of the official SDT/SURE speaker one-hot for IEMOCAP
 

@@ -1,0 +1,38 @@
+"""``merkit.load``: the one place that chooses a backend for a checkpoint folder.
+
+Above :mod:`merkit.inference` (the :class:`~merkit.inference.Predictor`, which knows no backend) and
+:mod:`merkit.onnx_runtime` (whose ONNX model and extractors the Predictor runs like the PyTorch ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from merkit.checkpoint import load_checkpoint
+from merkit.devices import resolve_device
+from merkit.errors import MerkitError
+from merkit.inference import Predictor
+
+
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def load(
+    checkpoint: str | Path, *, device: str = "auto", batch_size: int = 16, workers: int = 1, backend: str = "auto",
+    threads: int | None = None,
+) -> Predictor:  # fmt: skip
+    """A :class:`~merkit.inference.Predictor` for the checkpoint directory (e.g. ``RUN/seed0/best`` or a ``merkit export`` folder).
+
+    ``device``: ``auto`` (the GPU when there is one), ``cpu`` or ``cuda``; ``batch_size``:
+    dialogues per model call; ``workers``: processes per media extractor; ``backend``: ``onnx`` runs
+    the graphs of ``merkit export --onnx`` in ONNX Runtime on the CPU (``auto``: when the folder has
+    them), ``torch`` the PyTorch model; ``threads``: ONNX Runtime's threads per graph (None: one per core).
+    """
+    from merkit.onnx_runtime import has_onnx, load_onnx
+
+    if backend not in BACKENDS:
+        raise MerkitError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "onnx" or (backend == "auto" and has_onnx(checkpoint) and device != "cuda"):
+        if device == "cuda":
+            raise MerkitError("the onnx backend runs on the CPU; use --backend torch for --device cuda")
+        return load_onnx(checkpoint, batch_size=batch_size, workers=workers, threads=threads)
+    return Predictor(load_checkpoint(checkpoint, resolve_device(device)), device=device, batch_size=batch_size, workers=workers)
