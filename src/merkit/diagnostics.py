@@ -17,7 +17,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from merkit import __version__
+from merkit._version import __version__
 from merkit.errors import MerkitError
 from merkit.features import models_dir
 
