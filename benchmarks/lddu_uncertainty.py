@@ -27,7 +27,7 @@ def seed_statistics(checkpoint: Path, data, split: str) -> dict[str, float]:
     import torch
     from scipy.stats import spearmanr
 
-    from merkit.evaluation.calibration import error_auroc
+    from merkit.calibration import error_auroc
     from merkit.evaluation.evaluate import Evaluator
     from merkit.models.lddu import binary_entropy
     from merkit.prediction import make_loader

@@ -14,7 +14,7 @@ from merkit.cli import app
 from merkit.data import read_data
 from merkit.data.store import write_store
 from merkit.errors import MerkitError
-from merkit.evaluation.calibration import apply_temperature, fit_temperature
+from merkit.calibration import apply_temperature, fit_temperature
 from merkit.prediction import make_loader, predict
 from merkit.training.engine import train_model
 from merkit.training.ensemble import build_ensemble

@@ -9,7 +9,8 @@ from sklearn.metrics import brier_score_loss, log_loss
 
 from merkit.data import read_data
 from merkit.errors import MerkitError
-from merkit.evaluation import calibration, robustness
+from merkit import calibration
+from merkit.evaluation import robustness
 from merkit.evaluation.evaluate import Evaluator, bootstrap_intervals
 from merkit.evaluation.report import compare_runs, markdown_table, summarize_runs, write_report
 from merkit.prediction import Predictions

@@ -26,7 +26,8 @@ pytest.importorskip("transformers", reason="the MiniLM text encoder needs the te
 from fastapi.testclient import TestClient  # noqa: E402
 
 import merkit  # noqa: E402
-from merkit.inference import check_deadline, parse_lines  # noqa: E402
+from merkit.deadlines import check_deadline  # noqa: E402
+from merkit.inference import parse_lines  # noqa: E402
 from merkit.serve import ServeLimits, create_app  # noqa: E402
 
 LIMITS = ServeLimits(max_utterances=8, max_upload_mb=0.2, max_media_seconds=2.0)

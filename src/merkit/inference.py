@@ -52,7 +52,7 @@ from merkit.data.corpus import MAX_SECONDS, MEDIA_KINDS, Corpus, Dialogue, Label
 from merkit.data.images import IMAGE_SUFFIXES, is_frame_folder
 from merkit.data.features import FeatureSet, stack_rows
 from merkit.data.formats import Source, detect_format, read_data
-from merkit.deadlines import TimeLimitExceeded, check_deadline  # noqa: F401  (TimeLimitExceeded: re-exported)
+from merkit.deadlines import check_deadline
 from merkit.devices import resolve_device
 from merkit.errors import MerkitError
 from merkit.features.extract import Absent

@@ -10,7 +10,7 @@ import numpy as np
 
 from merkit.data.corpus import SPEAKER_ROLE, Dialogue, LabelSchema, build_corpus, build_utterance
 from merkit.data.formats import DataBundle, Source, register_reader
-from merkit.data.labels import IEMOCAP_EMOTIONS  # noqa: F401  (re-exported)
+from merkit.data.labels import IEMOCAP_EMOTIONS
 from merkit.errors import MerkitError
 
 IEMOCAP_ROLES = ("M", "F")  # the index order of the official SDT/SURE speaker one-hot for IEMOCAP

@@ -8,7 +8,7 @@ from pathlib import Path
 from merkit.data.corpus import Corpus, Dialogue, LabelSchema, Utterance, build_corpus, build_utterance
 from merkit.data.formats import DataBundle, Source, register_reader
 from merkit.data.formats._text import csv_rows, repair_text
-from merkit.data.labels import MELD_EMOTIONS, MELD_SENTIMENTS  # noqa: F401  (re-exported)
+from merkit.data.labels import MELD_EMOTIONS, MELD_SENTIMENTS
 from merkit.errors import MerkitError
 
 _SPLIT_FILES = {"train": "train_sent_emo.csv", "valid": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
