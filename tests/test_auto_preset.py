@@ -102,6 +102,8 @@ def test_models_command_says_which_corpus_shape_each_preset_suits(monkeypatch):
     assert result.returncode == 0, result.stderr
     flat = " ".join(result.stdout.split())
     assert "suits" in flat and "2-speaker dialogues of ~50 turns" in flat and "--preset auto" in flat
+    # every GoEmotions figure uses the Ekman grouping (7 labels), not the 28 fine-grained ones
+    assert "~43k training items, 7 labels" in flat and "28 labels" not in flat
 
 
 def test_the_model_catalogue_is_the_live_registry_and_listing_it_imports_no_torch():

@@ -286,7 +286,10 @@ def test_lddu_m3ed_preset_sizes_heads_from_k(tmp_path):
     path = tmp_path / "m3ed.pt"
     torch.save(_m3ed_carat(), path)
     results = train_model(path, "lddu", out=tmp_path / "run", preset="m3ed", overrides=["epochs=1", "queue_size=64"], progress=False)
-    assert len(results["per_seed"]["0"]) and load_checkpoint(tmp_path / "run" / "seed0" / "best").model.mu_heads.second_bias.shape == (7,)
+    names = ("happy", "neutral", "sad", "disgust", "anger", "fear", "surprise")
+    per_class = json.loads((tmp_path / "run" / "seed0" / "metrics.json").read_text())["test"]["per_class"]
+    assert tuple(per_class) == names and np.isfinite(results["per_seed"]["0"]["test"]["micro_f1"])  # scored over K=7
+    assert load_checkpoint(tmp_path / "run" / "seed0" / "best").model.mu_heads.second_bias.shape == (7,)
 
 
 def test_registry_entry_reads_sequences_and_has_the_presets():
@@ -295,6 +298,43 @@ def test_registry_entry_reads_sequences_and_has_the_presets():
     assert set(entry.presets) == {"mosei-aligned", "mosei-unaligned", "m3ed", "goemotions"}
     assert "goemotions" in available_models()["sigmoid-mlp"].presets
     assert entry.presets["mosei-aligned"]["train"]["lr"] == 2e-4 and entry.presets["mosei-aligned"]["model"]["queue_size"] == 8192
+
+
+PAPER_PRESETS = ("mosei-aligned", "mosei-unaligned", "m3ed")
+
+
+def test_paper_presets_resolve_to_the_official_code_model():
+    from merkit.training.config import resolve_configs
+
+    entry = available_models()["lddu"]
+    assert set(PAPER_PRESETS) | {"goemotions"} == set(entry.presets)
+    for name in PAPER_PRESETS:
+        config, _ = resolve_configs(entry, name, [])
+        assert config.use_padding_mask is False and config.label_query_residual is False, name
+        assert (config.queue_size, config.queue_init) == (8192, "random"), name
+
+
+def test_paper_preset_attends_to_the_zero_padding_of_a_published_file(tmp_path):
+    """As the official code (all-ones masks): the mosei-aligned model reads the zero rows that pad text to 50;
+    the default (masked) model with the same weights does not, and the two agree wherever no row is all zero."""
+    from merkit.training.config import resolve_configs
+
+    path = tmp_path / "aligned_50.pkl"
+    path.write_bytes(pickle.dumps(_mosei_mmsa(), protocol=4))  # text rows 20..49 are zeros
+    bundle = read_data(path)
+    dataset = DialogueDataset(bundle.corpus, bundle.features, ["train"], MODALITIES, MODALITIES)
+    batch = dataset.collate([dataset[i] for i in range(4)])
+    spec = DataSpec(modalities={m: bundle.features[m].dim for m in MODALITIES}, num_classes=6, multi_label=True)
+    paper, _ = resolve_configs(available_models()["lddu"], "mosei-aligned", _settings(SMALL))
+    torch.manual_seed(0)
+    code = LDDU(paper, spec).eval()
+    masked = LDDU(paper.model_copy(update={"use_padding_mask": True}), spec).eval()
+    masked.load_state_dict(code.state_dict())
+    text = batch.sequences["text"]
+    assert (text[0, 0, 20:] == 0).all() and batch.sequence_mask["text"][0, 0, 20:].all()  # stored as real frames
+    assert not torch.allclose(code(batch).logits, masked(batch).logits, atol=1e-4)
+    unpadded = replace(batch, sequences={**batch.sequences, "text": torch.where(text == 0, torch.ones_like(text), text)})
+    torch.testing.assert_close(code(unpadded).logits, masked(unpadded).logits)
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):

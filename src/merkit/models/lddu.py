@@ -60,9 +60,13 @@ keeps the arg-max of ``s``.
 Paper/code discrepancies and merkit choices, with the option selecting each reading:
 sampling (``sample_latent``); padding masks (``use_padding_mask=false`` = code); queue init
 (``queue_init``); CRL form (``crl_mode``); CTC loss for the alignment (``ctc_weight``);
-queue rows as anchors (``queue_anchors``). Defaults differ from the code in two places, and
-the mosei-*/m3ed presets restore it: ``queue_size`` (0; code 8192) and ``label_query_residual``
-(True; code False). [R] the alignment runs after the input LayerNorm; the fusion concatenates
+queue rows as anchors (``queue_anchors``). Defaults differ from the code in four places, and
+the paper presets (mosei-aligned, mosei-unaligned, m3ed) restore all four: ``queue_size`` (0; code
+8192), ``queue_init`` (``empty``; code random rows that are only negatives: ``random``),
+``label_query_residual`` (True; code False) and ``use_padding_mask`` (True; code False: its all-ones
+masks let attention reach the zero rows that pad the published files to 50). The m3ed reader keeps
+each sample's ``len_list`` rows, so the code's attention over the zero rows up to 60 is not
+reproduced there. [R] the alignment runs after the input LayerNorm; the fusion concatenates
 modalities in merkit's order (text, audio, visual; the code's v, a, t is a permutation). Not reproduced: BertAdam (no bias correction,
 per-parameter clipping) — merkit trains with AdamW, no decay on biases/LayerNorm (the code's inverted
 grouping, decay on biases/LayerNorm only, is ``--set decay_grouping=inverted``, models.md's
@@ -296,7 +300,7 @@ def _bce_on_probabilities(probabilities: torch.Tensor, targets: torch.Tensor) ->
         return F.binary_cross_entropy(probabilities.float().clamp(1e-7, 1 - 1e-7), targets.float())
 
 
-_CODE = {"queue_size": 8192, "label_query_residual": False}
+_CODE = {"queue_size": 8192, "queue_init": "random", "label_query_residual": False, "use_padding_mask": False}  # the paper presets' model = the code's
 _MOSEI_TRAIN = {
     "epochs": 30,
     "batch_size": 64,

@@ -41,7 +41,7 @@ PRESET_SHAPES = {
     "mosei-aligned": "CMU-MOSEI word-aligned features (50 frames a modality), 6 labels, multi-label",
     "mosei-unaligned": "CMU-MOSEI unaligned features (audio/visual 500 frames), 6 labels, multi-label",
     "m3ed": "M3ED features, one sample a dialogue, 7 labels, multi-label",
-    "goemotions": "one-vector texts (MiniLM/MPNet), ~43k training items, 28 labels, multi-label",
+    "goemotions": "one-vector texts (MiniLM/MPNet), ~43k training items, 7 labels (Ekman grouping), multi-label",
     "auto": "any other corpus: settings chosen from its training split's size, turns and class balance "
     "(`merkit train --preset auto` prints what it chose and why)",
 }
