@@ -55,6 +55,8 @@ lock:
 	/tmp/merkit-lock-venv/bin/python -m pip install --quiet 'pip-tools>=7.4'
 	/tmp/merkit-lock-venv/bin/pip-compile --quiet --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
 	    --extra $(EXTRAS) --output-file $(LOCK) pyproject.toml
+	# the recording extra names merkit[audio]: merkit itself is installed editable, not pinned
+	sed -i '/^merkit @ /,+1d' $(LOCK)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
