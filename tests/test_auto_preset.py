@@ -72,6 +72,24 @@ def test_dialogue_models_get_the_speaker_count_of_the_data():
         assert model_config.max_speakers == 4
 
 
+def test_lddu_on_a_small_multi_label_corpus_gets_the_code_rate_and_no_extractor_layers():
+    """Issue #34: at the default lr 1e-3 LDDU stalled at the label priors on 5k GoEmotions items (README
+    "LDDU on small multi-label corpora"); a large corpus keeps the extractor's layers."""
+    from dataclasses import replace
+
+    from merkit.models import lddu
+
+    entry = available_models()["lddu"]
+    small = CorpusShape(dialogues=5000, utterances=5000, mean_turns=1.0, max_speakers=1, classes=11, multi_label=True, imbalance=30.0)
+    chosen = auto_preset(entry, small, "micro_f1")
+    assert chosen.train["lr"] == lddu.AUTO_LR == 2e-4 and chosen.model["encoder_layers"] == 0
+    assert (chosen.train["batch_size"], chosen.train["epochs"], chosen.train["patience"]) == (16, 20, 5)
+    model_config, train_config = resolve_configs(entry, "auto", [], chosen.describe())
+    assert model_config.encoder_layers == 0 and train_config.lr == 2e-4
+    large = auto_preset(entry, replace(small, dialogues=40_000, utterances=40_000), "micro_f1")
+    assert large.train["lr"] == 2e-4 and "encoder_layers" not in large.model
+
+
 def test_training_with_auto_says_what_it_chose_and_stores_it(tmp_path):
     heard = []
     results = train_model(

@@ -190,6 +190,22 @@ def test_lddu_keeps_up_with_the_sigmoid_mlp_and_down_weights_a_noise_modality(tm
     assert len(rows[0]["uncertainty"]) == 6
 
 
+def test_auto_preset_learns_on_a_small_corpus_of_one_vector_texts(tmp_path):
+    """``--preset auto`` on one-turn, one-vector multi-label texts (GoEmotions-like, 384-d as MiniLM): the label loss
+    falls and the validation score moves from epoch to epoch (issue #34: flat loss, the same scores every epoch)."""
+    import csv
+
+    bundle = read_data("synthetic", multi_label=True, dialogues=800, min_turns=1, max_turns=1, text_dim=384, classes=7)
+    results = train_model(bundle, "lddu", out=tmp_path, preset="auto", modalities=["text"], overrides=["epochs=8"], progress=False)
+    assert results["model_config"]["encoder_layers"] == 0 and results["train_config"]["lr"] == 2e-4
+    rows = list(csv.DictReader((tmp_path / "seed0" / "logs" / "metrics.csv").open()))
+    label_loss = [float(r["loss_main"]) for r in rows if r.get("loss_main") and r.get("loss_epoch")]
+    valid = [float(r["select_micro_f1"]) for r in rows if r.get("select_micro_f1")]
+    assert len(label_loss) == len(valid) == 8
+    assert label_loss[-1] < 0.9 * label_loss[0], label_loss
+    assert len(set(valid)) > 4 and max(valid[4:]) > valid[0] + 0.05, valid
+
+
 # --------------------------------------------------------------------------- published layouts
 
 
