@@ -22,7 +22,7 @@ def test_import_contracts_hold():
     src = str(Path(merkit.__file__).resolve().parents[1])  # the merkit under test, not another checkout's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run(
-        [str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        [str(lint), str(ROOT / "pyproject.toml"), "--no-cache"],
         cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", timeout=300,
     )
     report = done.stdout[done.stdout.find("Broken contracts"):] if "Broken contracts" in done.stdout else done.stdout
