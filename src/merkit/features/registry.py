@@ -39,7 +39,7 @@ MODALITIES = ("text", "audio", "visual")
 LEVELS = ("utterance", "sequence")
 
 # Modules that register extractors on import (the audio/visual issue adds its modules here).
-_EXTRACTOR_MODULES = ("merkit.features.text", "merkit.features.audio", "merkit.features.video")
+_EXTRACTOR_MODULES = ("merkit.features.text", "merkit.features.audio", "merkit.features.video", "merkit.features.face_cnn")
 
 
 class ExtractorSettings(BaseModel):

@@ -1,0 +1,146 @@
+"""``face-cnn``: merkit's own face-expression CNN, trained on FER2013's training split, as a face extractor.
+
+The network (:class:`FaceCNN`) is defined here and only here: the recipe that trains it
+(``recipes/zoo/face_fer2013.py``) and the extractor that embeds faces with it both import it.
+It is a VGG-style net of four stages (two 3×3 convolutions with batch norm and ReLU, then 2×2
+max pooling) of ``widths`` channels, global average pooling, a ``hidden``-unit layer and 7
+expression logits. Input: a 48×48 grey face, x / 255, centre-cropped to ``CROP``×``CROP`` (the
+recipe trains on random crops of that size). The extractor's row is the ``hidden``-unit layer
+before the logits (after ReLU), averaged over the sampled frames like the other face extractors.
+
+Its weights ship in the package (``merkit/zoo/face-fer2013/face_cnn.safetensors``, float16, computed
+in float32; the training record is ``card.md`` beside them): nothing is downloaded. It learnt from FER2013's
+``train`` split only (28,709 web-search faces; never CK+ nor FER2013's PublicTest/PrivateTest),
+so unlike ``face-fer`` its CK+ figures are clean; its FER2013 ``valid`` (PublicTest) score is in
+the card. Face finding, cropping and pooling are those of the other face extractors
+(:mod:`merkit.features.video`); with ``detection=auto`` a small face crop such as a FER2013
+image is used whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from merkit.errors import MerkitError
+from merkit.io import file_sha256, folder_sha256
+from merkit.features.registry import register_extractor
+from merkit.features.video import FaceExtractor, crop_square
+
+CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+SIZE = 48  # the face is resized to SIZE×SIZE grey, as FER2013's images are
+CROP = 44  # the network sees the centre CROP×CROP (random crops of this size in training)
+WIDTHS = (32, 64, 128, 256)
+HIDDEN = 256
+TRAINED_ON = "FER2013's train split only (28,709 web-search faces, 7 expressions; never CK+ nor FER2013's PublicTest)"
+
+
+def weights_file() -> Path:
+    """The shipped weights (safetensors), inside the package."""
+    return Path(__file__).resolve().parent.parent / "zoo" / "face-fer2013" / "face_cnn.safetensors"
+
+
+def build(widths: tuple[int, ...] = WIDTHS, hidden: int = HIDDEN, classes: int = len(CLASSES), dropout: float = 0.4):
+    """A fresh :class:`FaceCNN` (torch is imported here, not on importing merkit.features)."""
+    import torch
+    from torch import nn
+
+    class FaceCNN(nn.Module):
+        """VGG-style stages → global average → ``hidden`` units (the embedding) → logits."""
+
+        def __init__(self):
+            super().__init__()
+            stages, inputs = [], 1
+            for width in widths:
+                layers: list[nn.Module] = []
+                for index in range(2):
+                    layers += [nn.Conv2d(inputs if index == 0 else width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                stages.append(nn.Sequential(*layers, nn.MaxPool2d(2)))
+                inputs = width
+            self.stages = nn.Sequential(*stages)
+            self.embedding = nn.Sequential(nn.Dropout(dropout), nn.Linear(inputs, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, classes))
+
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
+            return self.embedding(self.stages(x).mean(dim=(2, 3)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(x))
+
+    return FaceCNN()
+
+
+def to_input(faces: np.ndarray):
+    """``[N, 48, 48]`` uint8 grey faces → the network's ``[N, 1, CROP, CROP]`` float input (centre crop, x / 255)."""
+    import torch
+
+    if faces.ndim != 3 or faces.shape[1:] != (SIZE, SIZE):
+        raise MerkitError(f"face-cnn takes [N, {SIZE}, {SIZE}] grey faces, got shape {tuple(faces.shape)}")
+    start = (SIZE - CROP) // 2
+    crop = faces[:, start : start + CROP, start : start + CROP]
+    return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32) / 255.0)[:, None]
+
+
+def probabilities(network, faces: np.ndarray, *, flip: bool, bf16: bool = False, batch: int = 512) -> np.ndarray:
+    """``[N, 7]`` class probabilities of uint8 ``[N, 48, 48]`` faces; with ``flip``, of the logits averaged with the
+    mirrored faces' (what a linear head on the extractor's ``flip`` embedding, their average, gives)."""
+    import torch
+
+    network.eval()
+    out = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(faces), batch):
+            x = to_input(faces[start : start + batch]).contiguous(memory_format=torch.channels_last)
+            logits = network(x).float()
+            if flip:
+                logits = (logits + network(x.flip(-1)).float()) / 2
+            out.append(logits.softmax(-1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def shipped() -> tuple[Any, dict[str, Any]]:
+    """The shipped :class:`FaceCNN` in eval mode and its metadata (shape, classes, whether to average with the mirror)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = weights_file()
+    if not path.is_file():
+        raise MerkitError(f"face-cnn: the weights file {path} is missing from the package (rebuild with recipes/zoo/face_fer2013.py)")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = {key: json.loads(value) for key, value in (handle.metadata() or {}).items() if key in ("network", "flip")}
+    shape = meta.get("network", {})
+    network = build(tuple(shape.get("widths", WIDTHS)), int(shape.get("hidden", HIDDEN)), len(shape.get("classes", CLASSES)))
+    network.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in load_file(str(path)).items()})
+    return network.eval(), meta
+
+
+@register_extractor
+class FaceCnn(FaceExtractor):
+    name = "face-cnn"
+    description = "merkit's own FER2013-trained CNN: the 256 units before its 7 expression logits, of face crops, averaged"
+    trained_on = TRAINED_ON
+    dim = HIDDEN
+    embedders = ("cnn",)
+
+    weights_path: Path | None = None  # the recipe points this at the weights it has just written, to record their checksum
+
+    def weights(self) -> dict[str, Any]:
+        files = dict(super().weights()["files"])
+        files["face-cnn"] = file_sha256(self.weights_path or weights_file())
+        return {"files": files, "sha256": folder_sha256(files)}
+
+    def embed(self, image: np.ndarray, box: tuple[int, int, int], points: np.ndarray | None) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        face = Image.fromarray(crop_square(image, *box)).resize((SIZE, SIZE), Image.Resampling.BILINEAR).convert("L")
+        batch = to_input(np.asarray(face)[None])
+        if self.settings.flip:
+            batch = torch.cat([batch, batch.flip(-1)])
+        with torch.inference_mode():
+            return shipped()[0].embed(batch).mean(dim=0).numpy().astype(np.float32)
