@@ -408,6 +408,24 @@ def test_media_times_out_of_range_are_a_clear_error(start, tmp_path):
         read_data(table)
 
 
+@pytest.mark.parametrize(
+    "conversation",
+    [
+        [{"text": "a"}, {"text": "b", "start": "soon"}],
+        [{"text": "a", "dialogue_id": "x"}, {"text": "b", "dialogue_id": "y", "start": "soon"}],
+        {"utterances": [{"text": "a"}, {"text": "b", "start": "soon"}]},
+        {"utterances": [{"text": "a", "dialogue_id": "x"}, {"text": "b", "dialogue_id": "x", "start": "soon"}]},
+    ],
+    ids=["flat list", "flat list with dialogue_ids", "utterances", "utterances with dialogue_ids"],
+)
+def test_a_wrong_field_has_one_name_in_every_form(conversation):
+    """Turns grouped by their dialogue_ids are validated as ``utterances`` too: ``utterances.1.start``, never ``1.start``."""
+    from merkit.inference import read_conversations
+
+    with pytest.raises(MerkitError, match=r"^utterances\.1\.start: Input should be a valid number"):
+        read_conversations(conversation)
+
+
 def test_a_lone_surrogate_is_a_clear_error():
     from merkit.inference import read_conversations
 

@@ -186,4 +186,3 @@ class Predictor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-

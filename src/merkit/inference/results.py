@@ -55,4 +55,3 @@ class PredictionResult(BaseModel):
                  ";".join(u.modalities), "; ".join(f"{m}: {r}" for m, r in u.notes.items())]
             )  # fmt: skip
         return buffer.getvalue()
-

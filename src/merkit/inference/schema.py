@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from merkit.data.corpus import MAX_SECONDS, MEDIA_KINDS
 from merkit.errors import MerkitError
@@ -108,7 +108,11 @@ class DialoguesInput(BaseModel):
     dialogues: list[ConversationInput] = Field(min_length=1)
 
 
-_TURNS = TypeAdapter(list[UtteranceInput])
+class _Turns(BaseModel):
+    """A flat list of turns, validated as the ``utterances`` it is: a wrong field reads ``utterances.1.start`` in
+    every form of input (a list, or ``{"utterances": [...]}`` whose turns carry their dialogue_ids)."""
+
+    utterances: list[UtteranceInput]
 
 
 def validation_message(exc: ValidationError, limit: int = 3) -> str:
@@ -150,7 +154,7 @@ def read_conversations(data: Any) -> list[ConversationInput]:
 
 def _grouped(data: list[Any]) -> list[ConversationInput]:
     """A flat list of turns → one conversation per ``dialogue_id`` (first appearance first), each turn's place kept."""
-    turns = _TURNS.validate_python(data)
+    turns = _Turns(utterances=data).utterances
     if not turns:
         raise MerkitError("the conversation is empty (no utterances)")
     grouped: dict[str, list[tuple[int, UtteranceInput]]] = {}
@@ -183,4 +187,3 @@ def parse_lines(text: str, dialogue_id: str = "conversation") -> ConversationInp
     if not turns:
         raise MerkitError("the conversation is empty (no utterances)")
     return ConversationInput(dialogue_id=dialogue_id, utterances=turns)
-

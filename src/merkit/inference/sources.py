@@ -165,4 +165,3 @@ def read_input(source: str | Path, labels: LabelSchema) -> Corpus:
     except MerkitError as exc:
         raise exc.at(path) from None
     return unlabelled_corpus(read_data(path).corpus, labels)
-
