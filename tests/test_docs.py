@@ -66,3 +66,11 @@ def test_the_table_check_can_fail():
     # a shell comment inside the block is no heading: the table and its command stay in one section
     assert tables_without_a_command("## A\n\n| a |\n|---|\n\n```bash\n# first\nmerkit train x\n```\n") == []
     assert tables_without_a_command("## A\n\n| a |\n|---|\n\nMade by `recipes/a.yaml`.\n") == []
+
+
+def test_every_results_table_names_its_command_or_recipe():
+    pages = sorted((DOCS / "results").glob("*.md"))
+    assert pages, "docs/results/ holds no page"
+    for page in pages:
+        missing = tables_without_a_command(page.read_text("utf-8"))
+        assert not missing, f"{page.relative_to(REPO)}: a table with no command or recipe in its section: {missing}"

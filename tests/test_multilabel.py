@@ -240,10 +240,11 @@ def test_data_stats_counts_no_emotion_rows_in_table_and_json(tmp_path, capsys):
     assert [cell.strip() for cell in row.split("│")[2:6]] == ["1", "0", "1", "2"]  # train, valid, test, all
 
 
-def test_readme_says_how_to_declare_multi_label_and_write_no_emotion():
+def test_the_docs_say_how_to_declare_multi_label_and_write_no_emotion():
     from conftest import REPO
 
-    readme = (REPO / "README.md").read_text("utf-8")
-    own_data = readme[readme.index("### Your own data") : readme.index("### Bringing your own corpus")]
+    guide = (REPO / "docs" / "guides" / "data.md").read_text("utf-8")
+    own_data = guide[guide.index("## Your own data") :]
+    own_data = own_data[: own_data.index("\n## ")]
     assert "-o multi_label=true" in own_data
     assert '"label": []' in own_data and "no emotion" in own_data and '"label": null' in own_data
