@@ -33,6 +33,40 @@ def test_the_site_builds_strictly(tmp_path):
     assert "merkit.loading.load" in api and ":class:" not in api
 
 
+def test_the_readme_is_short_and_opens_with_the_two_commands():
+    lines = (REPO / "README.md").read_text("utf-8").splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail into docs/"
+    opening = "\n".join(lines[:8])
+    assert "make demo" in opening and "make test" in opening
+
+
+def leaf_commands() -> list[str]:
+    """Every command of the ``merkit`` app that does something (``data stats``, not ``data``)."""
+    import typer
+
+    from merkit.cli import app
+
+    def walk(command, path, parent):
+        ctx = command.context_class(command, info_name=path[-1] if path else "merkit", parent=parent)
+        names = command.list_commands(ctx) if hasattr(command, "list_commands") else []
+        if not names:
+            yield " ".join(path)
+        for name in names:
+            sub = command.get_command(ctx, name)
+            if sub is not None and not sub.hidden:
+                yield from walk(sub, [*path, name], ctx)
+
+    return list(walk(typer.main.get_command(app), [], None))
+
+
+def test_the_readme_command_map_names_every_command():
+    readme = (REPO / "README.md").read_text("utf-8")
+    commands = leaf_commands()
+    assert {"data stats", "train", "predict", "cache clear"} <= set(commands)
+    missing = [name for name in commands if f"| `merkit {name}` |" not in readme]
+    assert not missing, f"README.md's command map has no line for: {missing}"
+
+
 COMMAND = re.compile(r"^\s*(\$ )?(merkit |python |OMP_NUM_THREADS=\S+ python |for |flock )", re.M)
 INLINE_COMMAND = re.compile(r"`(merkit |python )[^`]+`")
 
