@@ -67,6 +67,15 @@ def test_the_readme_command_map_names_every_command():
     assert not missing, f"README.md's command map has no line for: {missing}"
 
 
+def test_every_registered_model_has_its_registry_facts_on_a_model_page():
+    """A model page shows ``<!-- merkit-model NAME -->``, which the build fills from the registry."""
+    from merkit.models.registry import available_models
+
+    pages = "\n".join(page.read_text("utf-8") for page in (DOCS / "models").glob("*.md"))
+    missing = [name for name in available_models() if f"<!-- merkit-model {name} -->" not in pages]
+    assert not missing, f"no page in docs/models/ shows the model(s) {missing}"
+
+
 COMMAND = re.compile(r"^\s*(\$ )?(merkit |python |OMP_NUM_THREADS=\S+ python |for |flock )", re.M)
 INLINE_COMMAND = re.compile(r"`(merkit |python )[^`]+`")
 
