@@ -1,10 +1,13 @@
-"""The documentation site builds with no broken link, anchor or reference; the README stays short; every
-results table says how it was made."""
+"""The documentation keeps up with the code: the site builds strictly (no page outside the nav, no broken link,
+anchor or API reference); every command shown in the README and the docs parses; the README stays short and its
+command map names every command; every model has its page; every results table says how it was made."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -42,9 +45,6 @@ def test_the_readme_is_short_and_opens_with_the_two_commands():
 
 def leaf_commands() -> list[str]:
     """Every command of the ``merkit`` app that does something (``data stats``, not ``data``)."""
-    import typer
-
-    from merkit.cli import app
 
     def walk(command, path, parent):
         ctx = command.context_class(command, info_name=path[-1] if path else "merkit", parent=parent)
@@ -56,7 +56,7 @@ def leaf_commands() -> list[str]:
             if sub is not None and not sub.hidden:
                 yield from walk(sub, [*path, name], ctx)
 
-    return list(walk(typer.main.get_command(app), [], None))
+    return list(walk(merkit_command(), [], None))
 
 
 def test_the_readme_command_map_names_every_command():
@@ -74,6 +74,74 @@ def test_every_registered_model_has_its_registry_facts_on_a_model_page():
     pages = "\n".join(page.read_text("utf-8") for page in (DOCS / "models").glob("*.md"))
     missing = [name for name in available_models() if f"<!-- merkit-model {name} -->" not in pages]
     assert not missing, f"no page in docs/models/ shows the model(s) {missing}"
+
+
+def shell_commands(markdown: str) -> list[str]:
+    """The ``merkit ...`` commands of a page's shell blocks, with the block's own variables expanded."""
+    found = []
+    for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", markdown, re.S):
+        block = re.sub(r"\\\n\s*", " ", block)
+        arrays = dict(re.findall(r"^\s*(\w+)=\((.*)\)\s*$", block, re.M))
+        strings = dict(re.findall(r'\b(\w+)="([^"]*)"', block))
+        for line in block.splitlines():
+            line = re.sub(r'"?\$\{(\w+)\[@\]\}"?', lambda m: arrays.get(m.group(1), m.group(0)), line)
+            line = re.sub(r"\$(\w+)\b", lambda m: strings.get(m.group(1), m.group(0)), line)
+            line = re.sub(r"\[(--[^\]]+)\]", r"\1", line)  # [--preset P]: an optional part
+            for part in re.split(r"\s*(?:&&|;)\s+|\s+\|\s+", line.strip()):
+                part = re.sub(r"^(?:\$ |do |then |time |\w+=\S+ )+", "", part)
+                if part.startswith("merkit "):
+                    found.append(part)
+    return found
+
+
+@functools.cache
+def merkit_command():
+    """The Click command Typer builds from ``merkit.cli.app`` (built once: it takes tens of milliseconds)."""
+    import typer
+
+    from merkit.cli import app
+
+    return typer.main.get_command(app)
+
+
+def parse_error(line: str) -> str | None:
+    """Why ``merkit`` would refuse the command line's words (None: it parses; missing arguments are fine)."""
+    words = shlex.split(line, comments=True)[1:]
+    command = merkit_command()
+    ctx, name = command.make_context("merkit", [], resilient_parsing=True), "merkit"
+    while hasattr(command, "list_commands") and words and not words[0].startswith("-"):
+        name, command = words[0], command.get_command(ctx, words[0])
+        if command is None:
+            return f"no command {name!r}"
+        words = words[1:]
+        if hasattr(command, "list_commands"):
+            ctx = command.make_context(name, [], parent=ctx, resilient_parsing=True)
+    try:
+        command.make_context(name, words, parent=ctx)
+    except Exception as error:  # the vendored Click's UsageError and its kin
+        if type(error).__name__ != "MissingParameter":
+            return f"{type(error).__name__}: {error}"
+    return None
+
+
+def test_the_parse_check_can_fail():
+    assert parse_error("merkit train stores/x --model bigru --no-such-option 3 --out r")
+    assert parse_error("merkit data no-such-command x")
+    assert parse_error("merkit train stores/x --model bigru --out r") is None
+    block = '```bash\nO="-o labels=a,b"\nfor S in A; do merkit extract x.jsonl $O --out s$S; done\n```\n'
+    assert shell_commands(block) == ["merkit extract x.jsonl -o labels=a,b --out s$S"]
+
+
+def test_every_command_in_the_readme_and_docs_parses():
+    """A renamed or removed option fails here, naming the page and the line that still uses it."""
+    pages = [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
+    failures = [
+        f"{page.relative_to(REPO)}: {line} → {error}"
+        for page in pages
+        for line in shell_commands(page.read_text("utf-8"))
+        if (error := parse_error(line))
+    ]
+    assert not failures, "\n".join(failures)
 
 
 COMMAND = re.compile(r"^\s*(\$ )?(merkit |python |OMP_NUM_THREADS=\S+ python |for |flock )", re.M)
