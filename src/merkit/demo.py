@@ -29,16 +29,16 @@ from merkit.data.store import is_store, open_store, write_store
 from merkit.training.engine import train_model
 
 REAL_CORPORA = ("iemocap", "meld")
-# The best text recipe that fits the demo's 15 minutes on a 2-core CPU (README, issue #16): frozen MPNet lifts
+# The best text recipe that fits the demo's 15 minutes on a 2-core CPU (docs/results/ensembles.md, issue #16): frozen MPNet lifts
 # IEMOCAP's BiGRU by 3 points over MiniLM for ≈ 3½ more minutes of extraction; on MELD it gains 0.3 for ≈ 7 more
 # minutes, so MELD keeps MiniLM. Fine-tuned MPNet (≈ 1 h a corpus here) and the 15-member ensembles do not fit.
 TEXT_EXTRACTORS = {"iemocap": "mpnet", "meld": "minilm"}
 DEMO_MODEL = "bigru"
-RAVDESS_MODEL = "sdt"  # the best audio + face model of README "Results on real audio and faces"
+RAVDESS_MODEL = "sdt"  # the best audio + face model of docs/results/ravdess.md
 RAVDESS_AUDIO = "whisper-base"  # the best audio features there (encoding each clip's own frames: 11× faster than 30-s windows)
 RAVDESS_AUDIO_SETTINGS = {"pad_to_window": False}
 CKPLUS_SUBJECT = r"^(S\d+)_"  # CK+ file names start with the subject
-CKPLUS_EXTRACTOR = "face-fer-conv"  # the best face features of README "Results on real faces: CK+"
+CKPLUS_EXTRACTOR = "face-fer-conv"  # the best face features of docs/results/ckplus.md
 CKPLUS_SETTINGS = {"flip": True, "detection": "off"}  # the crops are the faces (what auto does on them), so no MediaPipe
 CKPLUS_MODEL = "mlp"
 
@@ -116,7 +116,7 @@ def run_demo(out: Path, data_root: Path | None, model: str, console: Console) ->
     if "ckplus" in rows:
         from merkit.features.registry import available_extractors
 
-        console.print(f"  ckplus: {CKPLUS_EXTRACTOR}'s CNN was trained on {available_extractors()[CKPLUS_EXTRACTOR].trained_on}; README \"Results on real faces\" "
+        console.print(f"  ckplus: {CKPLUS_EXTRACTOR}'s CNN was trained on {available_extractors()[CKPLUS_EXTRACTOR].trained_on}; docs/results/ckplus.md "
                       "gives the clean figure (face-landmarks, face-effnet)")  # fmt: skip
     if data_root is not None:
         _predict_example(_text_run(out, "meld", model) / "seed0" / "best", console)
