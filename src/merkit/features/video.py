@@ -71,7 +71,7 @@ FACE_MESH_FILES = (
 )
 MEDIAPIPE_HINT = (
     "face features need the video extra and MediaPipe 0.10.21: pip install 'merkit[video]' && "
-    "pip install --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27 (see README)"
+    "pip install --no-deps mediapipe==0.10.21 what-the-face-classification==0.0.27 (docs/guides/features.md)"
 )
 
 

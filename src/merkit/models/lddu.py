@@ -45,7 +45,7 @@ Outputs: ``logits = logit(s)`` (``[B, T, K]``; sigmoid gives ``s``); ``uncertain
 label, [R] ``uncertainty``: ``score_entropy`` (default) = the binary entropy of ``s_k``, which rises with the
 label's errors; ``sigma_norm`` = ‖[σ_m]_m‖, which the code's L_crl trains to rise with the semantic
 confidence c_k instead (positively with ``crl_mode=code``, negatively with ``per_sample_inverse``), and
-ranks errors worse than the entropy, or worse than chance (README "LDDU's uncertainty"). ``expert_weights`` (eval only) = each modality's share of
+ranks errors worse than the entropy, or worse than chance (docs/results/multilabel.md, "LDDU's uncertainty"). ``expert_weights`` (eval only) = each modality's share of
 the fusion's dependence on it: ``|s − s_without_m|`` averaged over labels, where
 ``s_without_m`` reruns the gate and heads with modality m's slots zeroed exactly as for a
 missing modality, normalised over the modalities (the fusion gates μ- against σ-heads, not
@@ -130,7 +130,7 @@ class LDDUConfig(ModelConfig):
     crl_mode: Literal["code", "per_sample_inverse"] = "code"  # [C] / [R]
     # [R] what the output's ``uncertainty`` is, per label: the binary entropy of the score s_k (error AUROC 0.87 on
     # GoEmotions validation), or ‖[σ_m]_m‖, which L_crl ties to the semantic confidence c_k rather than to error
-    # (AUROC 0.72 with crl_mode=code, 0.29 with per_sample_inverse; README "LDDU's uncertainty")
+    # (AUROC 0.72 with crl_mode=code, 0.29 with per_sample_inverse; docs/results/multilabel.md)
     uncertainty: Literal["score_entropy", "sigma_norm"] = "score_entropy"
 
     @model_validator(mode="after")
@@ -330,8 +330,8 @@ def auto_rules(shape: Any, chosen: Any) -> None:
       costs the rare labels (dev mean AP over epochs 5–14, 5k GoEmotions items: 3 layers 38.4, 1 layer 40.8,
       none 41.6; the sigmoid MLP 46.2); the label-wise attention still reads every frame.
 
-    Measured on two disjoint 5k-item GoEmotions subsamples, MiniLM vectors, seeds 0–2, test micro-F1 (README
-    "LDDU on small multi-label corpora", with the commands): sigmoid MLP auto 58.62 / 57.39; these rules
+    Measured on two disjoint 5k-item GoEmotions subsamples, MiniLM vectors, seeds 0–2, test micro-F1 (docs/results/
+    multilabel.md, "LDDU on small multi-label corpora", with the commands): sigmoid MLP auto 58.62 / 57.39; these rules
     58.17 / 56.83 (one class-seed of 42 at F1 0: disgust, B seed 2); the rate alone 57.40 / 56.04 (5 at 0);
     auto before #34 (lr 1e-3, 3 layers) 47.70 / 49.28 (28 at 0). Sequence corpora this small (frames that the
     layers could relate) were not measured.

@@ -161,11 +161,11 @@ AUTO_LR = 5e-4
 def auto_rules(shape: Any, chosen: Any) -> None:
     """``--preset auto`` for SDT and SURE (after the shared rules of :mod:`merkit.training.auto`): one speaker row
     per speaker of the busiest training dialogue, and [R] the CPU-sized model and the learning rate of the
-    ``meld-mpnet`` preset, which beat the bare defaults and ``iemocap-mpnet`` on both corpora the README tries."""
+    ``meld-mpnet`` preset, which beat the bare defaults and ``iemocap-mpnet`` on both corpora of docs/results/presets-auto.md."""
     chosen.set("model", "max_speakers", max(shape.max_speakers, 1), "the most speakers in one training dialogue")
     for name, value in OWN_MODEL.items():
         chosen.set("model", name, value, "merkit's CPU-sized model of the *-mpnet presets")
-    chosen.set("train", "lr", AUTO_LR, "meld-mpnet's rate, better than 1e-3 on the README's new corpora")
+    chosen.set("train", "lr", AUTO_LR, "meld-mpnet's rate, better than 1e-3 on the documented new corpora")
 
 
 @register_model(

@@ -33,7 +33,7 @@ Sources of each part:
   as in SDT.
 - [U] ``uncertainty_weight`` λ_u = 1, ``balance_weight`` α_bal = 0.01, ``kl_weight`` α_kl = 1e-3,
   ``logvar_init`` −4 (initial log σ², σ ≈ 0.14: chosen among 0 / −2 / −4 by validation weighted F1 on
-  IEMOCAP text, README "SURE's Gaussian experts"; σ then grows back to ≈ 0.8 as the KL term pulls it); the MELD settings (no run script: SDT's MELD settings, including
+  IEMOCAP text, docs/results/sure-gaussian-experts.md; σ then grows back to ≈ 0.8 as the KL term pulls it); the MELD settings (no run script: SDT's MELD settings, including
   its identity gate and τ 8); ``hidden`` defaults to a CPU-sized 128 (the paper presets set 1024);
   the ``*-mpnet`` presets for merkit's own text features are merkit's choices (``sdt.presets`` plus
   ``moe_residual`` and ``context_gru`` on, see ``OWN_FEATURE_SETTINGS``).
@@ -56,7 +56,7 @@ Ablations, one command each: ``--set moe=false`` (no mixture of experts), ``--se
 
 Training logs (``logs/metrics.csv``) hold, per epoch and modality, the chosen experts' mean σ
 (``diag_sigma_<m>``) and mean ‖μ‖ (``diag_mu_norm_<m>``): with ``logvar_init`` 0, σ stays ≈ 1 per feature
-while ‖μ‖ ≈ 5 over 256 features, so the sampling noise (norm ≈ 16) dominates (README "SURE's Gaussian experts").
+while ‖μ‖ ≈ 5 over 256 features, so the sampling noise (norm ≈ 16) dominates (docs/results/sure-gaussian-experts.md).
 
 Outputs: ``uncertainty [B, T, M]`` = mean variance of the chosen experts per modality (the prior
 variance 1 where the modality is missing; absent when ``moe=false``); ``expert_weights [B, T, M]`` =

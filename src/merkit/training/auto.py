@@ -3,7 +3,7 @@
 Why: the hand-made presets were tuned on one corpus each (IEMOCAP, MELD, GoEmotions, ...); on another
 corpus a borrowed preset is a guess and the bare defaults under- or over-train it (issue #21: LDDU's
 only multi-label preset left a 5.5k-item corpus under-trained). The rules below are merkit's [R]; the
-README's "Presets for a new corpus" measures them against every hand-made preset on corpora that none
+docs/results/presets-auto.md measures them against every hand-made preset on corpora that none
 of them was made for. A model adds its own rules with ``register_model(..., auto=...)``: SDT/SURE
 (:func:`merkit.models.sdt.auto_rules`) and LDDU (:func:`merkit.models.lddu.auto_rules`: the code's
 learning rate, and no extractor layers on small corpora, measured on two 5k-item multi-label corpora).

@@ -7,7 +7,7 @@ multi-label file whose rows hold one label at most), ``sentiment``, ``start``,
 ``end`` (seconds), ``split`` (train/valid/dev/test) and media paths ``audio``, ``video``,
 ``image`` (a face crop or photograph) and ``frames`` (a folder of frames, or OpenFace's output
 folder; see :mod:`merkit.data.images`); relative paths are resolved against the file's folder. Utterances keep file order within
-their dialogue. See README "Your own data" for an example.
+their dialogue. See docs/guides/data.md ("Your own data") for an example.
 
 Column names: a label column called ``label``, ``labels``, ``emotion`` or ``class`` (any case) is
 the label; other fields match their name exactly, else case-insensitively. ``label_column=NAME``
@@ -261,7 +261,7 @@ def rows_to_corpus(
 @register_reader
 class JsonlReader:
     name = "jsonl"
-    description = "your own conversations, one JSON object per utterance (see README)"
+    description = "your own conversations, one JSON object per utterance (docs/guides/data.md)"
 
     def detect(self, source: Source) -> bool:
         return source.path.is_file() and source.path.suffix.lower() in {".jsonl", ".ndjson"}
@@ -273,7 +273,7 @@ class JsonlReader:
 @register_reader
 class CsvReader:
     name = "csv"
-    description = "your own conversations, one CSV row per utterance (see README; -o dialogue_column=none: one per row)"
+    description = "your own conversations, one CSV row per utterance (docs/guides/data.md; -o dialogue_column=none: one per row)"
 
     def detect(self, source: Source) -> bool:
         # Any .csv: the corpus CSVs merkit knows (MELD) are detected by readers that come first.
