@@ -97,13 +97,17 @@ def test_nearest_speaker_starts_new_speakers_past_the_threshold_and_revises_earl
 
 # ------------------------------------------------------------------ the session
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
+def checkpoint(tmp_path_factory) -> Path:
     """A BiGRU over text (MiniLM) and audio (eGeMAPS): it reads the whole dialogue, both ways."""
     pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
     pytest.importorskip("opensmile", reason="eGeMAPS needs the audio extra")
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt", {"text": "minilm", "audio": "egemaps"}, model="bigru")
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
     import merkit
 
-    checkpoint = untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt", {"text": "minilm", "audio": "egemaps"}, model="bigru")
     with merkit.load(checkpoint, threads=1) as loaded:
         yield loaded
 
@@ -149,3 +153,55 @@ def test_a_short_context_predicts_each_turn_from_the_last_turns_only(talk, predi
         assert len(session.rows["audio"]) == 1  # the features of turns out of the context are forgotten
     assert all(e.type == "turn" for e in events)  # no context, no revisions
     assert events[1].probabilities == pytest.approx(alone.utterances[0].probabilities, abs=1e-5)
+
+
+# ------------------------------------------------------------------ merkit live
+def test_the_live_command_prints_each_turn_as_json_lines_and_writes_the_timeline(talk, checkpoint, predictor, tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from merkit.cli import app
+
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "timeline.json"
+    done = CliRunner().invoke(app, ["live", str(checkpoint), "--input", str(talk), "--no-pace", "--json", "--out", str(out), "-q", "--threads", "1"])
+    assert done.exit_code == 0, done.output
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    turns = [e for e in events if e["type"] == "turn"]
+    timeline = json.loads(out.read_text())
+    expected = predict_recording(predictor, talk, cache=False)
+    assert [t["text"] for t in turns] == [s.text for s in expected.segments]
+    assert [s["label"] for s in timeline["segments"]] == [s.label for s in expected.segments]
+    assert timeline["speakers"] == "unknown" and "one speaker" in timeline["notes"][0]
+
+    table = CliRunner().invoke(app, ["live", str(checkpoint), "--input", str(talk), "--no-pace", "--threads", "1"])
+    assert table.exit_code == 0, table.output
+    assert "latency" in table.stdout and expected.segments[0].label in table.stdout and "3 turns" in table.stderr
+
+    for args, needle in [
+        ([], "give one of --input FILE and --mic"),
+        (["--input", str(talk), "--mic"], "give one of --input FILE and --mic"),
+        (["--input", str(tmp_path / "missing.wav")], "no such file"),
+        (["--input", str(talk), "--set", "min_pause=-1"], "--set min_pause"),
+        (["--input", str(talk), "--set", "context_turn=3"], "context_turn"),
+    ]:
+        refused = CliRunner().invoke(app, ["live", str(checkpoint), *args])
+        assert isinstance(refused.exception, MerkitError) and needle in str(refused.exception), (args, refused.output)
+
+
+def test_the_microphone_says_what_to_install_when_it_cannot_listen(monkeypatch):
+    import builtins
+
+    from merkit.live_cli import _microphone
+
+    real_import = builtins.__import__
+
+    def no_sounddevice(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sounddevice)
+    with pytest.raises(MerkitError, match=r"merkit\[live\].*libportaudio2"):
+        next(_microphone(lambda: 0.0))

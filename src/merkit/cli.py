@@ -22,6 +22,7 @@ from merkit._version import __version__
 from merkit.cli_options import BackendOption, DeviceOption, QuietOption, ThreadsOption, example
 from merkit.errors import MerkitError
 from merkit.features.commands import extract, extractors, merge
+from merkit.live_cli import live
 
 app = typer.Typer(
     name="merkit",
@@ -35,6 +36,7 @@ app.add_typer(data_app, name="data")
 app.command("extract", epilog=example("extract"))(extract)
 app.command("extractors", epilog=example("extractors"))(extractors)
 app.command("merge", epilog=example("merge"))(merge)
+app.command("live", epilog=example("live"))(live)
 
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="Input format, or 'auto' to detect it.")]
 TrustOption = Annotated[

@@ -50,6 +50,7 @@ EXAMPLES = {
     "summary": "merkit summary runs/meld/* --metrics accuracy,weighted_f1 --splits test",
     "predict": "merkit predict runs/meld/sure/seed0/best talk.txt --csv --out talk.csv",
     "serve": "merkit serve models/sure --port 8000   # then open http://127.0.0.1:8000/",
+    "live": "merkit live runs/ravdess/seed0/best --input talk.wav   # or --mic; --json for JSON lines",
     "export": "merkit export runs/meld/sure/seed0/best --out models/sure --onnx --quantize int8",
     "demo": "merkit demo",
     "info": "merkit info runs/meld/sure/seed0/best",

@@ -28,7 +28,7 @@ _READER_MODULES = (
     "goemotions_tsv",
     "sdt_pickle",
     "dialoguegcn_pickle",
-    "m3ed_torch",  # before mosei_pickle: an M3ED file also looks like a CARAT MOSEI file
+    "m3ed_torch",
     "mosei_pickle",
     "image_folder",
     "user_table",

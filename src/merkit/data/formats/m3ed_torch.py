@@ -16,7 +16,6 @@ mapping is recorded in each feature set's settings (``source_key``, ``modality_m
 
 from __future__ import annotations
 
-import argparse
 import zipfile
 from typing import Any
 
@@ -37,15 +36,11 @@ _SWAPPED = {"text": "src-text", "audio": "src-visual", "visual": "src-audio"}
 
 
 def _load(source: Source) -> Any:
-    import torch
-
-    # Imported here, not at the top: importing mosei_pickle registers its reader, and this
-    # reader must be registered (and so tried by auto-detection) before it.
+    # Imported here, not at the top: importing mosei_pickle registers its reader, and the
+    # registry lists readers in the order of _READER_MODULES.
     from merkit.data.formats.mosei_pickle import _torch_load
 
-    # CARAT stores its argparse options under "settings"; a Namespace is plain data.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return _torch_load(source.path, trust=source.trust_pickle)
+    return _torch_load(source.path, trust=source.trust_pickle)
 
 
 def _is_m3ed(obj: Any) -> bool:

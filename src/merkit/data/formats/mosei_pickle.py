@@ -9,6 +9,7 @@ one-utterance dialogue with sequence-level features.
 
 from __future__ import annotations
 
+import argparse
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ def _torch_load(path: Path, *, trust: bool) -> Any:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
-    numpy_globals = [
+    plain_globals = [
+        argparse.Namespace,  # CARAT keeps its command-line options under "settings": plain data
         np.ndarray,
         np.dtype,
         # numpy >= 1.25 pickles a dtype with its class (numpy.dtypes.Float32DType, ...).
@@ -60,7 +62,7 @@ def _torch_load(path: Path, *, trust: bool) -> Any:
         (_reconstruct, "numpy._core.multiarray._reconstruct"),
     ]
     try:
-        with torch.serialization.safe_globals(numpy_globals):
+        with torch.serialization.safe_globals(plain_globals):
             return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # torch raises several types for refused globals and corrupt files
         raise MerkitError(
@@ -75,6 +77,7 @@ def _is_mosei(obj: Any) -> bool:
         and {"train", "test"} <= set(obj)
         and isinstance(obj["train"], dict)
         and any(key in obj["train"] for keys in _KEYS.values() for key in keys)
+        and "len_list" not in obj["train"]  # M3ED's CARAT file (one sample = one dialogue): the m3ed-torch format
     )
 
 
