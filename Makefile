@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Every version `make demo`, `make test` and CI install: the set that passed the tests. pyproject.toml
 # keeps loose ranges for library users; `make lock` re-resolves them into this file.
 LOCK   := requirements/lock.txt
-EXTRAS := text,report,dev,audio,video,serve,onnx,recording,docs,diarization
+EXTRAS := text,report,dev,audio,video,serve,onnx,recording,docs,diarization,live
 PIP    := $(BIN)/python -m pip install --quiet --constraint $(LOCK)
 
 .PHONY: demo test install install-test system-deps clean lock
