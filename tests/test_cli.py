@@ -154,22 +154,6 @@ def test_every_command_shows_an_example_that_parses():
         command.make_context(name, words[1 + len(name.split()) :])  # options and arguments exist and have the right types
 
 
-def test_one_name_per_concept_across_commands():
-    """A short flag means one long option everywhere, and a long option has one meaning (help text) everywhere."""
-    shorts, helps = {}, {}
-    for name, command in _commands():
-        for param in command.params:
-            longs = [o for o in param.opts if o.startswith("--")]
-            for short in (o for o in param.opts if len(o) == 2):
-                shorts.setdefault(short, set()).update(longs)
-            if longs and longs[0] in ("--device", "--quiet"):
-                helps.setdefault(longs[0], set()).add(param.help)
-    assert {s: ls for s, ls in shorts.items() if len(ls) > 1} == {}
-    assert all(len(texts) == 1 for texts in helps.values()), helps
-    names = {o for _, c in _commands() for p in c.params for o in p.opts}
-    assert not names & {"--accelerator", "--no-progress", "--samples"}
-
-
 def test_a_device_that_is_not_there_is_one_clear_error(monkeypatch):
     import torch
 

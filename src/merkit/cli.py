@@ -45,6 +45,21 @@ TrustOption = Annotated[
 ReaderOptions = Annotated[
     Optional[list[str]], typer.Option("--option", "-o", help="Reader option key=value (repeatable).")
 ]
+FoldsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="K-fold cross-validation: each fold tests on one part, selects on the next, trains on the rest; "
+        "or loso, leave one group out: one fold per speaker group (per dialogue with --group-by dialogue)."
+    ),
+]
+GroupByOption = Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")]
+FoldAssignmentOption = Annotated[
+    str, typer.Option(help="contiguous (sorted speakers in runs) | stratified (each part with the class mix).")
+]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a setting: key=value (repeatable), of the model or of the training (`merkit models`)."),
+]
 
 
 def _console() -> Console:
@@ -107,7 +122,7 @@ def print_stats(stats: dict, console: Console) -> None:
 
 @data_app.command("stats", epilog=example("data stats"))
 def data_stats(
-    path: Annotated[str, typer.Argument(help="Corpus file, folder, feature store, or 'synthetic'.")],
+    path: Annotated[str, typer.Argument(metavar="DATA", help="Data to read: a corpus file or folder, a feature store, or 'synthetic' (`merkit data formats`).")],
     format: FormatOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     trust_pickle: TrustOption = False,
@@ -125,8 +140,8 @@ def data_stats(
 
 @data_app.command("convert", epilog=example("data convert"))
 def data_convert(
-    path: Annotated[str, typer.Argument(help="Corpus file, folder, or 'synthetic'.")],
-    out: Annotated[Path, typer.Option("--out", help="Feature store directory to write.")],
+    path: Annotated[str, typer.Argument(metavar="DATA", help="Data to read: a corpus file or folder, a feature store, or 'synthetic' (`merkit data formats`).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write: the feature store directory.")],
     format: FormatOption = "auto",
     trust_pickle: TrustOption = False,
     option: ReaderOptions = None,
@@ -144,12 +159,12 @@ def data_convert(
 def data_add_features(
     store: Annotated[Path, typer.Argument(help="Feature store directory (e.g. from `merkit data convert`).")],
     source: Annotated[Path, typer.Argument(help="CSV/TSV/Parquet table keyed by utterance, or a folder of OpenFace CSVs or .npy files.")],
-    modality: Annotated[str, typer.Option("--modality", help="text, audio or visual.")],
+    modality: Annotated[str, typer.Option("--modality", "-m", help="Modality: text, audio or visual.")],
     columns: Annotated[Optional[str], typer.Option(help="Comma-separated names or globs, e.g. 'AU*_r,AU*_c' (default: every numeric column).")] = None,
     key: Annotated[Optional[str], typer.Option(help="Key column of a table (default: utterance_id, id, clip, file or name).")] = None,
     frames: Annotated[str, typer.Option(help="mean (one vector per utterance) or sequence (keep the frames).")] = "mean",
     min_confidence: Annotated[float, typer.Option(help="OpenFace: drop frames with a lower confidence (and success 0).")] = 0.8,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the import report as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON: the import report.")] = False,
 ) -> None:
     """Attach precomputed per-utterance features (OpenFace CSVs, a table, .npy files) to a store as one modality."""
     import warnings
@@ -206,39 +221,32 @@ def models() -> None:
 
 @app.command("train", epilog=example("train"))
 def train(
-    data: Annotated[str, typer.Argument(help="Feature store, corpus with features, or 'synthetic'.")],
+    data: Annotated[str, typer.Argument(help="Data to read: a corpus file or folder, a feature store, or 'synthetic', with features.")],
     model: Annotated[str, typer.Option("--model", help="Registered model name (see `merkit models`).")],
-    out: Annotated[Path, typer.Option("--out", help="Run directory (results.json, checkpoints, logs).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write: the run directory (results.json, checkpoints, logs).")],
     preset: Annotated[
         Optional[str],
         typer.Option(help="Named hyper-parameter preset of the model (`merkit models`), or 'auto': chosen from the training split's shape."),
     ] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: key=value (repeatable).")] = None,
+    set_: SetOption = None,
     modalities: Annotated[Optional[str], typer.Option(help="Comma-separated modalities (default: all the model takes).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one run each, mean ± std in results.json.")] = "0",
-    protocol: Annotated[str, typer.Option(help="honest (select on valid) or paper-compat (select on test; labelled).")] = "honest",
+    protocol: Annotated[str, typer.Option(help="Selection protocol: honest (select on valid) or paper-compat (select on test; labelled).")] = "honest",
     device: DeviceOption = "auto",
     devices: Annotated[str, typer.Option(help="How many devices per node (e.g. 2 for DDP; 'auto').")] = "1",
     num_nodes: Annotated[int, typer.Option(help="Nodes (DDP across machines, e.g. under torchrun/SLURM).")] = 1,
     strategy: Annotated[str, typer.Option(help="Lightning strategy: auto, ddp, ...")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="32-true, bf16-mixed, 16-mixed (default: bf16 on GPU).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue into an existing --out: an interrupted run of the same configuration.")] = False,
     quiet: QuietOption = False,
-    folds: Annotated[
-        Optional[str],
-        typer.Option(
-            help="K-fold cross-validation: each fold tests on one part, selects on the next, trains on the rest; "
-            "or loso, leave one group out: one fold per speaker group (per dialogue with --group-by dialogue)."
-        ),
-    ] = None,
-    group_by: Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")] = "speaker",
-    fold_assignment: Annotated[
-        str, typer.Option(help="contiguous (sorted speakers in runs) | stratified (each part with the class mix).")
-    ] = "contiguous",
+    folds: FoldsOption = None,
+    group_by: GroupByOption = "speaker",
+    fold_assignment: FoldAssignmentOption = "contiguous",
     keep_resume_state: Annotated[
         bool, typer.Option("--keep-resume-state", help="Keep each finished seed's checkpoints/last.ckpt (deleted by default).")
     ] = False,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (1 is fastest on a busy machine) for torch.")] = None,
+    format: FormatOption = "auto",
     trust_pickle: TrustOption = False,
     option: ReaderOptions = None,
 ) -> None:
@@ -270,7 +278,7 @@ def train(
         precision=precision,
         resume=resume,
         progress=not quiet,
-        data_options={"trust_pickle": trust_pickle, **parse_options(option or [])},
+        data_options={"trust_pickle": trust_pickle, **({"format": format} if format != "auto" else {}), **parse_options(option or [])},
         keep_resume_state=keep_resume_state,
         announce=lambda line: typer.echo(f"merkit: {line}", err=True),
     )
@@ -280,17 +288,14 @@ def train(
 
 @app.command("baseline", epilog=example("baseline"))
 def baseline(
-    data: Annotated[str, typer.Argument(help="Feature store or corpus with features.")],
-    out: Annotated[Path, typer.Option("--out", help="Run directory (results.json, as `merkit train` writes).")],
+    data: Annotated[str, typer.Argument(help="Data to read: a corpus file or folder, a feature store, or 'synthetic', with features.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write: the run directory (results.json, as `merkit train` writes).")],
     modalities: Annotated[str, typer.Option(help="Comma-separated modalities, concatenated.")],
     c_grid: Annotated[str, typer.Option("--c", help="Comma-separated C values; the best on valid is tested.")] = "0.1,0.3,1,3,10,30,100",
-    folds: Annotated[
-        Optional[str], typer.Option(help="The same folds as `merkit train --folds`: K parts, or loso (leave one speaker group, or dialogue, out).")
-    ] = None,
-    group_by: Annotated[str, typer.Option(help="What a fold part never splits: speaker | dialogue.")] = "speaker",
-    fold_assignment: Annotated[
-        str, typer.Option(help="contiguous (sorted speakers in runs) | stratified (each part with the class mix).")
-    ] = "contiguous",
+    folds: FoldsOption = None,
+    group_by: GroupByOption = "speaker",
+    fold_assignment: FoldAssignmentOption = "contiguous",
+    format: FormatOption = "auto",
     trust_pickle: TrustOption = False,
     option: ReaderOptions = None,
 ) -> None:
@@ -302,7 +307,7 @@ def baseline(
         grid = [float(c) for c in c_grid.split(",") if c.strip()]
     except ValueError:
         raise MerkitError(f"--c {c_grid!r} is not a comma-separated list of numbers") from None
-    bundle = _read(data, "auto", trust_pickle, option)
+    bundle = _read(data, format, trust_pickle, option)
     results = svm_baseline(
         bundle, [m.strip() for m in modalities.split(",")], out=out, folds=folds, group_by=group_by, assignment=fold_assignment,
         c_grid=grid, source=_source_of(data),
@@ -337,31 +342,35 @@ def print_results(results: dict, console: Console) -> None:
 
 @app.command("evaluate", epilog=example("evaluate"))
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (e.g. RUN/seed0/best).")],
-    data: Annotated[str, typer.Option("--data", help="Feature store (or any input with the same features).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
+    data: Annotated[str, typer.Option("--data", help="Data to read: a corpus file or folder, a feature store, or 'synthetic', with the features the checkpoint reads.")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    protocol: Annotated[Optional[list[str]], typer.Option("--protocol", help="missing-modality, noise, calibration (repeatable; default all).")] = None,
+    analysis: Annotated[Optional[list[str]], typer.Option("--analysis", help="Analyses beside the scores: missing-modality, noise, calibration (repeatable; default all).")] = None,
     drop_mode: Annotated[Optional[list[str]], typer.Option("--drop-mode", help="How missing-modality drops: mask (marked absent) or zero (inputs zeroed, the model not told, as MiSTER-E's code tests); repeatable, default both.")] = None,
     cross_corpus: Annotated[Optional[str], typer.Option("--cross-corpus", help="Also score on this other corpus (MELD ↔ IEMOCAP shared classes).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap samples for the 95% intervals (0 = none).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the random protocols.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the result JSON here.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the bootstrap and of the noise and drop analyses.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON: the full result.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the result JSON (as well as printing it).")] = None,
     format: FormatOption = "auto",
     trust_pickle: TrustOption = False,
     option: ReaderOptions = None,
+    protocol: Annotated[Optional[list[str]], typer.Option("--protocol", hidden=True, help="Deprecated: use --analysis.")] = None,
 ) -> None:
     """Metrics with bootstrap 95% intervals, robustness to missing/noisy modalities, and calibration."""
     from merkit.evaluation.evaluate import PROTOCOLS, Evaluator, cross_corpus_evaluation
     from merkit.io import atomic_write_json
 
+    if protocol:
+        typer.echo("merkit: warning: evaluate --protocol is deprecated: use --analysis (--protocol is train's selection protocol)", err=True)
+        analysis = [*(analysis or []), *protocol]
     evaluator = Evaluator(checkpoint, _read(data, format, trust_pickle, option))
     from merkit.evaluation.robustness import DROP_MODES
 
     unknown = [mode for mode in drop_mode or () if mode not in DROP_MODES]
     if unknown:
         raise MerkitError(f"unknown --drop-mode {unknown[0]!r}; choose from {', '.join(DROP_MODES)}")
-    result = evaluator.run(split, protocol or PROTOCOLS, bootstrap, seed, drop_mode or DROP_MODES)
+    result = evaluator.run(split, analysis or PROTOCOLS, bootstrap, seed, drop_mode or DROP_MODES)
     if cross_corpus:
         result["cross_corpus"] = cross_corpus_evaluation(evaluator.checkpoint, _read(cross_corpus, "auto", trust_pickle, None), split)
     if out:
@@ -407,11 +416,14 @@ def print_evaluation(result: dict, console: Console) -> None:
 
 @app.command("report", epilog=example("report"))
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A training run directory (with results.json).")],
-    data: Annotated[Optional[str], typer.Option(help="Data to evaluate on (default: the data the run was trained on).")] = None,
-    seed: Annotated[int, typer.Option(help="Which seed's checkpoint to evaluate.")] = 0,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap samples for the 95% intervals.")] = 1000,
-    out: Annotated[Optional[Path], typer.Option(help="Report directory (default RUN_DIR/report).")] = None,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (with results.json) of `merkit train`.")],
+    data: Annotated[Optional[str], typer.Option(help="Data to read: a corpus file or folder, a feature store, or 'synthetic' (default: the data the run was trained on).")] = None,
+    run_seed: Annotated[int, typer.Option(help="Which seed of the run: its checkpoint RUN/seed<N>/best is evaluated.")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap samples for the 95% intervals (0 = none).")] = 1000,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write: the report directory (default RUN/report).")] = None,
+    format: FormatOption = "auto",
+    trust_pickle: TrustOption = False,
+    option: ReaderOptions = None,
 ) -> None:
     """Write a self-contained HTML report (and a Markdown twin) for a training run."""
     from merkit.data.formats import read_data
@@ -428,26 +440,33 @@ def report(
             raise MerkitError("this run was trained on in-memory data; pass --data", path=run_dir)
         bundle = read_data(source, **results["data"].get("options", {}))
     else:
-        bundle = read_data(data)
-    evaluation = Evaluator(run_dir / f"seed{seed}" / "best", bundle).run("test", bootstrap=bootstrap)
-    evaluation["seed"] = seed
+        bundle = _read(data, format, trust_pickle, option)
+    evaluation = Evaluator(run_dir / f"seed{run_seed}" / "best", bundle).run("test", bootstrap=bootstrap)
+    evaluation["seed"] = run_seed
     page = write_report(run_dir, results, evaluation, out)
     typer.echo(f"wrote {page} (and report.md beside it)")
 
 
 @app.command("ensemble", epilog=example("ensemble"))
 def ensemble(
-    members: Annotated[list[Path], typer.Argument(help="Runs (every seed*/best) or checkpoint folders to combine.")],
-    out: Annotated[Path, typer.Option(help="The ensemble's run directory.")],
-    data: Annotated[Optional[str], typer.Option(help="Data to fit and score it on (default: the data the runs were trained on).")] = None,
+    members: Annotated[
+        list[Path], typer.Argument(metavar="RUN_OR_CHECKPOINT...", help="Run directory (every seed<N>/best) or checkpoint directory: the members to combine.")
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write: the ensemble's run directory.")],
+    data: Annotated[Optional[str], typer.Option(help="Data to read: a corpus file or folder, a feature store, or 'synthetic': to fit and score the ensemble on (default: the data the runs were trained on).")] = None,
     weights: Annotated[str, typer.Option(help="uniform, or fit: simplex weights minimising the validation NLL (the split that also chose each member's epoch, so fit can overfit it).")] = "uniform",
     adjust: Annotated[str, typer.Option(help="none, or macro_f1 / weighted_f1: logit adjustment toward rare classes, strength chosen on validation by that metric.")] = "none",
-    resume: Annotated[bool, typer.Option(help="Rebuild into an --out that holds the same ensemble.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue into an existing --out that holds the same ensemble (rebuilt).")] = False,
+    format: FormatOption = "auto",
+    trust_pickle: TrustOption = False,
+    option: ReaderOptions = None,
 ) -> None:
     """Average the calibrated probabilities of several seeds/models (fitted on validation) into one run."""
+    from merkit.data.formats import parse_options
     from merkit.training.ensemble import build_ensemble
 
-    result = build_ensemble(members, out, data=data, weights=weights, adjust=adjust, resume=resume)
+    options = {"format": format, "trust_pickle": trust_pickle, **parse_options(option or [])}
+    result = build_ensemble(members, out, data=data, weights=weights, adjust=adjust, resume=resume, data_options=options)
     console = _console()
     metric = "micro_f1" if "micro_f1" in result["summary"].get("test", {}) else "weighted_f1"
     table = Table("member", "model", "temperature", "weight", f"test {metric}", title=f"ensemble of {len(result['members'])} → {out}")
@@ -463,21 +482,21 @@ def ensemble(
 
 @app.command("compare", epilog=example("compare"))
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories trained on the same test set.")],
-    seed: Annotated[int, typer.Option(help="Which seed's test predictions to compare.")] = 0,
-    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap samples.")] = 2000,
-    out: Annotated[Optional[Path], typer.Option(help="Write the comparison JSON here.")] = None,
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directory (with results.json): two or more, scored on the same test set.")],
+    run_seed: Annotated[int, typer.Option(help="Which seed of the runs: their test predictions in RUN/seed<N>.")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap samples of the paired difference (at least 1).", min=1)] = 1000,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the comparison JSON (as well as printing it).")] = None,
 ) -> None:
     """Side-by-side test metrics and a paired bootstrap test of each run against the first."""
     from merkit.evaluation.report import compare_runs
     from merkit.io import atomic_write_json
 
-    result = compare_runs(run_dirs, seed=seed, samples=bootstrap)
+    result = compare_runs(run_dirs, seed=run_seed, samples=bootstrap)
     if out:
         atomic_write_json(out, result)
     console = _console()
     metrics = [k for k in result["runs"][0] if k not in ("run", "model")]
-    table = Table("run", "model", *metrics, title=f"test, seed {seed}, {result['utterances']} utterances")
+    table = Table("run", "model", *metrics, title=f"test, seed {run_seed}, {result['utterances']} utterances")
     for row in result["runs"]:
         table.add_row(row["run"], row["model"], *(f"{100 * row[m]:.2f}" for m in metrics))
     console.print(table)
@@ -491,11 +510,12 @@ def compare(
 
 @app.command("summary", epilog=example("summary"))
 def summary(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (each with results.json).")],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directory (with results.json): one or more.")],
     metrics: Annotated[str, typer.Option(help="Comma-separated metrics.")] = "accuracy,weighted_f1",
     splits: Annotated[str, typer.Option(help="Comma-separated splits.")] = "valid,test",
     baseline: Annotated[
-        Optional[Path], typer.Option(help="A run (e.g. `merkit baseline`'s) to give each run's last split/metric as a ratio to.")
+        Optional[Path],
+        typer.Option(metavar="RUN", help="Run directory (with results.json) to give each run's last split/metric as a ratio to (e.g. `merkit baseline`'s)."),
     ] = None,
 ) -> None:
     """Mean ± std over seeds (and folds) of several runs, as one Markdown table."""
@@ -529,17 +549,17 @@ def predict_conversations(
     input: Annotated[
         Path, typer.Argument(help="A .jsonl/.csv/.json/.txt ('Speaker: text' lines) file, any corpus merkit reads, or a folder of media with one transcript.")
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Write JSON (the default).")] = False,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Write CSV, one row per utterance.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write here (atomically) instead of to stdout.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (the default).")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per utterance.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write (atomically) instead of printing.")] = None,
     device: DeviceOption = "auto",
-    batch_size: Annotated[int, typer.Option(help="Dialogues per model call.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Batch size: dialogues per model call.")] = 16,
     workers: Annotated[int, typer.Option(help="Processes per media extractor (0: one per core).")] = 1,
     threads: ThreadsOption = None,
     backend: BackendOption = "auto",
     quiet: QuietOption = False,
     speakers: Annotated[Optional[Path], typer.Option(help="Recording input: an RTTM file naming who speaks when (else one unknown speaker).")] = None,
-    asr: Annotated[str, typer.Option(help="Recording input: Whisper tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
+    asr: Annotated[str, typer.Option(help="Whisper for recordings: tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
     language: Annotated[Optional[str], typer.Option(help="Recording input: the spoken language (default: English for tiny, detected by base).")] = None,
     srt: Annotated[Optional[Path], typer.Option(help="Recording input: also write subtitles with each segment's emotion.")] = None,
     timeline: Annotated[Optional[Path], typer.Option(help="Recording input: also write an HTML page plotting each class's probability over time.")] = None,
@@ -597,7 +617,7 @@ def serve(
     backend: BackendOption = "auto",
     replicas: Annotated[int, typer.Option(help="Copies of the model serving requests at once (up to the cores; each takes its memory).", min=1)] = 1,
     max_recording_seconds: Annotated[Optional[float], typer.Option(help="Duration of a recording for POST /predict/recording (default 3600).")] = None,
-    asr: Annotated[str, typer.Option(help="Whisper for POST /predict/recording: tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
+    asr: Annotated[str, typer.Option(help="Whisper for recordings: tiny (tiny.en), base, or a CTranslate2 Whisper folder (POST /predict/recording).")] = "tiny",
 ) -> None:
     """HTTP server: POST /predict, POST /predict/recording, GET /health, GET /model, API docs at /docs, and a web page at /."""
     try:
@@ -669,8 +689,8 @@ def _listen(host: str, port: int):
 
 @app.command("export", epilog=example("export"))
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (e.g. RUN/seed0/best).")],
-    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write: the model folder.")],
     onnx: Annotated[bool, typer.Option("--onnx", help="Also the text encoders and the model as ONNX graphs (onnx/), checked against torch.")] = False,
     quantize: Annotated[str, typer.Option(help="none, or int8: dynamic int8 quantisation of the ONNX text encoders (implies --onnx).")] = "none",
 ) -> None:
@@ -755,9 +775,9 @@ def cache_clear(
 
 @app.command("demo", epilog=example("demo"))
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Where the demo keeps stores and runs (re-runs reuse them).")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out", help="Where to write: the demo's stores and runs (re-runs reuse them).")] = Path("runs/demo"),
     data_root: Annotated[Optional[Path], typer.Option(help="Folder with iemocap/ and meld/ (default ../shared/data).")] = None,
-    model: Annotated[str, typer.Option(help="Model to train.")] = "bigru",
+    model: Annotated[str, typer.Option(help="Registered model name (see `merkit models`) to train.")] = "bigru",
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Use the embedded synthetic corpus even when real data is present.")] = False,
 ) -> None:
     """The main job: features → training (selected on valid) → test scores → predictions of an example conversation."""

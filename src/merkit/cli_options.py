@@ -24,11 +24,11 @@ def _quiet_libraries(quiet: bool) -> bool:
     return quiet
 
 
-DeviceOption = Annotated[str, typer.Option("--device", help=f"{CHOICES}.")]
+DeviceOption = Annotated[str, typer.Option("--device", help=f"Device to compute on: {CHOICES}.")]
 BackendOption = Annotated[
     str, typer.Option("--backend", help="auto (the ONNX graphs of `merkit export --onnx` when the folder has them), torch or onnx.")
 ]
-ThreadsOption = Annotated[Optional[int], typer.Option(help="CPU threads per prediction, for torch and ONNX Runtime (1 is fastest on a busy machine).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(help="CPU threads (1 is fastest on a busy machine) per prediction, for torch and ONNX Runtime.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines.", callback=_quiet_libraries)]
 
 # One example a command, shown at the end of its --help.
@@ -43,8 +43,8 @@ EXAMPLES = {
     "models": "merkit models",
     "train": "merkit train stores/meld-mpnet --model sure --preset auto --seeds 0,1,2 --out runs/meld/sure",
     "baseline": "merkit baseline stores/ravdess --modalities audio,visual --out runs/ravdess/svm",
-    "evaluate": "merkit evaluate runs/meld/sure/seed0/best --data stores/meld-mpnet --protocol calibration",
-    "report": "merkit report runs/meld/sure --seed 0",
+    "evaluate": "merkit evaluate runs/meld/sure/seed0/best --data stores/meld-mpnet --analysis calibration",
+    "report": "merkit report runs/meld/sure --run-seed 0",
     "ensemble": "merkit ensemble runs/meld/bigru runs/meld/sdt --out runs/meld/ensemble --weights fit",
     "compare": "merkit compare runs/meld/bigru runs/meld/sure --bootstrap 2000",
     "summary": "merkit summary runs/meld/* --metrics accuracy,weighted_f1 --splits test",

@@ -170,7 +170,7 @@ def model_card(meta: Mapping[str, Any], seed_metrics: Mapping[str, Any] | None, 
         "the model then decides on what is left, usually less accurately. `modalities` and `notes` in each prediction say "
         "which ones were used.",
         "- Probabilities and uncertainties are the model's own and are not calibrated; check them with "
-        "`merkit evaluate --protocol calibration` on data like yours.",
+        "`merkit evaluate --analysis calibration` on data like yours.",
         "- Features must come from the same extractors and weights: loading refuses an extractor whose fingerprint differs "
         "from the one recorded in `model.json`.",
         "",

@@ -115,12 +115,23 @@ def resolve_configs(
             train_fields[name] = value
         else:
             known = ", ".join([*entry.config_class.model_fields, *TrainConfig.model_fields])
-            raise MerkitError(f"unknown setting {key!r} for {entry.name}; known: {known}")
+            raise MerkitError(f"unknown setting {key!r} for {entry.name}{_extraction_hint(name)}; known: {known}")
     try:
         return entry.config_class(**model_fields), TrainConfig(**train_fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise MerkitError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _extraction_hint(name: str) -> str:
+    """Where a feature extractor's setting goes instead (``merkit train --set trim_db=40`` is an extraction setting)."""
+    from merkit.features.registry import available_extractors
+
+    owners = [info.name for info in available_extractors().values() if name in info.defaults]
+    if not owners:
+        return ""
+    return f" (it is a setting of the {', '.join(owners[:3])} feature extractor{'s' if len(owners) > 1 else ''}: " \
+        f"pass it to `merkit extract --set {name}=...` and train on the new store)"
 
 
 def override_names(overrides: Mapping[str, str] | list[str] | None) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,8 +135,12 @@ def build_ensemble(
     adjust: Literal["none", "macro_f1", "weighted_f1"] = "none",
     batch_size: int = 16,
     resume: bool = False,
+    data_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Fit (on validation) and write the ensemble run of the checkpoints in ``paths``; return its results."""
+    """Fit (on validation) and write the ensemble run of the checkpoints in ``paths``; return its results.
+
+    ``data_options``: reader options for ``data`` (format, trust_pickle, ``-o`` options); without ``data``, the
+    members' recorded data is read with the options they record (their validation split, e.g. ``valid_pattern``)."""
     if weights not in WEIGHTS:
         raise MerkitError(f"unknown weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
     if adjust not in ADJUST:
@@ -153,7 +157,9 @@ def build_ensemble(
         if len(sources) != 1:
             raise MerkitError("say which data to fit the ensemble on (--data): " + ("the members were trained on " + ", ".join(sorted(sources)) if sources else "no run records it"))
         data = sources.pop()
-    bundle = data if isinstance(data, DataBundle) else read_data(data)
+        recorded = {json.dumps(r["data"].get("options", {}), sort_keys=True) for r in results if r}
+        data_options = json.loads(recorded.pop()) if len(recorded) == 1 else {}
+    bundle = data if isinstance(data, DataBundle) else read_data(data, **(data_options or {}))
     source = "in-memory data" if isinstance(data, DataBundle) else str(data)
     if not bundle.corpus.splits.get("valid"):
         raise MerkitError(f"the data ({source}) has no validation split to fit the ensemble on")
