@@ -12,6 +12,9 @@ Each reader must:
   takes any ``.csv`` after the corpora's own CSV readers, is listed in ``FALLBACKS`` with its reason);
 * survive a round trip through the feature store: read → store → read back keeps the dialogues,
   utterances (ids, texts, labels, speakers, times, media), splits, label set and features.
+
+The same detection and round trip run on the real corpora of ``../shared/data`` (their published
+layouts as downloaded; skipped when absent, the round trips marked slow).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pytest
 
 from merkit.data import open_store, read_data, write_store
 from merkit.data.formats import Source, available_formats, detect_format, get_reader
+from conftest import shared
 from test_feature_pickles import mosei_layout, write_feature_pickle
 
 FORMATS = list(available_formats())
@@ -255,15 +259,13 @@ def _same_features(a, b, where: str) -> None:
             np.testing.assert_array_equal(np.asarray(x.offsets), np.asarray(y.offsets), err_msg=f"{where}: {modality}")
 
 
-@pytest.mark.parametrize("fixture", FIXTURES)
-def test_round_trip_through_the_store_keeps_everything(fixture, fixtures, tmp_path):
-    reader, _ = FIXTURES[fixture]
-    spec, options = fixtures[fixture]
+def check_round_trip(spec, reader: str, options: dict, store, where: str) -> None:
+    """read → store → read back keeps everything the reader read."""
     bundle = read_data(spec, format=reader, **options)
     corpus = bundle.corpus
     assert corpus.num_utterances > 0 and any(u.label is not None for u in corpus.utterances())
-    write_store(tmp_path / "store", corpus, bundle.features)
-    back = read_data(tmp_path / "store")
+    write_store(store, corpus, bundle.features)
+    back = read_data(store)
     assert back.corpus == corpus
     # spelled out, so that a failure names what was lost
     pairs = list(zip(corpus.utterances(), back.corpus.utterances(), strict=True))
@@ -271,5 +273,38 @@ def test_round_trip_through_the_store_keeps_everything(fixture, fixtures, tmp_pa
         assert (after.id, after.text, after.label, after.speaker) == (before.id, before.text, before.label, before.speaker)
         assert (after.start, after.end, dict(after.media), dict(after.meta)) == (before.start, before.end, dict(before.media), dict(before.meta))
     assert back.corpus.splits == corpus.splits and back.corpus.labels == corpus.labels
-    _same_features(bundle.features, back.features, fixture)
-    _same_features(bundle.features, open_store(tmp_path / "store").all_features(), fixture)
+    _same_features(bundle.features, back.features, where)
+    _same_features(bundle.features, open_store(store).all_features(), where)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_round_trip_through_the_store_keeps_everything(fixture, fixtures, tmp_path):
+    spec, options = fixtures[fixture]
+    check_round_trip(spec, FIXTURES[fixture][0], options, tmp_path / "store", fixture)
+
+
+# ------------------------------------------------------------------ the real corpora, as published
+REAL = {  # folder under ../shared/data -> (its reader, read options)
+    "meld": ("meld-csv", {}),
+    "iemocap": ("iemocap-cosmic", {}),
+    "goemotions": ("goemotions-tsv", {}),
+    "ravdess": ("ravdess", {}),
+    "ckplus": ("image-folder", {"speaker_pattern": r"^(S\d+)_"}),
+    "fer2013": ("image-folder", {}),
+}
+
+
+@pytest.mark.parametrize("corpus", REAL)
+def test_real_corpora_are_detected_by_their_own_reader_only(corpus):
+    path = shared(corpus)
+    reader, _ = REAL[corpus]
+    accepted = [name for name in FORMATS if get_reader(name).detect(Source(path))]
+    assert accepted == [reader]
+    assert detect_format(Source(path)) == reader
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corpus", [c for c in REAL if c != "fer2013"])  # FER2013: 28k images, the same reader as CK+
+def test_real_corpora_round_trip_through_the_store(corpus, tmp_path):
+    reader, options = REAL[corpus]
+    check_round_trip(shared(corpus), reader, options, tmp_path / "store", corpus)
