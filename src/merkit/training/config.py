@@ -32,7 +32,11 @@ class TrainConfig(BaseModel):
         description="which parameters get weight_decay: standard = weights (not biases or norms); inverted = only biases and "
         "norms, as LDDU's official BertAdam grouping (models.md §6.4's lddu_inverted_decay)",
     )
-    scheduler: Literal["none", "cosine", "warmup_cosine"] = "none"
+    scheduler: Literal["none", "cosine", "warmup_cosine", "warmup_linear"] = Field(
+        "none",
+        description="learning rate over the run's steps: cosine decay, after a linear warm-up of warmup_fraction for "
+        "warmup_cosine; warmup_linear = linear warm-up, then linear decay to 0 (the encoder fine-tuning's)",
+    )
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = 1.0
     patience: int | None = Field(10, ge=1, description="early stopping on the selection split; None = off")

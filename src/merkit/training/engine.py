@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import platform
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -170,7 +168,7 @@ def _require_training_labels(bundle: DataBundle, protocol: str) -> None:
     )
 
 
-def _resolve_monitor(config: TrainConfig, multi_label: bool) -> TrainConfig:
+def resolve_monitor(config: TrainConfig, multi_label: bool) -> TrainConfig:
     """``monitor=auto`` becomes weighted_f1 (single-label) or micro_f1 (multi-label); a metric the label kind lacks is an error."""
     if config.monitor == "auto":
         return config.model_copy(update={"monitor": _SELECTION_METRICS[multi_label][0]})
@@ -202,14 +200,6 @@ def write_predictions(path: Path, predictions: Predictions) -> None:
             row["expert_weights"] = dict(zip(predictions.expert_names, np.round(predictions.expert_weights[i], 6).tolist()))
         lines.append(json.dumps(row))
     atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # a resumed seed's own
 
 
 def train_model(
@@ -252,10 +242,10 @@ def train_model(
     auto = None
     if preset == AUTO:
         shape = CorpusShape.of(bundle.corpus, PROTOCOLS[protocol]["train"])
-        auto = auto_preset(entry, shape, _resolve_monitor(train_config, multi_label).monitor)
+        auto = auto_preset(entry, shape, resolve_monitor(train_config, multi_label).monitor)
         model_config, train_config = resolve_configs(entry, preset, overrides, auto.describe())
         announce(auto.summary(override_names(overrides)))
-    train_config = _resolve_monitor(train_config, multi_label)
+    train_config = resolve_monitor(train_config, multi_label)
     chosen = _choose_modalities(entry, bundle, modalities)
     features_manifest = {m: bundle.features[m].describe() for m in chosen}
     plan = TrainPlan(
@@ -311,15 +301,13 @@ def _train_seed(
     keep_resume_state: bool = False,
 ) -> dict[str, Any] | None:
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from merkit.training.task import BestModelExport, ContinuedCSVLogger, DialogueDataModule, ERCTask, RestoreRandomState, training_progress
+    from merkit.training.task import BestModelExport, ContinuedCSVLogger, DialogueDataModule, ERCTask, fit_task, uses_gpu
 
     metrics_path = run_dir / "metrics.json"
     if resume and metrics_path.exists():
         return json.loads(metrics_path.read_text())
-    _quiet_lightning()
     config, corpus = plan.train_config, bundle.corpus
     protocol = PROTOCOLS[plan.protocol]
     L.seed_everything(seed, workers=True, verbose=False)
@@ -347,41 +335,20 @@ def _train_seed(
         "speaker_index": train_set.speaker_index,
     }
     exporter = BestModelExport(best_dir, config.monitor, info)
-    callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
-        exporter,
-        RestoreRandomState(),
-        *training_progress(f"seed {seed}", enabled=progress),
-    ]
-    if config.patience is not None:
-        callbacks.append(EarlyStopping(monitor=f"select_{config.monitor}", mode="max", patience=config.patience))
     loggers = [ContinuedCSVLogger(run_dir, name="logs", version="")]
     try:  # needs tensorboard or tensorboardX
         loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard"))
     except ModuleNotFoundError:
         pass
-    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    use_gpu = uses_gpu(accelerator)
     chosen_precision = training_precision(precision, plan.protocol, use_gpu, use_gpu and torch.cuda.is_bf16_supported())
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision=chosen_precision,
-        max_epochs=config.epochs,
-        gradient_clip_val=config.grad_clip,
-        deterministic=not use_gpu or "warn",
-        callbacks=callbacks,
-        logger=loggers,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        log_every_n_steps=1,
-    )
     last = run_dir / "checkpoints" / "last.ckpt"
     started = time.time()
-    trainer.fit(task, datamodule=DialogueDataModule(train_set, select_set, config.batch_size, seed), ckpt_path=last if resume and last.exists() else None)
+    trainer = fit_task(
+        task, DialogueDataModule(train_set, select_set, config.batch_size, seed), last.parent, exporter, label=f"seed {seed}",
+        resume=resume, progress=progress, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        precision=chosen_precision, logger=loggers,
+    )  # fmt: skip
     if not trainer.is_global_zero:
         return None
     if exporter.best_epoch < 0:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -60,10 +62,14 @@ class DialogueDataModule(L.LightningDataModule):
 
 
 class ERCTask(L.LightningModule):
-    def __init__(self, model: ERCModel, config: TrainConfig, class_weights: torch.Tensor | None):
+    """Trains any :class:`ERCModel`: its loss, the selection split's metrics (:mod:`merkit.metrics`), and the
+    optimiser and schedule of ``config`` over ``total_steps`` (None: Lightning's estimate of the run's steps)."""
+
+    def __init__(self, model: ERCModel, config: TrainConfig, class_weights: torch.Tensor | None, total_steps: int | None = None):
         super().__init__()
         self.model = model
         self.config = config
+        self.total_steps = total_steps
         self.register_buffer("class_weights", class_weights, persistent=False)
         self._select_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -114,13 +120,15 @@ class ERCTask(L.LightningModule):
         optimizer = optimizer_class([g for g in groups if g["params"]], lr=self.config.lr)
         if self.config.scheduler == "none":
             return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.config.warmup_fraction * total) if self.config.scheduler == "warmup_cosine" else 0
+        total = max(1, int(self.total_steps or self.trainer.estimated_stepping_batches))
+        warmup = int(self.config.warmup_fraction * total) if self.config.scheduler.startswith("warmup") else 0
+        linear = self.config.scheduler == "warmup_linear"
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            done = (step - warmup) / max(1, total - warmup)
+            return max(0.0, 1 - done) if linear else 0.5 * (1 + math.cos(math.pi * done))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -148,9 +156,11 @@ class BestModelExport(L.Callback):
             return
         self.best_score, self.best_epoch = score, trainer.current_epoch
         if trainer.is_global_zero:
-            save_checkpoint(
-                self.directory, pl_module.model, **self.info, epoch=trainer.current_epoch, select_score=score
-            )
+            self.export(pl_module.model, trainer.current_epoch, score)
+
+    def export(self, model: ERCModel, epoch: int, score: float) -> None:
+        """Write the best model so far (a merkit checkpoint; the encoder fine-tuning keeps its own files)."""
+        save_checkpoint(self.directory, model, **self.info, epoch=epoch, select_score=score)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "best_epoch": self.best_epoch}
@@ -250,3 +260,59 @@ def training_progress(label: str, *, enabled: bool = True) -> list[Any]:
     if not enabled or progress.live():
         return []
     return [EpochLines(label)]
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # a resumed run's own
+
+
+def uses_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def fit_task(
+    task: ERCTask,
+    data: L.LightningDataModule,
+    checkpoints: Path,
+    exporter: BestModelExport,
+    *,
+    label: str,
+    resume: bool,
+    progress: bool,
+    **trainer_options: Any,
+) -> L.Trainer:
+    """Train ``task`` with the one Trainer setup of merkit: Lightning's resume state in ``checkpoints/last.ckpt``
+    (weights, optimiser, schedule, epoch, the random states, the exporter's best so far), continued when
+    ``resume`` and it exists; gradient clipping and, with ``config.patience``, early stopping on the selection
+    metric; deterministic algorithms on the CPU. ``trainer_options`` (accelerator, devices, precision,
+    loggers …) are passed on to :class:`lightning.Trainer`."""
+    quiet_lightning()
+    config = task.config
+    callbacks = [
+        ModelCheckpoint(dirpath=checkpoints, filename="last", enable_version_counter=False),
+        exporter,
+        RestoreRandomState(),
+        *training_progress(label, enabled=progress),
+    ]
+    if config.patience is not None:
+        callbacks.append(EarlyStopping(monitor=f"select_{config.monitor}", mode="max", patience=config.patience))
+    options = {
+        "max_epochs": config.epochs,
+        "gradient_clip_val": config.grad_clip,
+        "deterministic": not uses_gpu(trainer_options.get("accelerator", "auto")) or "warn",
+        "logger": False,
+        "use_distributed_sampler": False,
+        "num_sanity_val_steps": 0,
+        "enable_model_summary": False,
+        "enable_progress_bar": progress,
+        "log_every_n_steps": 1,
+        **trainer_options,
+    }
+    trainer = L.Trainer(callbacks=callbacks, **options)
+    last = checkpoints / "last.ckpt"
+    trainer.fit(task, datamodule=data, ckpt_path=last if resume and last.exists() else None)
+    return trainer
