@@ -18,16 +18,17 @@ import numpy as np
 import torch
 
 from merkit.data.formats import read_data
-from merkit.features.finetune import _freeze_below, _label_rows
+from merkit.features.finetuned import freeze_below
 from merkit.features.registry import get_extractor
 from merkit.features.text import pool_hidden
+from merkit.training.finetune import label_rows
 
 
 def seconds_per_step(extractor, batches, train_layers: int | None) -> float:
     from transformers import AutoModel
 
     encoder = AutoModel.from_pretrained(str(extractor.folder), local_files_only=True)
-    _freeze_below(encoder, train_layers)
+    freeze_below(encoder, train_layers)
     encoder.train()
     head = torch.nn.Linear(encoder.config.hidden_size, 7)
     started = time.perf_counter()
@@ -50,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     corpus = read_data(args.corpus).corpus
     extractor = get_extractor(args.extractor, speaker=True, context_before=3, context_after=1, pooling="target")
-    _, splits = _label_rows(corpus)
+    _, splits = label_rows(corpus)
     inputs = [x for x, split in zip(extractor.inputs(corpus), splits) if x is not None and split == "train"]
     rng = np.random.default_rng(0)
     batches = [[inputs[i] for i in rng.choice(len(inputs), 16, replace=False)] for _ in range(args.steps)]

@@ -19,8 +19,8 @@ pytest.importorskip("av", reason="media decoding needs PyAV: pip install 'merkit
 pytest.importorskip("soxr", reason="resampling needs soxr: pip install 'merkit[audio]'")
 
 from merkit.data import open_store, read_data  # noqa: E402
+from merkit.extract_commands import _standalone_app  # noqa: E402
 from merkit.features import available_extractors, get_extractor  # noqa: E402
-from merkit.features.commands import _standalone_app  # noqa: E402
 from merkit.features.extract import Absent, merge_shards, run_extraction  # noqa: E402
 from merkit.features.media import Clip, decode_audio, sample_frames  # noqa: E402
 from media_helpers import _run, blank_video, face_video, require_program, speak, write_wav  # noqa: E402

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 
 from merkit.data import open_store, read_data
 from merkit.errors import MerkitError
+from merkit.extract_commands import _standalone_app
 from merkit.features import available_extractors, get_extractor
-from merkit.features.commands import _standalone_app, build_extractor
+from merkit.features.commands import build_extractor
 from merkit.features.extract import merge_shards, parse_shard, run_extraction
 from merkit.features.text import assemble_ids, context_window
 
@@ -299,7 +300,7 @@ def test_mpnet_assembly_refuses_parts_with_a_wrong_checksum(tmp_path, monkeypatc
 
 
 def test_finetune_handles_multi_label_corpora(tmp_path):
-    from merkit.features.finetune import FinetuneConfig, finetune_encoder
+    from merkit.training.finetune import FinetuneConfig, finetune_encoder
 
     rows = []
     for d, (dialogue, turns) in enumerate(DIALOGUES.items()):
@@ -319,7 +320,7 @@ def test_finetune_handles_multi_label_corpora(tmp_path):
 def test_finetuning_the_top_layers_leaves_the_rest_of_the_encoder_as_it_was(tmp_path, corpus):
     from safetensors.torch import load_file
 
-    from merkit.features.finetune import FinetuneConfig, finetune_encoder
+    from merkit.training.finetune import FinetuneConfig, finetune_encoder
 
     base = get_extractor("minilm")
     config = FinetuneConfig(epochs=1, batch_size=4, max_steps=2, lr=1e-3, bf16=False, train_layers=2)
@@ -337,31 +338,32 @@ def test_an_interrupted_finetune_resumes_to_the_same_encoder(tmp_path, corpus, m
 
     from safetensors.numpy import load_file
 
-    from merkit.features import finetune
+    from merkit.features.finetuned import HEAD
+    from merkit.training import finetune, task
 
     config = finetune.FinetuneConfig(epochs=2, batch_size=4, evals_per_epoch=3, lr=1e-4, bf16=False)
     straight, record = finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "straight", config, progress=False, log=None)
-    assert len(record["history"]) == 6
+    assert len(record["history"]) == 6 and [round(e["epoch"], 2) for e in record["history"]] == [0.33, 0.67, 1.0, 1.33, 1.67, 2.0]
 
-    real, calls = finetune._weighted_f1, []
+    real, calls = task.score_metrics, []
 
-    def dies_at_the_third_check(*args):
+    def dies_at_the_third_check(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:  # mid-epoch: the state of step 2 of 3 is saved
-            raise KeyboardInterrupt
-        return real(*args)
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "_weighted_f1", dies_at_the_third_check)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(task, "score_metrics", dies_at_the_third_check)
+    with pytest.raises(RuntimeError, match="killed"):
         finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "resumed", config, progress=False, log=None)
-    saved = list((tmp_path / "resumed").glob(".*.resume/state.pt"))
+    saved = list((tmp_path / "resumed").glob(".*.resume/last.ckpt"))
     assert len(saved) == 1 and not list((tmp_path / "resumed").glob("minilm-finetuned-*/"))
-    monkeypatch.setattr(finetune, "_weighted_f1", real)
+    monkeypatch.setattr(task, "score_metrics", real)
     said = []
     resumed, again = finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "resumed", config, progress=False, log=said.append)
     assert any("resuming the fine-tuning from step 2" in line for line in said)
     assert again["history"] == record["history"] and again["selected"] == record["selected"]
-    for name in ("model.safetensors", finetune.HEAD):
+    for name in ("model.safetensors", HEAD):
         a, b = load_file(str(straight / name)), load_file(str(resumed / name))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert not saved[0].parent.exists()  # the resume state is removed once the encoder is saved
@@ -369,13 +371,54 @@ def test_an_interrupted_finetune_resumes_to_the_same_encoder(tmp_path, corpus, m
     # killed after the last check of a run that stops mid-epoch (max_steps), before the encoder was saved
     short = replace(config, max_steps=4)
     _, whole = finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "short", short, progress=False, log=None)
-    real_save = finetune._save
-    monkeypatch.setattr(finetune, "_save", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
+    assert [e["step"] for e in whole["history"]] == [1, 2, 3, 4]
+    real_save = finetune.save_encoder
+    monkeypatch.setattr(finetune, "save_encoder", lambda *args: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
         finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "late", short, progress=False, log=None)
-    monkeypatch.setattr(finetune, "_save", real_save)
+    monkeypatch.setattr(finetune, "save_encoder", real_save)
+    steps = []
+    monkeypatch.setattr(task.ERCTask, "training_step", lambda self, *args: steps.append(1))
     _, late = finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "late", short, progress=False, log=None)
-    assert late["history"] == whole["history"] and late["selected"]["step"] <= 4  # no step is trained again
+    assert late["history"] == whole["history"] and not steps  # no step is trained again
+
+
+def test_finetuning_trains_with_the_engines_grouping_and_schedule(tmp_path, corpus, monkeypatch):
+    """The fine-tuning is the engine's ERCTask: the param groups the engine builds for the recipe's TrainConfig
+    (weights decay; biases, norms and frozen layers do not) and linear warm-up/decay over the run's real steps."""
+    import torch
+
+    from merkit.training import finetune, task
+
+    built = []
+    real = task.ERCTask.configure_optimizers
+    monkeypatch.setattr(task.ERCTask, "configure_optimizers", lambda self: built.append((self, real(self))) or built[-1][1])
+    config = finetune.FinetuneConfig(epochs=4, batch_size=4, max_steps=10, evals_per_epoch=2, train_layers=2, bf16=False)
+    _, record = finetune.finetune_encoder(corpus, get_extractor("minilm"), tmp_path / "enc", config, progress=False, log=None)
+    assert record["train_config"]["scheduler"] == "warmup_linear" and record["history"][-1]["step"] == 10
+    (used, chosen), = built
+    optimizer, schedule = chosen["optimizer"], chosen["lr_scheduler"]["scheduler"]
+    engine = task.ERCTask(used.model, config.train_config(multi_label=False), None, total_steps=10).configure_optimizers()["optimizer"]
+    groups = [([id(p) for p in g["params"]], g["weight_decay"]) for g in optimizer.param_groups]
+    assert type(optimizer) is type(engine) is torch.optim.AdamW
+    assert groups == [([id(p) for p in g["params"]], g["weight_decay"]) for g in engine.param_groups]
+    names = {id(p): name for name, p in used.model.named_parameters()}
+    decayed = {names[i] for ids, decay in groups if decay == config.weight_decay for i in ids}
+    trained = {names[i] for ids, _ in groups for i in ids}
+    assert "head.1.weight" in decayed and "head.1.bias" in trained - decayed
+    assert all(name.startswith(("encoder.encoder.layer.4.", "encoder.encoder.layer.5.", "head.")) for name in trained)
+    assert all("norm" not in name.lower() and not name.endswith("bias") for name in decayed)
+    warmup = int(config.warmup * 10)
+    expected = [(s + 1) / warmup if s < warmup else 1 - (s - warmup) / (10 - warmup) for s in range(10)]
+    assert [schedule.lr_lambdas[0](s) for s in range(10)] == pytest.approx(expected)
+
+
+def test_validation_checks_split_each_epoch_and_end_at_max_steps():
+    from merkit.training.finetune import FinetuneConfig, check_stretches
+
+    assert check_stretches(10, FinetuneConfig(epochs=2, evals_per_epoch=3)) == [(0, 0, 3), (0, 3, 7), (0, 7, 10), (1, 0, 3), (1, 3, 7), (1, 7, 10)]
+    assert check_stretches(10, FinetuneConfig(epochs=2, evals_per_epoch=3, max_steps=15))[-2:] == [(1, 0, 3), (1, 3, 5)]
+    assert check_stretches(2, FinetuneConfig(epochs=1, evals_per_epoch=4)) == [(0, 0, 1), (0, 1, 2)]
 
 
 def test_bf16_autocast_is_off_by_default_where_the_cpu_emulates_it(monkeypatch):

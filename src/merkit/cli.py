@@ -21,7 +21,7 @@ from rich.table import Table
 from merkit._version import __version__
 from merkit.cli_options import BackendOption, DeviceOption, QuietOption, ThreadsOption, example
 from merkit.errors import MerkitError
-from merkit.features.commands import extract, extractors, merge
+from merkit.extract_commands import extract, extractors, merge
 from merkit.live_cli import live
 
 app = typer.Typer(
