@@ -89,10 +89,11 @@ def test_frames_are_decoded_or_refused_with_a_reason():
 def test_nearest_speaker_starts_new_speakers_past_the_threshold_and_revises_earlier_turns():
     vectors = iter([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.6, 0.8]])
     speakers = NearestSpeaker(lambda audio: np.array(next(vectors)), threshold=0.3)
-    assert speakers.assign(np.zeros(1)) == ["S1"]
-    assert speakers.assign(np.zeros(1)) == ["S1", "S2"]  # orthogonal: a new speaker
-    assert speakers.assign(np.zeros(1)) == ["S1", "S2", "S1"]
-    assert speakers.assign(np.zeros(1))[-1] == "S2"  # nearer S2's (0, 1) than S1's mean
+    turn = lambda: speakers.assign(speakers.embed(np.zeros(1)))  # noqa: E731
+    assert turn() == ["S1"]
+    assert turn() == ["S1", "S2"]  # orthogonal: a new speaker
+    assert turn() == ["S1", "S2", "S1"]
+    assert turn()[-1] == "S2"  # nearer S2's (0, 1) than S1's mean
 
 
 # ------------------------------------------------------------------ the session
@@ -127,6 +128,7 @@ def test_the_session_gives_each_turn_as_it_ends_and_ends_with_the_offline_timeli
     for event, segment in zip(turns, offline.segments):
         assert (event.start, event.end, event.text, event.speaker) == (segment.start, segment.end, segment.text, segment.speaker)
         assert event.latency >= 0 and set(event.stages) == {"asr", "speaker", "features", "model"}
+        assert event.early  # transcribed during the pause (early_asr), with the same result as after it
     # after the last turn the whole conversation was the context: the offline numbers, turn for turn
     assert [s.label for s in live.segments] == [s.label for s in offline.segments]
     for mine, theirs in zip(live.segments, offline.segments):
@@ -147,7 +149,7 @@ def test_the_session_gives_each_turn_as_it_ends_and_ends_with_the_offline_timeli
 def test_a_short_context_predicts_each_turn_from_the_last_turns_only(talk, predictor, tmp_path, monkeypatch):
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
     audio = decode_audio(str(talk), sample_rate=16_000)
-    with LiveSession(predictor, LiveSettings(context_turns=1)) as session:
+    with LiveSession(predictor, LiveSettings(context_turns=1, early_asr=None)) as session:
         events = session.feed(audio) + session.stop()
         alone = predictor.predict([{"text": events[1].text, "audio": str(session.folder / "turn1.wav")}])
         assert len(session.rows["audio"]) == 1  # the features of turns out of the context are forgotten

@@ -17,7 +17,9 @@ audio (:func:`~merkit.recording.predict_recording`), except where the two cut th
 (the offline pipeline decodes in ``chunk``-second pieces and cuts each again).
 
 [R] merkit's choices (fields of :class:`LiveSettings`, beside :class:`~merkit.recording.RecordingSettings`'
-VAD, padding, segment and Whisper settings): ``context_turns`` None (the whole conversation).
+VAD, padding, segment and Whisper settings): ``context_turns`` None (the whole conversation); ``early_asr``
+0.2 s: after that much silence the turn is transcribed and featurised in a worker thread while the rest of
+``min_pause`` is waited for, so the wait hides most of Whisper's cost (the work is dropped if speech resumes).
 
 >>> import merkit
 >>> from merkit.live import LiveSession
@@ -31,11 +33,14 @@ VAD, padding, segment and Whisper settings): ``context_turns`` None (the whole c
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +77,10 @@ class LiveSettings(RecordingSettings):
 
     context_turns: int | None = Field(
         None, ge=1, description="turns the model reads for each new turn, the new one included (None: the whole conversation)"
+    )
+    early_asr: float | None = Field(
+        0.2, ge=0, description="seconds of silence after which the turn in progress is transcribed and featurised ahead, "
+        "while the pause may still turn out shorter than min_pause (the work is dropped if it does); None: only once closed",
     )
 
 
@@ -262,6 +271,19 @@ class StreamingVad:
         heard = self.arrivals[min(index, len(self.arrivals) - 1)][1]
         return [Speech(start, end, speech_end, audio, heard)]
 
+    def tentative(self, silence: float) -> Speech | None:
+        """The turn in progress as it will close if its current pause, already ``silence`` seconds long, lasts
+        ``min_pause`` (None while there is no such pause, or when a pause could not close it so)."""
+        if not (self.triggered and self.temp_end) or self.min_silence < 2 * self.pad:
+            return None
+        if WINDOW * self.windows - self.temp_end < max(silence * SAMPLE_RATE, self.pad) or self.received < self.temp_end + self.pad:
+            return None
+        start = self.next_padded_start if self.next_padded_start is not None else max(0, self.current - self.pad)
+        end = self.temp_end + self.pad
+        if round(end / SAMPLE_RATE, 3) - round(start / SAMPLE_RATE, 3) < self.min_segment:
+            return None
+        return Speech(start, end, self.temp_end, self.buffer[max(0, start - self.kept) : end - self.kept].copy())
+
     def _forget(self) -> None:
         """Drop audio and arrival times no open or future turn can need."""
         keep = WINDOW * self.windows - self.pad - WINDOW
@@ -281,12 +303,16 @@ class StreamingVad:
 
 # ------------------------------------------------------------------ speakers
 class SpeakerAssigner(Protocol):
-    """Gives each new turn a speaker; may revise earlier turns' (it returns every turn's speaker so far)."""
+    """Gives each new turn a speaker; may revise earlier turns' (it returns every turn's speaker so far).
+    :meth:`embed` may run ahead on a turn that is not yet closed; :meth:`assign` runs once the turn is."""
 
     source: str  # what the timeline's ``speakers`` says
 
-    def assign(self, audio: np.ndarray) -> list[str]:
-        """The speakers of all turns so far, the new turn (``audio``, 16 kHz mono) last."""
+    def embed(self, audio: np.ndarray) -> Any:
+        """What :meth:`assign` needs of a turn's audio (16 kHz mono), without changing the assigner."""
+
+    def assign(self, embedding: Any) -> list[str]:
+        """The speakers of all turns so far, the new turn (its :meth:`embed`) last."""
 
 
 class OneSpeaker:
@@ -297,7 +323,10 @@ class OneSpeaker:
     def __init__(self) -> None:
         self.turns = 0
 
-    def assign(self, audio: np.ndarray) -> list[str]:
+    def embed(self, audio: np.ndarray) -> None:
+        return None
+
+    def assign(self, embedding: None) -> list[str]:
         self.turns += 1
         return [UNKNOWN_SPEAKER] * self.turns
 
@@ -310,7 +339,7 @@ class NearestSpeaker:
     source = "voice embeddings (online)"
 
     def __init__(self, embed: Callable[[np.ndarray], np.ndarray], threshold: float):
-        self.embed = embed
+        self.encoder = embed
         self.threshold = threshold
         self.vectors: list[np.ndarray] = []
         self.names: list[str] = []
@@ -321,9 +350,11 @@ class NearestSpeaker:
         means = np.stack([np.mean([v for v, n in zip(self.vectors, self.names) if n == s], axis=0) for s in speakers])
         return speakers, means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
-    def assign(self, audio: np.ndarray) -> list[str]:
-        vector = np.asarray(self.embed(audio), dtype=np.float64).reshape(-1)
-        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    def embed(self, audio: np.ndarray) -> np.ndarray:
+        vector = np.asarray(self.encoder(audio), dtype=np.float64).reshape(-1)
+        return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+    def assign(self, vector: np.ndarray) -> list[str]:
         name = None
         if self.names:
             speakers, means = self._means()
@@ -355,6 +386,7 @@ class TurnEvent(BaseModel):
     uncertainty: float | None = None
     latency: float = Field(description="seconds from when the turn's end of speech arrived to this event")
     stages: dict[str, float] = Field(description="seconds of this turn's work: asr, speaker, features, model")
+    early: bool = Field(False, description="whether the transcript and features were made during the pause (early_asr)")
 
 
 class RevisionEvent(BaseModel):
@@ -378,17 +410,18 @@ class _Remembered:
     earlier turns of the context cost nothing; rows of inputs the last call did not use are forgotten.
     Its owner closes the extractor itself."""
 
-    def __init__(self, inner: Any, rows: dict[bytes, Any], timer: dict[str, float]):
-        self.inner, self.rows, self.timer = inner, rows, timer
+    def __init__(self, inner: Any, rows: dict[bytes, Any], timer: dict[str, float], forget: bool = True):
+        self.inner, self.rows, self.timer, self.forget = inner, rows, timer, forget
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def plan(self, corpus: Any) -> list[WorkItem | None]:
         items = self.inner.plan(corpus)
-        keys = {hashlib.sha256(item.content).digest() for item in items if item is not None}
-        for key in set(self.rows) - keys:
-            del self.rows[key]
+        if self.forget:
+            keys = {hashlib.sha256(item.content).digest() for item in items if item is not None}
+            for key in set(self.rows) - keys:
+                del self.rows[key]
         return [None if item is None else WorkItem(item.content, item.cost, (hashlib.sha256(item.content).digest(), item.payload))
                 for item in items]  # fmt: skip
 
@@ -417,23 +450,35 @@ class _Turn:
     uncertainty: float | None = None
 
 
+@dataclass
+class _Prepared:
+    """A turn's work that needs no other turn: transcript, voice embedding, audio file, features (remembered)."""
+
+    span: tuple[int, int]
+    text: str
+    embedding: Any
+    path: Path
+    stages: dict[str, float]
+
+
 # ------------------------------------------------------------------ the session
 class LiveSession:
     """One live conversation: :meth:`feed` it audio as it arrives and get the events of the turns it closed.
 
-    ``predictor``: the model (a :class:`~merkit.inference.Predictor`; a server passes one per turn to
-    :meth:`recognise` instead); ``asr``: a loaded ``WhisperModel`` to share (default: one of
-    ``settings.asr``, loaded on the first turn); ``speakers``: a :class:`SpeakerAssigner` (default
-    :class:`OneSpeaker`); ``clock``: the time source of latencies. Each turn's audio is kept in a temporary
-    folder (the extractors read files) until :meth:`close`. Not thread-safe: :meth:`listen` and
-    :meth:`recognise` may run in two threads, each serialised.
+    ``predictor``: the model, a :class:`~merkit.inference.Predictor`, or a callable giving a context manager that
+    lends one (a server's pool; a predictor is used by one thread at a time); ``asr``: a loaded ``WhisperModel``
+    to share (default: one of ``settings.asr``, loaded on the first turn); ``speakers``: a
+    :class:`SpeakerAssigner` (default :class:`OneSpeaker`); ``clock``: the time source of latencies. Each
+    turn's audio is kept in a temporary folder (the extractors read files) until :meth:`close`, which also
+    waits for the worker thread of ``early_asr``. :meth:`listen` and :meth:`recognise` may run in two threads,
+    each serialised.
     """
 
     def __init__(
-        self, predictor: Predictor | None = None, settings: LiveSettings | None = None, *, asr: Any = None,
-        speakers: SpeakerAssigner | None = None, clock: Callable[[], float] = time.monotonic,
+        self, predictor: Predictor | Callable[[], contextlib.AbstractContextManager[Predictor]], settings: LiveSettings | None = None,
+        *, asr: Any = None, speakers: SpeakerAssigner | None = None, clock: Callable[[], float] = time.monotonic,
     ):  # fmt: skip
-        self.predictor = predictor
+        self.lend = predictor if callable(predictor) and not hasattr(predictor, "predict") else (lambda: contextlib.nullcontext(predictor))
         self.settings = settings or LiveSettings()
         self.asr = asr
         self.speakers = speakers or OneSpeaker()
@@ -445,6 +490,10 @@ class LiveSession:
         if isinstance(self.speakers, OneSpeaker):
             self.notes.append("one speaker: no voice embeddings were given, so every turn is 'unknown'")
         self.folder = Path(tempfile.mkdtemp(prefix="merkit-live-"))
+        self.files = 0
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merkit-live") if self.settings.early_asr is not None else None
+        self.ahead: tuple[tuple[int, int], Future[_Prepared]] | None = None  # the early work on the turn in progress
+        self.lock = threading.Lock()  # the ASR model and the remembered features: one user at a time
 
     @property
     def seconds(self) -> float:
@@ -453,63 +502,99 @@ class LiveSession:
 
     # ---------------------------------------------------------------- stages
     def listen(self, samples: np.ndarray, arrived: float | None = None) -> list[Speech]:
-        """Voice activity over new samples (float32, 16 kHz mono, arrived at ``arrived``, default now): the turns that closed."""
+        """Voice activity over new samples (float32, 16 kHz mono, arrived at ``arrived``, default now): the turns that
+        closed. With ``early_asr``, a turn whose pause has lasted that long starts being worked on in the background."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        return self.vad.push(samples, self.clock() if arrived is None else arrived)
+        closed = self.vad.push(samples, self.clock() if arrived is None else arrived)
+        if self.worker is not None and not closed:
+            early = self.vad.tentative(self.settings.early_asr)
+            if early is not None and (self.ahead is None or self.ahead[0] != (early.start, early.end)):
+                self._drop_ahead(wait=False)
+                self.ahead = ((early.start, early.end), self.worker.submit(self._prepare, early))
+        return closed
 
     def finish(self) -> list[Speech]:
         """The stream ended: the turn in progress, if any, closed."""
         return self.vad.finish()
 
-    def recognise(self, speech: Speech, predictor: Predictor | None = None) -> list[LiveEvent]:
-        """A closed turn transcribed, given a speaker and predicted with its context: its event and any revisions."""
-        predictor = predictor or self.predictor
-        if predictor is None:
-            raise MerkitError("the live session has no predictor")
+    def _prepare(self, speech: Speech) -> _Prepared:
+        """Transcribe, embed and featurise one turn (its features are remembered for :meth:`recognise`)."""
         stages: dict[str, float] = {}
-        began = time.perf_counter()
-        if self.asr is None:
-            self.asr = load_asr(self.settings)
-        text = transcribe(self.asr, speech.audio, [(0.0, speech.audio.size / SAMPLE_RATE)], self.settings)[0].text
-        stages["asr"] = time.perf_counter() - began
-        began = time.perf_counter()
-        speakers = self.speakers.assign(speech.audio)
-        stages["speaker"] = time.perf_counter() - began
-        import soundfile
+        with self.lend() as predictor, self.lock:
+            began = time.perf_counter()
+            if self.asr is None:
+                self.asr = load_asr(self.settings)
+            text = transcribe(self.asr, speech.audio, [(0.0, speech.audio.size / SAMPLE_RATE)], self.settings)[0].text
+            stages["asr"] = time.perf_counter() - began
+            began = time.perf_counter()
+            embedding = self.speakers.embed(speech.audio)
+            stages["speaker"] = time.perf_counter() - began
+            import soundfile
 
-        path = self.folder / f"turn{len(self.turns)}.wav"
-        soundfile.write(path, speech.audio, SAMPLE_RATE, subtype="FLOAT")
-        start, end = speech.seconds
-        self.turns.append(_Turn(start, end, speakers[-1], text, path))
-        events: list[LiveEvent] = []
-        for index, (turn, name) in enumerate(zip(self.turns[:-1], speakers, strict=False)):
-            if name != turn.speaker:
-                events.append(self._revision(index, "speaker", turn.speaker, speaker=name))
-                turn.speaker = name
-        events += self._predict(predictor, stages)
+            path = self.folder / f"turn{self.files}.wav"
+            self.files += 1
+            soundfile.write(path, speech.audio, SAMPLE_RATE, subtype="FLOAT")
+            timer: dict[str, float] = {}
+            self._view(predictor, timer, forget=False).predict([{"text": text, "audio": str(path)}])
+            stages["features"] = timer.get("features", 0.0)
+        return _Prepared((speech.start, speech.end), text, embedding, path, stages)
+
+    def _drop_ahead(self, wait: bool) -> _Prepared | None:
+        """Forget the early work (its audio file deleted once done); its result if ``wait``."""
+        if self.ahead is None:
+            return None
+        _, future = self.ahead
+        self.ahead = None
+        if not wait:
+            future.add_done_callback(lambda done: done.exception() is None and done.result().path.unlink(missing_ok=True))
+            return None
+        return future.result()
+
+    def _view(self, predictor: Predictor, timer: dict[str, float], forget: bool) -> Predictor:
+        """The predictor with this session's remembered features."""
+        from merkit.inference import Predictor
+
+        remembered = {m: _Remembered(e, self.rows.setdefault(m, {}), timer, forget) for m, e in predictor.extractors.items()}
+        return Predictor(predictor.checkpoint, device=predictor.device, batch_size=predictor.batch_size, extractors=remembered)
+
+    def recognise(self, speech: Speech) -> list[LiveEvent]:
+        """A closed turn transcribed, given a speaker and predicted with its context: its event and any revisions."""
+        early = self.ahead is not None and self.ahead[0] == (speech.start, speech.end)
+        if early:
+            prepared = self._drop_ahead(wait=True)
+        else:
+            self._drop_ahead(wait=False)
+            prepared = self._prepare(speech)
+        stages = dict(prepared.stages)
+        with self.lend() as predictor, self.lock:
+            speakers = self.speakers.assign(prepared.embedding)
+            start, end = speech.seconds
+            self.turns.append(_Turn(start, end, speakers[-1], prepared.text, prepared.path))
+            events: list[LiveEvent] = []
+            for index, (turn, name) in enumerate(zip(self.turns[:-1], speakers, strict=False)):
+                if name != turn.speaker:
+                    previous, turn.speaker = turn.speaker, name
+                    events.append(self._revision(index, "speaker", previous))
+            events += self._predict(predictor, stages)
         turn = self.turns[-1]
-        stages = {name: round(value, 4) for name, value in stages.items()}
         events.append(TurnEvent(
-            turn=len(self.turns) - 1, start=start, end=end, speaker=turn.speaker, text=text, label=turn.label,
-            probabilities=turn.probabilities, uncertainty=turn.uncertainty, latency=round(self.clock() - speech.heard, 4), stages=stages,
+            turn=len(self.turns) - 1, start=start, end=end, speaker=turn.speaker, text=turn.text, label=turn.label,
+            probabilities=turn.probabilities, uncertainty=turn.uncertainty, latency=round(self.clock() - speech.heard, 4),
+            stages={name: round(value, 4) for name, value in stages.items()}, early=early,
         ))  # fmt: skip
         return events
 
     def _predict(self, predictor: Predictor, stages: dict[str, float]) -> list[LiveEvent]:
         """The model over the context window; the new turn's prediction stored, earlier turns' changes as revisions."""
-        from merkit.inference import Predictor
-
         first = 0 if self.settings.context_turns is None else max(0, len(self.turns) - self.settings.context_turns)
         window = self.turns[first:]
         timer: dict[str, float] = {}
-        remembered = {m: _Remembered(e, self.rows.setdefault(m, {}), timer) for m, e in predictor.extractors.items()}
-        view = Predictor(predictor.checkpoint, device=predictor.device, batch_size=predictor.batch_size, extractors=remembered)
         began = time.perf_counter()
-        result = view.predict({"dialogue_id": "live", "utterances": [
+        result = self._view(predictor, timer, forget=True).predict({"dialogue_id": "live", "utterances": [
             {"utterance_id": str(first + i), "speaker": t.speaker, "text": t.text, "audio": str(t.audio)} for i, t in enumerate(window)
         ]})  # fmt: skip
-        stages["features"] = timer.get("features", 0.0)
-        stages["model"] = time.perf_counter() - began - stages["features"]
+        stages["features"] += timer.get("features", 0.0)
+        stages["model"] = time.perf_counter() - began - timer.get("features", 0.0)
         events: list[LiveEvent] = []
         for offset, (turn, row) in enumerate(zip(window, result.utterances, strict=True)):
             changed = turn.label != row.label and turn is not window[-1]
@@ -519,14 +604,14 @@ class LiveSession:
                 events.append(self._revision(first + offset, "label", previous))
         return events
 
-    def _revision(self, index: int, what: str, previous: Any, speaker: str | None = None) -> RevisionEvent:
+    def _revision(self, index: int, what: str, previous: Any) -> RevisionEvent:
         turn = self.turns[index]
-        return RevisionEvent(turn=index, field=what, previous=previous, speaker=speaker or turn.speaker, label=turn.label,
+        return RevisionEvent(turn=index, field=what, previous=previous, speaker=turn.speaker, label=turn.label,
                              probabilities=turn.probabilities, uncertainty=turn.uncertainty)  # fmt: skip
 
     # ---------------------------------------------------------------- together
     def feed(self, samples: np.ndarray, arrived: float | None = None) -> list[LiveEvent]:
-        """:meth:`listen` then :meth:`recognise` each closed turn with the session's predictor."""
+        """:meth:`listen` then :meth:`recognise` each closed turn."""
         return [event for speech in self.listen(samples, arrived) for event in self.recognise(speech)]
 
     def stop(self) -> list[LiveEvent]:
@@ -541,7 +626,9 @@ class LiveSession:
                         notes=list(self.notes))  # fmt: skip
 
     def close(self) -> None:
-        """Delete the turns' audio."""
+        """Wait for the early work still running (it cannot be interrupted), then delete the turns' audio."""
+        if self.worker is not None:
+            self.worker.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> "LiveSession":

@@ -20,7 +20,7 @@ FRAME = 1600  # samples per frame fed to the session (0.1 s at 16 kHz), as a mic
 MIC_EXTRA = "pip install 'merkit[live]' (sounddevice), and the system's PortAudio library (e.g. apt install libportaudio2)"
 
 
-def _file_frames(path: Path) -> Iterator[np.ndarray]:
+def file_frames(path: Path) -> Iterator[np.ndarray]:
     """The file's 16 kHz mono samples, decoded a minute at a time, in frames of :data:`FRAME`."""
     from merkit.recording import chunks
 
@@ -31,7 +31,7 @@ def _file_frames(path: Path) -> Iterator[np.ndarray]:
             yield audio[at : at + FRAME]
 
 
-def _paced(frames: Iterator[np.ndarray], pace: bool, clock: Callable[[], float]) -> Iterator[tuple[np.ndarray, float]]:
+def paced(frames: Iterator[np.ndarray], pace: bool, clock: Callable[[], float]) -> Iterator[tuple[np.ndarray, float]]:
     """Each frame with the time it arrives: at real-time pace when ``pace`` (a late frame, behind a slow turn,
     keeps the time it would have arrived, so latencies count the backlog), else as soon as read."""
     from merkit.recording import SAMPLE_RATE
@@ -131,7 +131,7 @@ def live(
 
         torch.set_num_threads(threads)
     clock = time.monotonic
-    frames = _microphone(clock) if mic else _paced(_file_frames(input), pace, clock)
+    frames = _microphone(clock) if mic else paced(file_frames(input), pace, clock)
     console = Console(stderr=False)
     table = None if as_json else _Table(console)
     latencies: list[float] = []
