@@ -19,7 +19,7 @@ from media_helpers import join_clips, ravdess_clips, untrained_checkpoint
 
 from merkit.errors import MerkitError
 from merkit.features.media import decode_audio
-from merkit.recording import RecordingSettings, read_rttm, assign_speakers, predict_recording, segment_recording
+from merkit.recording import RecordingSettings, read_rttm, predict_recording, segment_recording
 
 # (voice, text, the content words the transcript must hold). Whisper's exact words depend on the CPU's
 # kernels even in float32 (espeak's "the weather" reads "but when the" on some), so the test asks for
@@ -94,11 +94,10 @@ def test_rttm_speakers_and_the_cache(recording, tmp_path, monkeypatch):
     path, truth = recording
     rttm = tmp_path / "meeting.rttm"
     rttm.write_text("".join(f"SPEAKER meeting 1 {s:.3f} {e - s:.3f} <NA> <NA> {who} <NA> <NA>\n" for s, e, who, _ in truth))
-    segments = segment_recording(path)
-    assign_speakers(segments, read_rttm(rttm))
+    segments = segment_recording(path, speakers=rttm)
     assert [s.speaker for s in segments] == [who for _, _, who, _ in truth]
     lines = []
-    again = segment_recording(path, log=lines.append)
+    again = segment_recording(path, speakers=rttm, log=lines.append)
     assert lines and "reusing" in lines[0]
     assert [(s.start, s.text) for s in again] == [(s.start, s.text) for s in segments]
 

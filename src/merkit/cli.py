@@ -23,6 +23,7 @@ from merkit.cli_options import BackendOption, DeviceOption, QuietOption, Threads
 from merkit.errors import MerkitError
 from merkit.extract_commands import extract, extractors, merge
 from merkit.live_cli import live
+from merkit.recording_commands import MaxSpeakersOption, MinSpeakersOption, NumSpeakersOption, diarize
 
 app = typer.Typer(
     name="merkit",
@@ -37,6 +38,7 @@ app.command("extract", epilog=example("extract"))(extract)
 app.command("extractors", epilog=example("extractors"))(extractors)
 app.command("merge", epilog=example("merge"))(merge)
 app.command("live", epilog=example("live"))(live)
+app.command("diarize", epilog=example("diarize"))(diarize)
 
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="Input format, or 'auto' to detect it.")]
 TrustOption = Annotated[
@@ -558,7 +560,11 @@ def predict_conversations(
     threads: ThreadsOption = None,
     backend: BackendOption = "auto",
     quiet: QuietOption = False,
-    speakers: Annotated[Optional[Path], typer.Option(help="Recording input: an RTTM file naming who speaks when (else one unknown speaker).")] = None,
+    speakers: Annotated[Optional[str], typer.Option(help="Recording input: auto (diarize; the default), none (one unknown speaker), or an RTTM file.")] = None,
+    num_speakers: NumSpeakersOption = None,
+    min_speakers: MinSpeakersOption = None,
+    max_speakers: MaxSpeakersOption = None,
+    shard: Annotated[Optional[str], typer.Option(help="Folder of recordings: do part i of n (i/n, 1-based), for array jobs.")] = None,
     asr: Annotated[str, typer.Option(help="Whisper for recordings: tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
     language: Annotated[Optional[str], typer.Option(help="Recording input: the spoken language (default: English for tiny, detected by base).")] = None,
     srt: Annotated[Optional[Path], typer.Option(help="Recording input: also write subtitles with each segment's emotion.")] = None,
@@ -572,16 +578,34 @@ def predict_conversations(
 
     if as_json and as_csv:
         raise MerkitError("choose one of --json and --csv")
-    recording = input.is_file() and input.suffix.lower() in MEDIA_SUFFIXES["audio"] + MEDIA_SUFFIXES["video"]
-    if not recording and (speakers or srt or timeline or language or asr != "tiny"):
-        raise MerkitError("--speakers, --asr, --language, --srt and --timeline are for one audio or video recording", path=input)
+    from merkit.recording_commands import diarization_settings, is_recording_folder, parse_speakers
+
+    folder = is_recording_folder(input)
+    recording = folder or (input.is_file() and input.suffix.lower() in MEDIA_SUFFIXES["audio"] + MEDIA_SUFFIXES["video"])
+    if not recording and (speakers or num_speakers or min_speakers or max_speakers):
+        raise MerkitError("--speakers, --num-speakers, --min-speakers and --max-speakers are for audio or video recordings", path=input)
+    if shard is not None and not folder:
+        raise MerkitError("--shard is for a folder of recordings", path=input)
+    if folder and (srt or timeline or as_csv):
+        raise MerkitError("a folder of recordings gets one JSON timeline per file and merged CSVs in --out DIR/; --srt, --timeline and --csv are for one recording", path=input)
+    diarization = diarization_settings(num_speakers, min_speakers, max_speakers)
+    speakers = parse_speakers(speakers) if recording else None
+    if not recording and (srt or timeline or language or asr != "tiny"):
+        raise MerkitError("--asr, --language, --srt and --timeline are for one audio or video recording", path=input)
     _torch_threads(threads)
     with load(checkpoint, device=device, batch_size=batch_size, workers=workers, backend=backend, threads=threads) as predictor:
+        if folder:
+            from merkit.recording import RecordingSettings
+            from merkit.recording_commands import predict_folder
+
+            raise typer.Exit(predict_folder(predictor, input, out, RecordingSettings(asr=asr, language=language), speakers=speakers,
+                                            diarization=diarization, shard=shard, progress=not quiet,
+                                            log=lambda line: quiet or typer.echo(f"merkit: {line}", err=True)))  # fmt: skip
         if recording:
             from merkit.recording import RecordingSettings, predict_recording
 
             settings = RecordingSettings(asr=asr, language=language)
-            result = predict_recording(predictor, input, settings, speakers=speakers, progress=not quiet,
+            result = predict_recording(predictor, input, settings, speakers=speakers, diarization=diarization, progress=not quiet,
                                        log=lambda line: quiet or typer.echo(f"merkit: {line}", err=True))  # fmt: skip
             count, what = len(result.segments), "speech segments"
         else:

@@ -51,6 +51,7 @@ EXAMPLES = {
     "predict": "merkit predict runs/meld/sure/seed0/best talk.txt --csv --out talk.csv",
     "serve": "merkit serve models/sure --port 8000   # then open http://127.0.0.1:8000/",
     "live": "merkit live runs/ravdess/seed0/best --input talk.wav   # or --mic; --json for JSON lines",
+    "diarize": "merkit diarize meeting.wav --out meeting.rttm   # --num-speakers 3 when known",
     "export": "merkit export runs/meld/sure/seed0/best --out models/sure --onnx --quantize int8",
     "demo": "merkit demo",
     "info": "merkit info runs/meld/sure/seed0/best",

