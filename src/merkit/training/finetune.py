@@ -16,7 +16,8 @@ metrics (:mod:`merkit.metrics`), gradient clipping and resume state as ``merkit 
   (``bf16=None``; on an AVX2-only CPU it is emulated and far slower than fp32); the GPU when present;
 * each stretch of training between two checks is one Lightning epoch, so Lightning's resume state,
   saved at every check in ``.<folder name>.resume/`` beside the output, continues exactly: an
-  interrupted run ends with the same encoder as an uninterrupted one;
+  interrupted run ends with the same encoder as an uninterrupted one (a check's ``train_loss`` in the
+  history is the mean over its stretch);
 * the selected encoder is saved (:func:`merkit.features.finetuned.save_encoder`) into a folder named
   after a hash of everything that determines it, so a re-run reuses it and features are always
   extracted with exactly the saved encoder.
