@@ -23,7 +23,7 @@ from media_helpers import join_clips, untrained_checkpoint
 
 from merkit.errors import MerkitError
 from merkit.features.media import decode_audio
-from merkit.live import LiveSession, LiveSettings, NearestSpeaker, StreamingVad, TurnEvent, decode_frame
+from merkit.live import LiveSession, LiveSettings, NearestSpeaker, OneSpeaker, StreamingVad, TurnEvent, decode_frame, voice_speakers
 from merkit.recording import RecordingSettings, predict_recording, speech_spans
 
 LINES = [
@@ -86,6 +86,19 @@ def test_frames_are_decoded_or_refused_with_a_reason():
         decode_frame(b"", "int8")
 
 
+def test_voice_speakers_come_from_the_diarization_embeddings_when_installed(talk):
+    speakers, why = voice_speakers()
+    if why is not None:
+        assert isinstance(speakers, OneSpeaker) and "merkit[diarization]" in why
+        pytest.skip(why)
+    assert isinstance(speakers, NearestSpeaker) and speakers.source == "voice embeddings (online)"
+    first = decode_audio(str(talk.parent / "line0.wav"), sample_rate=16_000)
+    again = decode_audio(str(talk.parent / "line2.wav"), sample_rate=16_000)  # the same voice, other words
+    assert speakers.assign(speakers.embed(first)) == ["S1"]
+    assert speakers.assign(speakers.embed(again)) == ["S1", "S1"]
+    assert speakers.assign(speakers.embed(np.random.default_rng(0).normal(0, 0.1, 32_000)))[-1] == "S2"  # noise is no one's voice
+
+
 def test_nearest_speaker_starts_new_speakers_past_the_threshold_and_revises_earlier_turns():
     vectors = iter([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.6, 0.8]])
     speakers = NearestSpeaker(lambda audio: np.array(next(vectors)), threshold=0.3)
@@ -117,7 +130,7 @@ def test_the_session_gives_each_turn_as_it_ends_and_ends_with_the_offline_timeli
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
     offline = predict_recording(predictor, talk, cache=False)
     audio = decode_audio(str(talk), sample_rate=16_000)
-    with LiveSession(predictor) as session:
+    with LiveSession(predictor, speakers=OneSpeaker()) as session:
         events = [event for piece in _stream(audio) for event in session.feed(piece)] + session.stop()
         live = session.timeline(offline.model, offline.labels)
         folder = session.folder
@@ -143,13 +156,13 @@ def test_the_session_gives_each_turn_as_it_ends_and_ends_with_the_offline_timeli
             assert event.field == "label" and event.previous != event.label
             final[event.turn] = event.label
     assert [final[i] for i in range(len(LINES))] == [s.label for s in live.segments]
-    assert live.notes and "one speaker" in live.notes[0]
+    assert live.speakers == "unknown" and live.notes == []
 
 
 def test_a_short_context_predicts_each_turn_from_the_last_turns_only(talk, predictor, tmp_path, monkeypatch):
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
     audio = decode_audio(str(talk), sample_rate=16_000)
-    with LiveSession(predictor, LiveSettings(context_turns=1, early_asr=None)) as session:
+    with LiveSession(predictor, LiveSettings(context_turns=1, early_asr=None), speakers=OneSpeaker()) as session:
         events = session.feed(audio) + session.stop()
         alone = predictor.predict([{"text": events[1].text, "audio": str(session.folder / "turn1.wav")}])
         assert len(session.rows["audio"]) == 1  # the features of turns out of the context are forgotten
@@ -167,7 +180,7 @@ def test_the_live_command_prints_each_turn_as_json_lines_and_writes_the_timeline
 
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "timeline.json"
-    done = CliRunner().invoke(app, ["live", str(checkpoint), "--input", str(talk), "--no-pace", "--json", "--out", str(out), "-q", "--threads", "1"])
+    done = CliRunner().invoke(app, ["live", str(checkpoint), "--input", str(talk), "--no-pace", "--json", "--out", str(out), "-q", "--threads", "1", "--one-speaker"])
     assert done.exit_code == 0, done.output
     events = [json.loads(line) for line in done.stdout.splitlines()]
     turns = [e for e in events if e["type"] == "turn"]
@@ -175,7 +188,7 @@ def test_the_live_command_prints_each_turn_as_json_lines_and_writes_the_timeline
     expected = predict_recording(predictor, talk, cache=False)
     assert [t["text"] for t in turns] == [s.text for s in expected.segments]
     assert [s["label"] for s in timeline["segments"]] == [s.label for s in expected.segments]
-    assert timeline["speakers"] == "unknown" and "one speaker" in timeline["notes"][0]
+    assert timeline["speakers"] == "unknown"
 
     table = CliRunner().invoke(app, ["live", str(checkpoint), "--input", str(talk), "--no-pace", "--threads", "1"])
     assert table.exit_code == 0, table.output
@@ -207,3 +220,113 @@ def test_the_microphone_says_what_to_install_when_it_cannot_listen(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_sounddevice)
     with pytest.raises(MerkitError, match=r"merkit\[live\].*libportaudio2"):
         next(_microphone(lambda: 0.0))
+
+
+# ------------------------------------------------------------------ the WebSocket endpoint
+def _int16_frames(audio: np.ndarray, seconds: float = 0.1) -> list[bytes]:
+    step = int(16_000 * seconds)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    return [pcm[at : at + step].tobytes() for at in range(0, pcm.size, step)]
+
+
+def _until_closed(ws) -> tuple[list[dict], int, str]:
+    """Every JSON message until the server closes: the messages, the close code and its reason."""
+    messages = []
+    while True:
+        message = ws.receive()
+        if message["type"] == "websocket.close":
+            return messages, message.get("code", 1000), message.get("reason", "")
+        messages.append(__import__("json").loads(message["text"]))
+
+
+@pytest.fixture(scope="module")
+def live_app(predictor):
+    pytest.importorskip("fastapi", reason="the server needs the serve extra")
+    from merkit.serve import create_app
+    from merkit.serve.live import LiveLimits
+
+    return create_app(predictor, live=LiveLimits(max_sessions=2, max_frame_bytes=64_000, max_session_seconds=40, idle_seconds=2))
+
+
+def _live_leftovers() -> tuple[set[Path], list[str]]:
+    import tempfile
+    import threading
+
+    return set(Path(tempfile.gettempdir()).glob("merkit-live-*")), [t.name for t in threading.enumerate() if t.name.startswith("merkit-live")]
+
+
+def test_the_websocket_answers_each_turn_and_ends_with_the_timeline(talk, predictor, live_app, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    offline = predict_recording(predictor, talk, cache=False)
+    audio = decode_audio(str(talk), sample_rate=16_000)
+    before = _live_leftovers()[0]
+    with TestClient(live_app) as client, client.websocket_connect("/live?sample_type=float32") as ws:
+        ready = ws.receive_json()
+        assert ready["type"] == "ready" and ready["sample_rate"] == 16_000 and ready["labels"] == offline.labels
+        for piece in _stream(audio):
+            ws.send_bytes(piece.astype("<f4").tobytes())
+        ws.send_text('{"type": "stop"}')
+        messages, code, reason = _until_closed(ws)
+    assert code == 1000, reason
+    turns = [m for m in messages if m["type"] == "turn"]
+    assert [t["text"] for t in turns] == [s.text for s in offline.segments]
+    assert [(t["start"], t["end"]) for t in turns] == [(s.start, s.end) for s in offline.segments]
+    end = messages[-1]
+    assert end["type"] == "end" and end["turns"] == len(offline.segments)
+    assert [s["label"] for s in end["timeline"]["segments"]] == [s.label for s in offline.segments]
+    assert _live_leftovers()[0] == before
+
+
+def test_the_websocket_closes_with_a_code_and_reason_for_each_limit_and_bad_frame(live_app):
+    from fastapi.testclient import TestClient
+
+    def refused(query: str, send, code: int, needle: str) -> None:
+        with client.websocket_connect(f"/live{query}") as ws:
+            if query.endswith("int16") or query.endswith("float32"):
+                assert ws.receive_json()["type"] == "ready"
+            send(ws)
+            messages, got, reason = _until_closed(ws)
+        assert (got, needle in reason) == (code, True), (got, reason)
+
+    with TestClient(live_app) as client:
+        refused("?sample_type=int8", lambda ws: None, 1008, "sample_type must be int16 or float32")
+        refused("?sample_type=int16", lambda ws: ws.send_bytes(b"\0" * 64_002), 1009, "max_frame_bytes")
+        refused("?sample_type=int16", lambda ws: ws.send_bytes(b"\0\0\0"), 1007, "not whole int16 samples")
+        refused("?sample_type=float32", lambda ws: ws.send_bytes(np.array([0.0, np.nan], "<f4").tobytes()), 1007, "NaN")
+        refused("?sample_type=float32", lambda ws: ws.send_bytes(np.array([2.0], "<f4").tobytes()), 1007, "[-1, 1]")
+        refused("?sample_type=int16", lambda ws: ws.send_text("hello"), 1003, "binary PCM frames")
+        refused("?sample_type=int16", lambda ws: [ws.send_bytes(b"\0" * 64_000) for _ in range(21)], 1008, "max_session_seconds")
+        refused("?sample_type=int16", lambda ws: None, 1008, "idle_seconds")  # nothing sent for 2 s
+
+
+def test_two_sessions_at_once_a_third_is_refused_and_a_client_leaving_mid_turn_leaves_nothing(talk, live_app):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    frames = _int16_frames(decode_audio(str(talk), sample_rate=16_000))
+    before = _live_leftovers()
+    with TestClient(live_app) as client:
+        with client.websocket_connect("/live") as one, client.websocket_connect("/live") as two:
+            assert one.receive_json()["type"] == two.receive_json()["type"] == "ready"
+            with client.websocket_connect("/live") as third:
+                assert _until_closed(third)[1:] == (1013, "2 live sessions are open (max_sessions); try again later")
+            for frame in frames:  # interleaved: each session cuts its own stream
+                one.send_bytes(frame)
+                two.send_bytes(frame)
+            one.send_text('{"type": "stop"}')
+            two.send_text('{"type": "stop"}')
+            texts = [[m["text"] for m in _until_closed(ws)[0] if m["type"] == "turn"] for ws in (one, two)]
+        assert texts[0] == texts[1] and len(texts[0]) == len(LINES)
+        with client.websocket_connect("/live") as leaving:
+            assert leaving.receive_json()["type"] == "ready"
+            for frame in frames[: len(frames) * 2 // 3]:  # into the middle of a turn, the first turn being recognised
+                leaving.send_bytes(frame)
+        deadline = time.monotonic() + 60
+        while _live_leftovers() != before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _live_leftovers() == before  # its files deleted, its worker thread gone
+        with client.websocket_connect("/live") as again:  # and its place is free again
+            assert again.receive_json()["type"] == "ready"

@@ -4,7 +4,8 @@ The stages are the recording pipeline's (:mod:`merkit.recording`), run increment
 over the stream (:class:`StreamingVad`: the same model, state carried from window to window, and the same
 decisions as :func:`~merkit.recording.speech_spans` makes on the whole file) closes a turn after
 ``min_pause`` of silence; the turn is transcribed by the same Whisper (:func:`~merkit.recording.transcribe`),
-given a speaker (a :class:`SpeakerAssigner`: one ``unknown`` speaker, or the nearest speaker embedding), and
+given a speaker (a :class:`SpeakerAssigner`: the nearest speaker embedding of :mod:`merkit.diarization` online,
+or one ``unknown`` speaker), and
 predicted by the checkpoint's :class:`~merkit.inference.Predictor` with the earlier turns as its context
 (the whole conversation so far, or the last ``context_turns``). Each turn's features are computed once:
 later turns reuse them (:class:`_Remembered`).
@@ -371,6 +372,18 @@ class NearestSpeaker:
         return list(self.names)
 
 
+def voice_speakers() -> tuple[SpeakerAssigner, str | None]:
+    """:class:`NearestSpeaker` over :func:`merkit.diarization.embed` (CAM++) at its ``THRESHOLD``, or, when the
+    diarization extra is missing, :class:`OneSpeaker` and why."""
+    from merkit import diarization
+
+    try:
+        diarization.speaker_encoder("campplus")
+    except (MerkitError, ImportError, OSError) as exc:
+        return OneSpeaker(), f"one speaker: no speaker embeddings ({exc}); {diarization.EXTRA}"
+    return NearestSpeaker(diarization.embed, diarization.THRESHOLD), None
+
+
 # ------------------------------------------------------------------ events
 class TurnEvent(BaseModel):
     """A turn that ended: what was said, by whom, and its emotion with the earlier turns as context."""
@@ -468,7 +481,7 @@ class LiveSession:
     ``predictor``: the model, a :class:`~merkit.inference.Predictor`, or a callable giving a context manager that
     lends one (a server's pool; a predictor is used by one thread at a time); ``asr``: a loaded ``WhisperModel``
     to share (default: one of ``settings.asr``, loaded on the first turn); ``speakers``: a
-    :class:`SpeakerAssigner` (default :class:`OneSpeaker`); ``clock``: the time source of latencies. Each
+    :class:`SpeakerAssigner` (default :func:`voice_speakers`); ``clock``: the time source of latencies. Each
     turn's audio is kept in a temporary folder (the extractors read files) until :meth:`close`, which also
     waits for the worker thread of ``early_asr``. :meth:`listen` and :meth:`recognise` may run in two threads,
     each serialised.
@@ -481,14 +494,15 @@ class LiveSession:
         self.lend = predictor if callable(predictor) and not hasattr(predictor, "predict") else (lambda: contextlib.nullcontext(predictor))
         self.settings = settings or LiveSettings()
         self.asr = asr
-        self.speakers = speakers or OneSpeaker()
+        self.notes: list[str] = []
+        if speakers is None:
+            speakers, why = voice_speakers()
+            self.notes += [why] if why else []
+        self.speakers = speakers
         self.clock = clock
         self.vad = StreamingVad(self.settings)
         self.turns: list[_Turn] = []
         self.rows: dict[str, dict[bytes, Any]] = {}
-        self.notes: list[str] = []
-        if isinstance(self.speakers, OneSpeaker):
-            self.notes.append("one speaker: no voice embeddings were given, so every turn is 'unknown'")
         self.folder = Path(tempfile.mkdtemp(prefix="merkit-live-"))
         self.files = 0
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merkit-live") if self.settings.early_asr is not None else None

@@ -102,6 +102,7 @@ def live(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON event per line (turns and revisions).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="At the end, write the conversation's timeline here (JSON, atomically).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="A live setting key=value (min_pause, context_turns, vad_threshold, ...).")] = None,
+    one_speaker: Annotated[bool, typer.Option("--one-speaker", help="Every turn one 'unknown' speaker (no voice embeddings).")] = False,
     asr: Annotated[str, typer.Option(help="Whisper tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
     language: Annotated[Optional[str], typer.Option(help="The spoken language (default: English for tiny, detected by base).")] = None,
     device: DeviceOption = "auto",
@@ -115,7 +116,7 @@ def live(
     from merkit.data.formats import parse_options
     from merkit.inference import validation_message
     from merkit.io import atomic_write_text
-    from merkit.live import LiveSession, LiveSettings
+    from merkit.live import LiveSession, LiveSettings, OneSpeaker
     from merkit.loading import load
 
     if (input is None) == (not mic):
@@ -135,7 +136,7 @@ def live(
     console = Console(stderr=False)
     table = None if as_json else _Table(console)
     latencies: list[float] = []
-    with load(checkpoint, device=device, threads=threads) as predictor, LiveSession(predictor, settings, clock=clock) as session:
+    with load(checkpoint, device=device, threads=threads) as predictor, LiveSession(predictor, settings, speakers=OneSpeaker() if one_speaker else None, clock=clock) as session:
         predictor.predict([{"text": "warming up"}])  # loads the text encoder before the first turn
         if not quiet and not as_json:
             typer.echo(f"merkit live: {predictor.meta['model']} listening to {'the microphone' if mic else input} (Ctrl+C stops)", err=True)
