@@ -20,7 +20,7 @@ def live() -> bool:
     return all(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr)) or "ipykernel" in sys.modules
 
 
-def progress_bar(total: float | None, desc: str, *, enabled: bool = True, unit: str = "utt", leave: bool = True, initial: float = 0) -> Any:
+def progress_bar(total: float | None, desc: str, *, enabled: bool = True, unit: str = "utt", leave: bool = True) -> Any:
     """A tqdm bar over ``total`` (``None``: an open count, e.g. seconds of a recording of unknown length),
     or its :class:`LineProgress` stand-in away from a terminal."""
     if not enabled or total == 0:
@@ -30,19 +30,18 @@ def progress_bar(total: float | None, desc: str, *, enabled: bool = True, unit: 
     except ImportError:
         return None
     if not live():
-        return LineProgress(total, desc, unit=unit, initial=initial)
+        return LineProgress(total, desc, unit=unit)
     return tqdm(
-        total=total, desc=desc, unit=unit, initial=initial, leave=leave, mininterval=0.5, smoothing=0.05, file=sys.stderr,
+        total=total, desc=desc, unit=unit, leave=leave, mininterval=0.5, smoothing=0.05, file=sys.stderr,
         dynamic_ncols=True,
     )  # fmt: skip
 
 
 class LineProgress:
-    """The part of a tqdm bar merkit uses (``n``, ``update``, ``set_postfix``, ``close``), told as whole lines."""
+    """The part of a tqdm bar merkit uses (``n``, ``update``, ``close``), told as whole lines."""
 
-    def __init__(self, total: float | None, desc: str, *, unit: str, initial: float = 0):
-        self.total, self.desc, self.unit, self.n, self.initial = total, desc, unit, initial, initial
-        self.postfix = ""
+    def __init__(self, total: float | None, desc: str, *, unit: str):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
         self.started = self.shown = time.monotonic()
         self.closed = False
 
@@ -50,9 +49,6 @@ class LineProgress:
         self.n += n
         if time.monotonic() - self.shown >= LINE_EVERY_S:
             self._line()
-
-    def set_postfix(self, refresh: bool = True, **values: Any) -> None:
-        self.postfix = ", ".join(f"{name}={value}" for name, value in values.items())
 
     def close(self) -> None:
         if not self.closed:
@@ -63,8 +59,5 @@ class LineProgress:
         from tqdm import tqdm
 
         self.shown = time.monotonic()
-        meter = tqdm.format_meter(
-            self.n, self.total, self.shown - self.started, ncols=0, prefix=self.desc, unit=self.unit, postfix=self.postfix or None,
-            initial=self.initial,
-        )  # fmt: skip
+        meter = tqdm.format_meter(self.n, self.total, self.shown - self.started, ncols=0, prefix=self.desc, unit=self.unit)
         print(meter, file=sys.stderr, flush=True)

@@ -300,7 +300,9 @@ def finetune_encoder(
     encoder = AutoModel.from_pretrained(str(base.folder), local_files_only=True)
     freeze_below(encoder, config.train_layers)
     labels_of = corpus.labels
-    spec = DataSpec(modalities={"text": encoder.config.hidden_size}, num_classes=labels_of.num_classes, multi_label=multi, class_names=labels_of.names)
+    spec = DataSpec(
+        modalities={"text": encoder.config.hidden_size}, num_classes=labels_of.num_classes, multi_label=multi, class_names=labels_of.names
+    )
     model = EncoderClassifier(encoder, base.settings.pooling, spec, config.dropout).train()  # loaded in eval mode: no dropout
     train, valid = (UtteranceDataset(base, [inputs[i] for i in rows[s]], [labels[i] for i in rows[s]], spec) for s in ("train", "valid"))
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
