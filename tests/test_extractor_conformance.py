@@ -68,21 +68,23 @@ def each_extractor():
 
 # ------------------------------------------------------------------ inputs
 # Utterance ids and what each must give, per modality: True a row, False a masked row, None either.
-ROWS = ("good", "missing", "corrupt", "other")
+ROWS = ("good", "missing", "corrupt", "other", "nan", "inf")
 EXPECTED_PRESENT = {
-    "text": (True, False, False, True),  # "" and whitespace only: no text
-    "audio": (True, False, False, False),  # no file, a corrupt wav, a silent wav
-    "visual": (True, False, False, None),  # no file, a corrupt png, a grey square (a face crop to some, no face to others)
-}
-FAILED = {"text": set(), "audio": {"missing", "corrupt", "other"}, "visual": {"missing", "corrupt"}}
+    "text": (True, False, False, True, True, True),  # "" and whitespace only: no text
+    "audio": (True, False, False, False, False, False),  # no file, a corrupt wav, a silent wav, NaN and infinite samples
+    "visual": (True, False, False, None, False, False),  # no file, a corrupt png, a grey square (a face crop to some,
+}  # no face to others), no image
+FAILED = {"text": set(), "audio": {"missing", "corrupt", "other", "nan", "inf"}, "visual": {"missing", "corrupt"}}
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """One dialogue of four utterances: good media and text, then the bad payloads of each modality."""
+    """One dialogue: good media and text, then the bad payloads of each modality."""
     root = tmp_path_factory.mktemp("conformance")
     tone(root / "good.wav", 1.0)
     write_wav(root / "silent.wav", np.zeros(16000, dtype=np.float32))
+    _float_wav(root / "nan.wav", np.nan)
+    _float_wav(root / "inf.wav", np.inf)
     (root / "corrupt.wav").write_bytes(b"RIFF\x24\x08\x00\x00WAVEfmt " + bytes(range(256)) * 8)
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
     _face_crop(root / "face.png")
@@ -94,9 +96,20 @@ def corpus(tmp_path_factory):
         {"utterance_id": "missing", "text": "", "audio": "nowhere.wav", "image": "nowhere.png"},
         {"utterance_id": "corrupt", "text": "   ", "audio": "corrupt.wav", "image": "corrupt.png"},
         {"utterance_id": "other", "text": "Fine.", "audio": "silent.wav", "image": "grey.png"},
+        {"utterance_id": "nan", "text": "Right.", "audio": "nan.wav"},
+        {"utterance_id": "inf", "text": "Sure, sure.", "audio": "inf.wav"},
     ]
     table = write_jsonl(root / "talk.jsonl", [{"dialogue_id": "d", "speaker": "A", "label": "joy", "split": "train", **r} for r in rows])
     return read_data(table).corpus
+
+
+def _float_wav(path, bad: float):
+    """A 1 s float32 wav of a tone with a stretch of ``bad`` samples (NaN or infinite)."""
+    from scipy.io import wavfile
+
+    samples = (0.3 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)).astype(np.float32)
+    samples[4000:4100] = bad
+    wavfile.write(path, 16000, samples)
 
 
 def _face_crop(path):

@@ -188,6 +188,9 @@ def decode_audio(path: str, *, start: float | None = None, end: float | None = N
             until = "the end" if end is None else f"{end:.3f} s"
             raise MediaError(f"nothing between {begin:.3f} s and {until} (the audio lasts {duration:.3f} s)")
         raise MediaError("empty audio track")
+    bad = samples.size - int(np.isfinite(samples).sum())
+    if bad:  # a float file can hold them; every feature of the clip would be NaN (or noise around an infinity)
+        raise MediaError(f"{bad:,} of {samples.size:,} samples are NaN or infinite")
     return resample(samples, rate, sample_rate or rate)
 
 
