@@ -330,3 +330,87 @@ def test_two_sessions_at_once_a_third_is_refused_and_a_client_leaving_mid_turn_l
         assert _live_leftovers() == before  # its files deleted, its worker thread gone
         with client.websocket_connect("/live") as again:  # and its place is free again
             assert again.receive_json()["type"] == "ready"
+
+
+# ------------------------------------------------------------------ the page
+WORDS = [{"lovely", "wonderful", "trip"}, {"angry", "forgot", "birthday"}, {"happened", "station", "yesterday"}]
+
+
+def test_the_live_tab_shows_each_turn_from_a_fake_microphone(talk, predictor, tmp_path, monkeypatch):
+    """Headless Chromium's fake microphone plays the talk; the page's worklet sends it to /live at real-time pace."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    uvicorn = pytest.importorskip("uvicorn", reason="the server needs the serve extra")
+    pytest.importorskip("websockets", reason="uvicorn serves WebSockets with the websockets package (serve extra)")
+    import socket
+    import threading
+    import time
+
+    from merkit.serve import create_app
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("Chromium is not installed (make test installs it with apt when run as root)")
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    received, listen = [], LiveSession.listen
+
+    def heard(self, samples, arrived=None):  # what the server was sent, to predict offline afterwards
+        received.append(np.array(samples, dtype=np.float32))
+        return listen(self, samples, arrived)
+
+    monkeypatch.setattr(LiveSession, "listen", heard)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={talk}%noloop", "--autoplay-policy=no-user-gesture-required",
+            ])  # fmt: skip
+            page = browser.new_context(permissions=["microphone"]).new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.click("#tab-live")
+            assert page.locator("#live-form").is_visible() and page.locator("#recording-form").is_hidden()
+            page.click("#live-start")
+            page.locator("#timeline .utterance").nth(len(LINES) - 1).wait_for(timeout=120_000)
+            page.click("#live-stop")
+            page.wait_for_selector("#live-status[data-done=true]", timeout=60_000)
+            texts = page.locator(".utterance .text").all_text_contents()
+            labels = page.locator("[data-testid=label]").all_text_contents()
+            summary = page.locator("[data-testid=live-speaker]").all_text_contents()
+            drawn = page.locator("#chart path").evaluate_all("paths => paths.map(p => [p.dataset.class, p.getAttribute('d').split('M').length - 1])")
+            error = page.locator("#live-error").text_content()
+            page.screenshot(path=str(tmp_path / "live.png"), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert not error
+    # the worklet's 16 kHz is the file's voice: the same loudness envelope (20 ms frames), aligned on its best lag
+    import soundfile
+
+    sent, original = np.concatenate(received), decode_audio(str(talk), sample_rate=16_000)
+    envelope = lambda x: np.sqrt(np.mean(x[: x.size // 320 * 320].reshape(-1, 320) ** 2, axis=1))  # noqa: E731
+    a, b = envelope(original), envelope(sent)
+
+
+    def fit(lag: int) -> float:  # the capture may start a little before or after the file
+        x, y = a[max(0, lag) :], b[max(0, -lag) :]
+        size = min(x.size, y.size)
+        return float(np.corrcoef(x[:size], y[:size])[0, 1])
+
+    assert max(fit(lag) for lag in range(-50, 51)) > 0.95
+    soundfile.write(tmp_path / "sent.wav", sent, 16_000, subtype="FLOAT")
+    offline = predict_recording(predictor, tmp_path / "sent.wav", cache=False)
+    assert len(texts) == len(LINES) == len(offline.segments)
+    for words, text in zip(WORDS, texts):  # Whisper may mishear a word of the resampled voice, not two
+        assert len(words & set("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())) >= 2, (words, text)
+    assert labels == [s.label for s in offline.segments]  # the offline timeline of what the page sent
+    assert sum(int(line.split(", ")[1].split(" turn")[0]) for line in summary) == len(LINES)
+    assert drawn == [[name, len(LINES)] for name in offline.labels]  # the chart grew a step per turn for every class

@@ -15,7 +15,8 @@ whole samples, holds NaN or lies outside [-1, 1], 1008 a wrong ``sample_type``, 
 A client that leaves mid-turn leaves nothing behind: the turn being recognised finishes, nothing more starts,
 and the session's files go.
 
-Turns run through the server's request queue, one predictor at a time, beside the HTTP requests.
+Turns run through the server's request queue, one predictor at a time, beside the HTTP requests. The page's
+Live tab captures the microphone with the AudioWorklet served at ``/live-worklet.js``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Response, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -39,6 +40,40 @@ from merkit.live import SAMPLE_TYPES, LiveSession, LiveSettings, Speech, decode_
 from merkit.recording import SAMPLE_RATE, RecordingSettings, load_asr
 
 log = logging.getLogger("merkit.serve")
+
+
+# The page's AudioWorklet: the microphone's samples (at the audio context's rate, 44.1 or 48 kHz) averaged down to
+# 16 kHz (each output sample the mean of the input samples it spans: a box low-pass against aliasing), as int16
+# frames of 0.1 s posted to the page, which sends them over the socket.
+WORKLET = """
+class MerkitPcm extends AudioWorkletProcessor {
+  constructor() {
+    super();
+    this.ratio = sampleRate / 16000;
+    this.position = 0; this.sum = 0; this.count = 0;
+    this.frame = new Int16Array(1600); this.filled = 0;
+  }
+  process(inputs) {
+    const input = inputs[0] && inputs[0][0];
+    if (!input) return true;
+    for (let i = 0; i < input.length; i++) {
+      this.sum += input[i]; this.count += 1; this.position += 1;
+      if (this.position >= this.ratio) {
+        this.position -= this.ratio;
+        const v = Math.max(-1, Math.min(1, this.sum / this.count));
+        this.frame[this.filled++] = Math.round(v * 32767);
+        this.sum = 0; this.count = 0;
+        if (this.filled === this.frame.length) {
+          this.port.postMessage(this.frame.buffer, [this.frame.buffer]);
+          this.frame = new Int16Array(1600); this.filled = 0;
+        }
+      }
+    }
+    return true;
+  }
+}
+registerProcessor("merkit-pcm", MerkitPcm);
+"""
 
 
 class LiveLimits(BaseModel):
@@ -75,6 +110,10 @@ def add_live_route(
             if "asr" not in shared:
                 shared["asr"] = load_asr(recording)
             return shared["asr"]
+
+    @app.get("/live-worklet.js", include_in_schema=False)
+    def worklet() -> Response:
+        return Response(WORKLET, media_type="text/javascript")
 
     @app.websocket("/live")
     async def live(websocket: WebSocket) -> None:
