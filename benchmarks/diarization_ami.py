@@ -6,7 +6,8 @@ Voice activity is merkit's own (Silero, the recording pipeline's settings) for e
 differ only in who is said to speak. For each candidate embedding the clustering threshold is chosen on
 the ten ``trn`` excerpts (pooled strict DER over a grid) and then reported on ``dev00``/``dev01`` and pooled
 over all twelve, beside: one speaker for all speech (same VAD), and the true number of speakers given
-(``num_speakers``). DER by ``pyannote.metrics``: strict (no collar, overlap scored) and with NIST's 0.25 s
+(``num_speakers``). Two last rows replace the VAD by the reference speech regions (perfect voice activity),
+to show which part of the error is the VAD's. DER by ``pyannote.metrics``: strict (no collar, overlap scored) and with NIST's 0.25 s
 collar (``collar=0.5`` in pyannote's terms, the total width). Also the speaker-count error and the
 real-time factor of the diarization stage (embeddings + clustering, one thread).
 """
@@ -49,12 +50,17 @@ def annotation(uri: str, turns) -> object:
     return out
 
 
-def der(refs: dict, hyps: dict, files: list[str], collar: float = 0.0) -> tuple[float, dict[str, float]]:
+def der(refs: dict, hyps: dict, files: list[str], collar: float = 0.0, parts: dict | None = None) -> tuple[float, dict[str, float]]:
+    """Pooled DER (%) and each file's; ``parts`` (if given) gets the pooled missed speech, false alarm and confusion (% of speech)."""
     from pyannote.core import Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
     per = {f: 100 * metric(refs[f], hyps[f], uem=Timeline([Segment(0, 30)])) for f in files}
+    if parts is not None:
+        total = sum(metric[f]["total"] for f in files)
+        for name in ("missed detection", "false alarm", "confusion"):
+            parts[name] = 100 * sum(metric[f][name] for f in files) / total
     return 100 * abs(metric), per
 
 
@@ -82,16 +88,18 @@ def main() -> None:
     rows, results = [], {"files": files, "overrides": overrides}
 
     def report(label: str, hyps: dict, counts: dict[str, int]) -> dict:
-        strict_all, per = der(refs, hyps, files)
+        parts: dict[str, float] = {}
+        strict_all, per = der(refs, hyps, files, parts=parts)
         strict_dev, _ = der(refs, hyps, DEV)
         strict_trn, _ = der(refs, hyps, TRAIN)
         collar_all, _ = der(refs, hyps, files, collar=0.5)
         count_error = float(np.mean([abs(counts[f] - len(refs[f].labels())) for f in files]))
         row = {"system": label, "strict_pooled": strict_all, "strict_trn": strict_trn, "strict_dev": strict_dev,
-               "collar_pooled": collar_all, "per_file": per, "speaker_count_error": count_error}  # fmt: skip
+               "collar_pooled": collar_all, "per_file": per, "speaker_count_error": count_error, "parts": parts}  # fmt: skip
         rows.append(row)
         print(f"{label:40s} strict pooled {strict_all:5.1f}  trn {strict_trn:5.1f}  dev {strict_dev:5.1f}  "
-              f"0.25 s collar {collar_all:5.1f}  |count error| {count_error:.2f}", flush=True)  # fmt: skip
+              f"0.25 s collar {collar_all:5.1f}  |count error| {count_error:.2f}  (missed {parts['missed detection']:.1f}, "
+              f"false alarm {parts['false alarm']:.1f}, confusion {parts['confusion']:.1f})", flush=True)  # fmt: skip
         return row
 
     report("one speaker (same VAD)", one, {f: 1 for f in files})
@@ -124,6 +132,14 @@ def main() -> None:
         turns = {f: turns_from_windows(spans[f], *windows[f], oracle[f]) for f in files}
         report(f"{embedding}, true speaker count given", {f: annotation(f, [(t.start, t.end, t.speaker) for t in turns[f]]) for f in files},
                {f: len({t.speaker for t in turns[f]}) for f in files})  # fmt: skip
+    # The same clustering given the reference speech regions (perfect voice activity): how much is the VAD's.
+    oracle = {f: [(s.start, s.end) for s in refs[f].get_timeline().support()] for f in files}
+    report("perfect VAD: one speaker", {f: annotation(f, [(a, b, "S") for a, b in oracle[f]]) for f in files}, {f: 1 for f in files})
+    chosen = next(r for r in rows if r["system"].startswith(args.embeddings.split(",")[0] + ", threshold"))
+    settings = DiarizationSettings(**chosen["settings"])
+    turns = {f: turns_from_windows(oracle[f], *window_embeddings(audio[f], oracle[f], settings), settings) for f in files}
+    report(f"perfect VAD: {settings.embedding}, threshold {settings.threshold:g}", {f: annotation(f, [(t.start, t.end, t.speaker) for t in turns[f]]) for f in files},
+           {f: len({t.speaker for t in turns[f]}) for f in files})  # fmt: skip
     results["rows"] = rows
     print("\nper file, strict DER (%):")
     print(f"{'file':6s} " + " ".join(f"{r['system'][:18]:>18s}" for r in rows))

@@ -164,3 +164,41 @@ def test_the_diarize_command_writes_rttm(talk, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     assert "not an audio or video file" in run_cli("diarize", str(text)).stderr
+
+
+def test_diarized_speakers_reach_the_model_as_a_transcript_would(talk, tmp_path, monkeypatch):
+    """A recording predicted with --speakers auto equals the same turns written as a transcript file (speaker,
+    text, audio span), and SDT's speaker embedding makes them differ from one unknown speaker."""
+    pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
+    import merkit
+    from media_helpers import untrained_checkpoint
+
+    from merkit.recording import predict_recording
+
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    path, truth = talk
+    checkpoint = untrained_checkpoint(tmp_path / "sdt", {"text": "minilm"}, model="sdt")
+    with merkit.load(checkpoint) as predictor:
+        timeline = predict_recording(predictor, path, speakers="auto")
+        alone = predict_recording(predictor, path, speakers="none")
+        rows = [{"dialogue_id": "talk", "utterance_id": str(i), "speaker": s.speaker, "text": s.text, "audio": str(path), "start": s.start, "end": s.end}
+                for i, s in enumerate(timeline.segments)]  # fmt: skip
+        transcript = tmp_path / "talk.jsonl"
+        transcript.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        expected = predictor.predict(predictor.corpus(transcript))
+    assert timeline.speakers == "diarization (campplus)" and timeline.diarization["embedding"] == "campplus"
+    assert len({s.speaker for s in timeline.segments}) == 2 and len(timeline.segments) >= len(truth)
+    assert [(u.label, u.probabilities) for u in expected.utterances] == [(s.label, s.probabilities) for s in timeline.segments]
+    assert [s.probabilities for s in alone.segments] != [s.probabilities for s in timeline.segments]
+    # the per-speaker summary adds up
+    summary = {row.speaker: row for row in timeline.summary}
+    assert set(summary) == {s.speaker for s in timeline.segments}
+    assert sum(row.share for row in summary.values()) == pytest.approx(1.0, abs=1e-4)
+    assert sum(row.segments for row in summary.values()) == len(timeline.segments)
+    for row in summary.values():
+        own = [s for s in timeline.segments if s.speaker == row.speaker]
+        assert row.speaking_time == pytest.approx(sum(s.end - s.start for s in own), abs=1e-3)
+        assert sum(row.emotions.values()) == pytest.approx(1.0, abs=1e-4)
+        assert [m.probability for m in row.strongest] == sorted((m.probability for m in row.strongest), reverse=True)
+        assert all(m.label != "neutral" for m in row.strongest)
+    assert timeline.summary_csv().count("\n") == len(summary) + 1 and "<h2>Speakers</h2>" in timeline.to_html()

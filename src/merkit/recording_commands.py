@@ -3,7 +3,7 @@
 
 A folder run writes one timeline per recording, ``DIR/<path in the folder>.json``, which records the recording's
 SHA-256: a re-run (after an interruption, or with more files) skips every file whose output holds its current
-checksum. ``--shard i/n`` takes files i, i+n, i+2n, … (1-based, in sorted path order), so n machines (a SLURM or
+checksum. ``--shard i/n`` takes files i, i+n, i+2n, … (0 ≤ i < n, in sorted path order, as ``merkit extract``'s), so n machines (a SLURM or
 Kubernetes array job) share a folder without talking to each other. A file that fails is named with its error
 in ``DIR/failures.json`` (shard-suffixed) and on stderr, the others go on, and the run exits 1. At the end the
 timelines of this run's files are merged into ``DIR/timelines.csv`` (one row per segment, the file first) and
@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -69,16 +68,6 @@ def is_recording_folder(path: Path) -> bool:
     return not transcripts and any(p.suffix.lower() in media_suffixes() for p in path.rglob("*") if p.is_file())
 
 
-def parse_shard(value: str | None) -> tuple[int, int]:
-    """``i/n`` (1 ≤ i ≤ n) → (i, n); none → (1, 1)."""
-    if value is None:
-        return 1, 1
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
-    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise MerkitError(f"--shard takes i/n with 1 <= i <= n (e.g. 2/8), not {value!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
 def predict_folder(
     predictor: Predictor, folder: Path, out: Path | None, settings: RecordingSettings, *, speakers: str | Path,
     diarization: DiarizationSettings, shard: str | None = None, progress: bool = True, log: Callable[[str], None] = lambda line: None,
@@ -90,9 +79,11 @@ def predict_folder(
         raise MerkitError("a folder of recordings needs --out DIR/ (one timeline per recording is written there)", path=folder)
     if out.exists() and not out.is_dir():
         raise MerkitError("--out must be a folder for a folder of recordings", path=out)
-    index, count = parse_shard(shard)
+    from merkit.features.extract import parse_shard
+
+    index, count = parse_shard(shard) or (0, 1)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in media_suffixes())
-    mine = files[index - 1 :: count]
+    mine = files[index::count]
     suffix = "" if count == 1 else f"-shard{index}of{count}"
     failures: dict[str, str] = {}
     done = skipped = 0

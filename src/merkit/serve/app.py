@@ -60,6 +60,8 @@ from merkit.inference import (
     Predictor,
     read_conversations,
 )
+from merkit.diarization import DiarizationSettings
+from merkit.diarization import available as can_diarize
 from merkit.recording import EXTRA, RecordingSettings, Timeline
 from merkit.recording import predict_recording as recording_timeline  # the route below is predict_recording
 from merkit.serve.live import LiveLimits, add_live_route
@@ -301,7 +303,9 @@ _RECORDING_BODY = {
                     "required": ["recording"],
                     "properties": {
                         "recording": {"type": "string", "format": "binary", "description": "an audio or video file"},
-                        "speakers": {"type": "string", "format": "binary", "description": "optional: who speaks when, as RTTM"},
+                        "speakers": {"type": "string", "format": "binary", "description": "optional: who speaks when, as an RTTM file; or auto "
+                                     "(diarize: the default where the diarization extra is installed) or none (one unknown speaker)"},
+                        "num_speakers": {"type": "integer", "description": "optional: the number of speakers, when known (for auto)"},
                         "language": {"type": "string", "description": "optional: the spoken language (e.g. en)"},
                     },
                 }
@@ -483,14 +487,17 @@ def create_app(
             raise HTTPException(501, f"this server cannot transcribe recordings: faster-whisper is not installed ({EXTRA})")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
-            raise HTTPException(415, "send multipart/form-data with a 'recording' file (and optionally 'speakers' RTTM and 'language')")
-        form = await request.form(max_files=2, max_fields=4, max_part_size=limits.max_body_bytes)
+            raise HTTPException(415, "send multipart/form-data with a 'recording' file (and optionally 'speakers' (RTTM, auto or none), 'num_speakers' and 'language')")
+        form = await request.form(max_files=2, max_fields=5, max_part_size=limits.max_body_bytes)
         try:
-            upload, rttm, language = form.get("recording"), form.get("speakers"), form.get("language")
+            upload, rttm, language, count = form.get("recording"), form.get("speakers"), form.get("language"), form.get("num_speakers")
             if not isinstance(upload, UploadFile):
                 raise HTTPException(422, "the form needs a 'recording' file (audio or video)")
-            if rttm is not None and not isinstance(rttm, UploadFile):
-                raise HTTPException(422, "'speakers' must be an uploaded RTTM file")
+            if rttm is not None and not isinstance(rttm, UploadFile) and rttm not in ("auto", "none"):
+                raise HTTPException(422, "'speakers' must be an uploaded RTTM file, auto or none")
+            if count is not None and (not isinstance(count, str) or not count.strip().isdigit() or not 1 <= int(count) <= 32):
+                raise HTTPException(422, "'num_speakers' must be a whole number from 1 to 32")
+            diarization = DiarizationSettings(num_speakers=int(count) if count else None)
             if language is not None and (not isinstance(language, str) or not language.strip().isalpha() or len(language.strip()) > 8):
                 raise HTTPException(422, "'language' must be a language code such as en")
             name = Path(upload.filename or "").name or "recording"
@@ -502,20 +509,21 @@ def create_app(
                     raise HTTPException(
                         422, f"{name} lasts {seconds:.1f} s, longer than the limit of {limits.max_recording_seconds:g} s (max_recording_seconds)"
                     )
-                speakers, renames = None, {str(saved): name}
-                if rttm is not None:
+                speakers, renames = rttm if isinstance(rttm, str) else "auto" if can_diarize() else "none", {str(saved): name}
+                if isinstance(rttm, UploadFile):
                     speakers = _save(rttm, Path(folder) / "speakers.rttm")
                     renames[str(speakers)] = Path(rttm.filename or "").name or "speakers.rttm"
-                timeline = await run_in_threadpool(run_recording, saved, settings, speakers, renames)
-                said = {"speakers": f"RTTM {renames[str(speakers)]}"} if speakers else {}
+                timeline = await run_in_threadpool(run_recording, saved, settings, speakers, diarization, renames)
+                said = {"speakers": f"RTTM {renames[str(speakers)]}"} if isinstance(speakers, Path) else {}
                 return timeline.model_copy(update={"recording": name, **said})
         finally:
             await form.close()
 
-    def run_recording(path: Path, settings: RecordingSettings, speakers: Path | None, renames: dict[str, str]) -> Timeline:
+    def run_recording(path: Path, settings: RecordingSettings, speakers: str | Path, diarization: DiarizationSettings,
+                      renames: dict[str, str]) -> Timeline:  # fmt: skip
         try:
             with waiting.turn() as (predictor, deadline):
-                return recording_timeline(predictor, path, settings, speakers=speakers, cache=False, deadline=deadline)
+                return recording_timeline(predictor, path, settings, speakers=speakers, diarization=diarization, cache=False, deadline=deadline)
         except TimeLimitExceeded:  # it ran the whole limit by itself (see _Queue)
             raise HTTPException(
                 422, f"the recording took longer than the limit of {limits.request_seconds:g} s (request_seconds); send a shorter one"
