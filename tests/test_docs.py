@@ -106,7 +106,14 @@ def merkit_command():
 
 def parse_error(line: str) -> str | None:
     """Why ``merkit`` would refuse the command line's words (None: it parses; missing arguments are fine)."""
-    words = shlex.split(line, comments=True)[1:]
+    words, redirect = [], False
+    for word in shlex.split(line, comments=True)[1:]:  # the shell's redirections are no arguments
+        if re.fullmatch(r"\d*(>>?|<)(&\d)?", word):
+            redirect = True
+        elif redirect or re.match(r"\d*(>>?|<)\S", word):
+            redirect = False
+        else:
+            words.append(word)
     command = merkit_command()
     ctx, name = command.make_context("merkit", [], resilient_parsing=True), "merkit"
     while hasattr(command, "list_commands") and words and not words[0].startswith("-"):
@@ -128,6 +135,7 @@ def test_the_parse_check_can_fail():
     assert parse_error("merkit train stores/x --model bigru --no-such-option 3 --out r")
     assert parse_error("merkit data no-such-command x")
     assert parse_error("merkit train stores/x --model bigru --out r") is None
+    assert parse_error("merkit data formats > formats.txt 2>/dev/null") is None
     block = '```bash\nO="-o labels=a,b"\nfor S in A; do merkit extract x.jsonl $O --out s$S; done\n```\n'
     assert shell_commands(block) == ["merkit extract x.jsonl -o labels=a,b --out s$S"]
 
