@@ -158,9 +158,11 @@ def test_fingerprint_is_stable_and_ignores_run_settings(name):
 
 
 def _alternatives(field, value):
-    """Other valid-looking values of one setting (bools flipped, other literal choices, numbers scaled)."""
+    """Other valid-looking values of one setting (bools flipped, other literal choices, numbers scaled, a value for None)."""
     from typing import Literal, get_args, get_origin
 
+    if value is None:
+        return [1, True, "x"]
     if isinstance(value, bool):
         return [not value]
     literal = next((a for a in [field.annotation, *get_args(field.annotation)] if get_origin(a) is Literal), None)
@@ -171,40 +173,52 @@ def _alternatives(field, value):
     return []
 
 
-@pytest.mark.parametrize("name", each_extractor())
-def test_every_setting_that_changes_the_numbers_changes_the_fingerprint(name):
-    """The cache is keyed by the fingerprint: a setting missing from it would serve stale rows."""
+def variations(name: str):
+    """The extractor, then (setting, old value, new value, extractor with only that setting changed) for every
+    setting that is not a run setting and has a valid other value."""
     extractor = build(name)
     cls = type(extractor)
-    run_settings = set(getattr(cls, "run_settings", ()))
-    checked = 0
+    skip = {*getattr(cls, "run_settings", ()), *_required_settings(name)}
+    found = []
     for key, field in cls.Settings.model_fields.items():
         value = getattr(extractor.settings, key)
-        if key in run_settings or key in _required_settings(name) or value is None:
+        if key in skip:
             continue
         for other in _alternatives(field, value):
             try:
-                changed = get_extractor(name, **{**_required_settings(name), **extractor.settings.recorded(), key: other})
+                found.append((key, value, other, get_extractor(name, **{**_required_settings(name), **extractor.settings.recorded(), key: other})))
             except MerkitError:
                 continue  # not a valid value, or not valid with the other settings
-            assert changed.fingerprint() != extractor.fingerprint(), f"{key}={other!r} (was {value!r}) leaves the fingerprint unchanged"
-            checked += 1
             break
-    assert checked, f"no setting of {name!r} could be varied"
+    assert found, f"no setting of {name!r} could be varied"
+    return extractor, found
+
+
+@pytest.mark.parametrize("name", each_extractor())
+def test_every_setting_that_changes_the_numbers_changes_the_fingerprint(name):
+    """The cache is keyed by the fingerprint: a setting missing from it would serve stale rows."""
+    extractor, found = variations(name)
+    for key, value, other, changed in found:
+        assert changed.fingerprint() != extractor.fingerprint(), f"{key}={other!r} (was {value!r}) leaves the fingerprint unchanged"
 
 
 @pytest.mark.parametrize("name", each_extractor())
 def test_recorded_settings_rebuild_the_same_extractor(name, corpus):
-    """What the store's manifest (and so a checkpoint's model.json) records rebuilds the extractor exactly."""
+    """What the store's manifest (and so a checkpoint's model.json) records rebuilds the extractor exactly,
+    with the default settings (after a real run) and with each setting changed."""
     from merkit.inference import rebuild_extractor
 
     extractor, run, _ = extraction(name, corpus)
     entry = json.loads(json.dumps(run.features.describe()))  # as written to disk
     assert entry["settings"]["fingerprint"] == extractor.fingerprint()
-    rebuilt = rebuild_extractor(extractor.modality, entry, device="cpu")
-    assert rebuilt.fingerprint() == extractor.fingerprint() and rebuilt.spec() == extractor.spec()
-    spec = json.loads(json.dumps(extractor.spec()))  # what shard markers and worker processes rebuild from
-    assert get_extractor(spec["name"], **spec["settings"]).fingerprint() == extractor.fingerprint()
+    _, found = variations(name)
+    for key, value, other, changed in [(None, None, None, extractor), *found]:
+        entry = json.loads(json.dumps({"extractor": changed.record_name, "settings": changed.manifest_settings()})) if key else entry
+        rebuilt = rebuild_extractor(changed.modality, entry, device="cpu")
+        where = f"{key}={other!r}" if key else "defaults"
+        assert rebuilt.fingerprint() == changed.fingerprint() and rebuilt.spec() == changed.spec(), where
+        spec = json.loads(json.dumps(changed.spec()))  # what shard markers and worker processes rebuild from
+        assert get_extractor(spec["name"], **spec["settings"]).fingerprint() == changed.fingerprint(), where
 
 
 # ------------------------------------------------------------------ rows

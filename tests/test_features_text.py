@@ -220,7 +220,7 @@ def test_a_local_folder_given_by_path(corpus, minilm, reference, tmp_path):
     np.testing.assert_array_equal(features.values, reference.values)
     result = CliRunner().invoke(
         _standalone_app(),
-        ["extract", str(tmp_path / "missing.jsonl"), "--extractor", "hf", "--model", str(minilm.folder), "--out", str(tmp_path / "x")],
+        ["extract", str(tmp_path / "missing.jsonl"), "--extractor", "hf", "--encoder", str(minilm.folder), "--out", str(tmp_path / "x")],
     )
     assert isinstance(result.exception, MerkitError)
 

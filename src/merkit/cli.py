@@ -21,6 +21,7 @@ from rich.table import Table
 from merkit._version import __version__
 from merkit.cli_options import BackendOption, DeviceOption, QuietOption, ThreadsOption, example
 from merkit.errors import MerkitError
+from merkit.recipes import CONFIG_HELP, VARIANT_HELP, RecipeCommand, merged_pairs, resolved_recipe
 from merkit.extract_commands import extract, extractors, merge
 from merkit.live_cli import live
 from merkit.recording_commands import MaxSpeakersOption, MinSpeakersOption, NumSpeakersOption, diarize
@@ -34,7 +35,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Read, inspect and convert corpora and feature files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-app.command("extract", epilog=example("extract"))(extract)
+app.command("extract", epilog=example("extract"), cls=RecipeCommand)(extract)
 app.command("extractors", epilog=example("extractors"))(extractors)
 app.command("merge", epilog=example("merge"))(merge)
 app.command("live", epilog=example("live"))(live)
@@ -221,8 +222,9 @@ def models() -> None:
     console.print(shapes)
 
 
-@app.command("train", epilog=example("train"))
+@app.command("train", epilog=example("train"), cls=RecipeCommand)
 def train(
+    ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="Data to read: a corpus file or folder, a feature store, or 'synthetic', with features.")],
     model: Annotated[str, typer.Option("--model", help="Registered model name (see `merkit models`).")],
     out: Annotated[Path, typer.Option("--out", help="Where to write: the run directory (results.json, checkpoints, logs).")],
@@ -251,15 +253,34 @@ def train(
     format: FormatOption = "auto",
     trust_pickle: TrustOption = False,
     option: ReaderOptions = None,
+    config: Annotated[Optional[Path], typer.Option(help=CONFIG_HELP)] = None,
+    variant: Annotated[Optional[str], typer.Option(help=VARIANT_HELP)] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the resolved configuration (a recipe with every setting) and exit without training.")
+    ] = False,
 ) -> None:
     """Train a model (one run per seed) with selection on the validation split; write results.json.
 
-    With --folds K (or loso, one fold per group): runs on speaker-independent parts (OUT/fold<i>/), mean ± std over folds × seeds."""
+    With --folds K (or loso, one fold per group): runs on speaker-independent parts (OUT/fold<i>/), mean ± std over folds × seeds.
+    With --config FILE: the recipe's options where the command line gives none; the resolved recipe goes to OUT/recipe.yaml."""
     from merkit.data.formats import parse_options
     from merkit.devices import lightning_accelerator
+    from merkit.io import atomic_write_text
     from merkit.training.crossval import cross_validate
     from merkit.training.engine import train_model
 
+    set_ = merged_pairs(ctx, "set_", "set", set_)
+    option = merged_pairs(ctx, "option", "option", option)
+    if print_config:
+        from merkit.models.registry import get_model
+        from merkit.training.config import resolve_configs
+
+        model_config, train_config = resolve_configs(get_model(model), preset, set_)
+        settings = {**{f"model.{k}": v for k, v in model_config.model_dump(mode="json").items()},
+                    **{f"train.{k}": v for k, v in train_config.model_dump(mode="json").items()}}  # fmt: skip
+        note = "# preset auto: its choices are made from the training split when training starts (not shown)\n" if preset == "auto" else ""
+        typer.echo(note + resolved_recipe(ctx, "train", set=settings, option=option), nl=False)
+        return
     _torch_threads(threads)
     run = train_model if folds is None else functools.partial(
         cross_validate, folds=folds, group_by=group_by, assignment=fold_assignment
@@ -285,11 +306,13 @@ def train(
         announce=lambda line: typer.echo(f"merkit: {line}", err=True),
     )
     if results:
+        atomic_write_text(out / "recipe.yaml", resolved_recipe(ctx, "train", set=set_, option=option))
         print_results(results, _console())
 
 
-@app.command("baseline", epilog=example("baseline"))
+@app.command("baseline", epilog=example("baseline"), cls=RecipeCommand)
 def baseline(
+    ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="Data to read: a corpus file or folder, a feature store, or 'synthetic', with features.")],
     out: Annotated[Path, typer.Option("--out", help="Where to write: the run directory (results.json, as `merkit train` writes).")],
     modalities: Annotated[str, typer.Option(help="Comma-separated modalities, concatenated.")],
@@ -300,10 +323,14 @@ def baseline(
     format: FormatOption = "auto",
     trust_pickle: TrustOption = False,
     option: ReaderOptions = None,
+    config: Annotated[Optional[Path], typer.Option(help=CONFIG_HELP)] = None,
+    variant: Annotated[Optional[str], typer.Option(help=VARIANT_HELP)] = None,
 ) -> None:
     """An RBF-SVM (scikit-learn) on the same features, C chosen on valid: the baseline to report models against."""
     from merkit.evaluation.baselines import svm_baseline
     from merkit.training.engine import _source_of
+
+    option = merged_pairs(ctx, "option", "option", option)
 
     try:
         grid = [float(c) for c in c_grid.split(",") if c.strip()]

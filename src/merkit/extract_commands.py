@@ -18,6 +18,7 @@ import typer
 
 from merkit.cli_options import DeviceOption, QuietOption, example
 from merkit.errors import MerkitError
+from merkit.recipes import CONFIG_HELP, VARIANT_HELP, RecipeCommand, merged_pairs
 
 
 def _settings(pairs: list[str] | None) -> dict[str, Any]:
@@ -27,16 +28,19 @@ def _settings(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def extract(
-    corpus: Annotated[str, typer.Argument(help="Corpus file or folder, feature store, or 'synthetic'.")],
-    out: Annotated[Path, typer.Option("--out", help="Feature store to write (created, or the modality added/replaced).")],
-    modality: Annotated[str, typer.Option("--modality", "-m", help="text | audio | visual.")] = "text",
+    ctx: typer.Context,
+    corpus: Annotated[str, typer.Argument(metavar="DATA", help="Data to read: a corpus file or folder, a feature store, or 'synthetic' (`merkit data formats`).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write: the feature store (created, or the modality added/replaced).")],
+    modality: Annotated[str, typer.Option("--modality", "-m", help="Modality: text, audio or visual.")] = "text",
     extractor: Annotated[
         Optional[str],
         typer.Option(
             "--extractor", "-e", help="Extractor name (`merkit extractors`; default minilm / is10 / face-effnet) or a model folder."
         ),
     ] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Model folder for --extractor hf.")] = None,
+    encoder: Annotated[
+        Optional[Path], typer.Option("--encoder", help="Local model folder for --extractor hf (a Hugging Face or sentence-transformers folder).")
+    ] = None,
     pooling: Annotated[Optional[str], typer.Option(help="mean | cls | target (mean over the target utterance's tokens).")] = None,
     level: Annotated[Optional[str], typer.Option(help="utterance (one vector) | sequence (token rows).")] = None,
     context_before: Annotated[Optional[int], typer.Option(help="Previous turns in the input.")] = None,
@@ -44,14 +48,16 @@ def extract(
     speaker: Annotated[Optional[bool], typer.Option("--speaker/--no-speaker", help="Prefix turns with 'Speaker: '.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per input (default: the model's).")] = None,
     normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalise vectors.")] = None,
-    setting: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Other extractor setting key=value.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Inputs per model call.")] = 32,
+    setting: Annotated[
+        Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: key=value (repeatable), of the extractor (`merkit extractors`).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size: inputs per model call.")] = 32,
     chunk_size: Annotated[int, typer.Option(help="Inputs per cache chunk (the unit of resume and sharding).")] = 512,
-    shard: Annotated[Optional[str], typer.Option(help="Compute shard i/n only (0 <= i < n); then `merkit merge`.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Shard i/n only (0 <= i < n): compute it, then `merkit merge`.")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Cache folder (default: STORE/.cache/...).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute everything, cache nothing.")] = False,
     device: DeviceOption = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (1 is fastest on a busy machine) for torch.")] = None,
     finetune: Annotated[bool, typer.Option("--finetune", help="Fine-tune on train (select on valid) first.")] = False,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 3,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 2e-5,
@@ -60,18 +66,21 @@ def extract(
     finetune_layers: Annotated[
         Optional[int], typer.Option(help="Fine-tune only the top N transformer layers (default: all; fewer is faster).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Fine-tuning seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the fine-tuning.")] = 0,
     bf16: Annotated[
         Optional[bool], typer.Option("--bf16/--fp32", help="bf16 autocast while fine-tuning (default: where the device has native bf16).")
     ] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop fine-tuning after this many steps.")] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="Input format, or 'auto' to detect it.")] = "auto",
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickles that run code.")] = False,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reader option key=value.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickles that run code (only for files you trust).")] = False,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reader option key=value (repeatable).")] = None,
     quiet: QuietOption = False,
     allow_failures: Annotated[
         bool, typer.Option("--allow-failures", help="Exit 0 even when some media files failed (they are masked and reported).")
     ] = False,
+    config: Annotated[Optional[Path], typer.Option(help=CONFIG_HELP)] = None,
+    variant: Annotated[Optional[str], typer.Option(help=VARIANT_HELP)] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", hidden=True, help="Deprecated: use --encoder.")] = None,
 ) -> None:
     """Extract features of one modality for every utterance into a feature store (cached, resumable, shardable).
 
@@ -82,6 +91,11 @@ def extract(
     from merkit.features.commands import build_extractor
     from merkit.features.extract import _stderr, parse_shard, run_extraction
 
+    if model is not None:
+        typer.echo("merkit: warning: extract --model is deprecated: use --encoder (--model is train's architecture)", err=True)
+        encoder = encoder or model
+    setting = merged_pairs(ctx, "setting", "set", setting)
+    option = merged_pairs(ctx, "option", "option", option)
     shard_spec = parse_shard(shard)
     if threads is not None:
         import torch
@@ -93,10 +107,13 @@ def extract(
         raise MerkitError(
             "--finetune cannot be sharded: fine-tune once without --shard, then shard with --extractor FOLDER"
         )
-    ex = build_extractor(
-        modality, extractor, model=model, device=device, pooling=pooling, level=level, context_before=context_before,
-        context_after=context_after, speaker=speaker, max_length=max_length, normalize=normalize, **_settings(setting),
-    )  # fmt: skip
+    named = {"pooling": pooling, "level": level, "context_before": context_before, "context_after": context_after,
+             "speaker": speaker, "max_length": max_length, "normalize": normalize}  # fmt: skip
+    settings = _settings(setting)
+    both = [key for key in settings if named.get(key) is not None]
+    if both:
+        raise MerkitError(f"--set {both[0]}=... and --{both[0].replace('_', '-')} both given; keep one")
+    ex = build_extractor(modality, extractor, model=encoder, device=device, **{**named, **settings})
     bundle = read_data(corpus, format, trust_pickle=trust_pickle, **parse_options(option or []))
     log = None if quiet else _stderr
     if finetune:
@@ -106,11 +123,11 @@ def extract(
 
         if not isinstance(ex, TransformerTextExtractor):
             raise MerkitError(f"--finetune works with transformer text extractors, not {ex.name!r}")
-        config = FinetuneConfig(
+        finetune_config = FinetuneConfig(
             epochs=epochs, lr=lr, batch_size=finetune_batch_size, seed=seed, bf16=bf16,
             evals_per_epoch=evals_per_epoch, max_steps=max_steps, train_layers=finetune_layers,
         )  # fmt: skip
-        folder, record = finetune_encoder(bundle.corpus, ex, Path(out) / "encoders", config, progress=not quiet, log=log)
+        folder, record = finetune_encoder(bundle.corpus, ex, Path(out) / "encoders", finetune_config, progress=not quiet, log=log)
         ex = finetuned_extractor(ex, folder, record)
     try:
         result = run_extraction(
@@ -133,7 +150,7 @@ def _exit_on_failures(result, allow_failures: bool) -> None:
 
 
 def extractors(
-    modality: Annotated[Optional[str], typer.Option("--modality", "-m", help="Only this modality.")] = None,
+    modality: Annotated[Optional[str], typer.Option("--modality", "-m", help="Modality: text, audio or visual; only its extractors are listed.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """List the registered feature extractors."""
@@ -161,8 +178,8 @@ def extractors(
 
 
 def merge(
-    out: Annotated[Path, typer.Argument(help="The store the shards were extracted for (--out of the shard runs).")],
-    cache: Annotated[Optional[Path], typer.Option(help="The shards' cache folder, if not the store's default.")] = None,
+    out: Annotated[Path, typer.Argument(metavar="STORE", help="Feature store directory the shards were extracted for (--out of the shard runs).")],
+    cache: Annotated[Optional[Path], typer.Option(help="Cache folder of the shards (default: the store's).")] = None,
     quiet: QuietOption = False,
     allow_failures: Annotated[
         bool, typer.Option("--allow-failures", help="Exit 0 even when some media files failed (they are masked and reported).")
@@ -176,7 +193,7 @@ def merge(
 
 def _standalone_app() -> typer.Typer:
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-    app.command("extract", epilog=example("extract"))(extract)
+    app.command("extract", epilog=example("extract"), cls=RecipeCommand)(extract)
     app.command("extractors", epilog=example("extractors"))(extractors)
     app.command("merge", epilog=example("merge"))(merge)
     return app

@@ -1,5 +1,5 @@
 """Building a feature extractor from the words of the command line (``merkit extract``'s ``--extractor``,
-``--model``, ``--modality`` and settings; the commands themselves are :mod:`merkit.extract_commands`)."""
+``--encoder``, ``--modality`` and settings; the commands themselves are :mod:`merkit.extract_commands`)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,6 @@ def build_extractor(
         model, name = Path(name), "hf"
     if model is not None:
         if name != "hf":
-            raise MerkitError(f"--model is for --extractor hf (a local model folder), not {name!r}")
+            raise MerkitError(f"--encoder is for --extractor hf (a local model folder), not {name!r}")
         settings["model"] = str(model)
     return get_extractor(name, modality=modality, device=device, **settings)
