@@ -58,9 +58,8 @@ def der(refs: dict, hyps: dict, files: list[str], collar: float = 0.0, parts: di
     metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
     per = {f: 100 * metric(refs[f], hyps[f], uem=Timeline([Segment(0, 30)])) for f in files}
     if parts is not None:
-        total = sum(metric[f]["total"] for f in files)
         for name in ("missed detection", "false alarm", "confusion"):
-            parts[name] = 100 * sum(metric[f][name] for f in files) / total
+            parts[name] = 100 * metric[name] / metric["total"]
     return 100 * abs(metric), per
 
 
