@@ -25,6 +25,7 @@ from merkit.recipes import CONFIG_HELP, VARIANT_HELP, RecipeCommand, merged_pair
 from merkit.extract_commands import extract, extractors, merge
 from merkit.live_cli import live
 from merkit.recording_commands import MaxSpeakersOption, MinSpeakersOption, NumSpeakersOption, diarize
+from merkit.zoo_commands import zoo_app
 
 app = typer.Typer(
     name="merkit",
@@ -40,6 +41,7 @@ app.command("extractors", epilog=example("extractors"))(extractors)
 app.command("merge", epilog=example("merge"))(merge)
 app.command("live", epilog=example("live"))(live)
 app.command("diarize", epilog=example("diarize"))(diarize)
+app.add_typer(zoo_app, name="zoo")
 
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="Input format, or 'auto' to detect it.")]
 TrustOption = Annotated[
@@ -574,10 +576,11 @@ def _torch_threads(threads: int | None) -> None:
 
 @app.command("predict", epilog=example("predict"))
 def predict_conversations(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best), a `merkit export` folder, or a zoo model (`merkit zoo list`); "
+                                                   "left out: the zoo's default (text-meld; for a recording, text + voice fused).")],
     input: Annotated[
-        Path, typer.Argument(help="A .jsonl/.csv/.json/.txt ('Speaker: text' lines) file, any corpus merkit reads, or a folder of media with one transcript.")
-    ],
+        Optional[Path], typer.Argument(help="A .jsonl/.csv/.json/.txt ('Speaker: text' lines) file, any corpus merkit reads, or a folder of media with one transcript.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (the default).")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per utterance.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Where to write (atomically) instead of printing.")] = None,
@@ -600,11 +603,12 @@ def predict_conversations(
     """Per-utterance emotions, probabilities, uncertainty and the modalities used, for raw conversations,
     or, for one audio/video recording, an emotion timeline of its speech segments (VAD + Whisper)."""
     from merkit.inference import MEDIA_SUFFIXES
-    from merkit.io import atomic_write_text
     from merkit.loading import load
 
     if as_json and as_csv:
         raise MerkitError("choose one of --json and --csv")
+    if input is None:  # `merkit predict FILE`: the zoo's default model for it
+        input, checkpoint = checkpoint, None
     from merkit.recording_commands import diarization_settings, is_recording_folder, parse_speakers
 
     folder = is_recording_folder(input)
@@ -617,6 +621,18 @@ def predict_conversations(
         raise MerkitError("a folder of recordings gets one JSON timeline per file and merged CSVs in --out DIR/; --srt, --timeline and --csv are for one recording", path=input)
     diarization = diarization_settings(num_speakers, min_speakers, max_speakers)
     speakers = parse_speakers(speakers) if recording else None
+    from merkit.zoo import DEFAULT_RECORDING, DEFAULT_TEXT, FUSION, resolve
+
+    checkpoint = resolve(checkpoint or (DEFAULT_RECORDING if recording else DEFAULT_TEXT))
+    if (checkpoint / FUSION).is_file():
+        if folder:
+            raise MerkitError("the fused zoo model predicts one recording at a time; give a checkpoint for a folder of recordings", path=input)
+        from merkit.fusion import predict_fused_command
+
+        result = predict_fused_command(checkpoint.name, input, recording=recording, speakers=speakers, diarization=diarization, asr=asr,
+                                       language=language, device=device, workers=workers, threads=threads, quiet=quiet)  # fmt: skip
+        count, what = len(result.segments), "speech segments"
+        return _write_prediction(result, count, what, as_csv=as_csv, out=out, srt=srt, timeline=timeline)
     if not recording and (srt or timeline or language or asr != "tiny"):
         raise MerkitError("--asr, --language, --srt and --timeline are for one audio or video recording", path=input)
     _torch_threads(threads)
@@ -639,6 +655,12 @@ def predict_conversations(
             corpus = predictor.corpus(input)
             result = predictor.predict(corpus, progress=not quiet and corpus.num_utterances >= PROGRESS_FROM)
             count, what = len(result.utterances), "utterance predictions"
+    _write_prediction(result, count, what, as_csv=as_csv, out=out, srt=srt, timeline=timeline)
+
+
+def _write_prediction(result, count: int, what: str, *, as_csv: bool, out: Path | None, srt: Path | None, timeline: Path | None) -> None:
+    from merkit.io import atomic_write_text
+
     if srt is not None:
         atomic_write_text(srt, result.to_srt())
     if timeline is not None:
@@ -653,7 +675,7 @@ def predict_conversations(
 
 @app.command("serve", epilog=example("serve"))
 def serve(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint directory (RUN/seed0/best), a `merkit export` folder, or a zoo model (default: text-meld).")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     max_utterances: Annotated[Optional[int], typer.Option(help="Utterances per request (default 200).")] = None,
@@ -681,6 +703,7 @@ def serve(
 
     from merkit.inference import validation_message
     from merkit.loading import load
+    from merkit.zoo import DEFAULT_TEXT
 
     given = {
         "max_utterances": max_utterances, "max_upload_mb": max_upload_mb, "max_media_seconds": max_media_seconds,
@@ -700,7 +723,7 @@ def serve(
     try:
         predictors = []
         for _ in range(replicas):
-            predictors.append(load(checkpoint, device=device, workers=workers, backend=backend, threads=threads))
+            predictors.append(load(checkpoint or DEFAULT_TEXT, device=device, workers=workers, backend=backend, threads=threads))
             predictors[-1].predict([{"text": "warming up"}])  # loads the text encoder and the model before the first request
     except BaseException:
         for predictor in predictors:
@@ -764,14 +787,22 @@ def export(
 
 @app.command("info", epilog=example("info"))
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best), a `merkit export` folder, or a zoo model.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """What a checkpoint is: labels, modalities, feature extractors, model config, selection, seed and recorded scores."""
     from merkit.diagnostics import checkpoint_info, format_info
+    from merkit.zoo import FUSION, card_of, render_card, resolve
 
-    record = checkpoint_info(checkpoint)
-    typer.echo(json.dumps(record, indent=2, ensure_ascii=False) if as_json else "\n".join(format_info(record)))
+    folder = resolve(checkpoint)
+    entry = card_of(folder)  # a zoo model's card, if it is one
+    if (folder / FUSION).is_file():
+        typer.echo(entry.model_dump_json(indent=2) if as_json else render_card(entry))
+        return
+    record = checkpoint_info(folder) | ({"card": entry.model_dump(mode="json")} if entry else {})
+    lines = format_info(record) + ([f"zoo card    {entry.name}: {entry.task}", f"data        {'; '.join(d.corpus for d in entry.training_data)}",
+                                    f"licence     {entry.licence}"] if entry else [])  # fmt: skip
+    typer.echo(json.dumps(record, indent=2, ensure_ascii=False) if as_json else "\n".join(lines))
 
 
 @app.command("doctor", epilog=example("doctor"))

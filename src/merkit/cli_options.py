@@ -58,6 +58,8 @@ EXAMPLES = {
     "doctor": "merkit doctor",
     "cache list": "merkit cache list",
     "cache clear": "merkit cache clear models/whisper-base --yes",
+    "zoo list": "merkit zoo list",
+    "zoo build": "merkit zoo build --data ../shared/data --only voice-ravdess --budget reduced",
 }
 
 

@@ -11,6 +11,7 @@ from merkit.checkpoint import load_checkpoint
 from merkit.devices import resolve_device
 from merkit.errors import MerkitError
 from merkit.inference import Predictor
+from merkit.zoo import FUSION, resolve
 
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -20,7 +21,8 @@ def load(
     checkpoint: str | Path, *, device: str = "auto", batch_size: int = 16, workers: int = 1, backend: str = "auto",
     threads: int | None = None,
 ) -> Predictor:  # fmt: skip
-    """A :class:`~merkit.inference.Predictor` for the checkpoint directory (e.g. ``RUN/seed0/best`` or a ``merkit export`` folder).
+    """A :class:`~merkit.inference.Predictor` for the checkpoint directory (e.g. ``RUN/seed0/best`` or a ``merkit export`` folder)
+    or the zoo model of that name (``merkit.load("text-meld")``; ``merkit zoo list``).
 
     ``device``: ``auto`` (the GPU when there is one), ``cpu`` or ``cuda``; ``batch_size``:
     dialogues per model call; ``workers``: processes per media extractor; ``backend``: ``onnx`` runs
@@ -29,6 +31,10 @@ def load(
     """
     from merkit.onnx_runtime import has_onnx, load_onnx
 
+    checkpoint = resolve(checkpoint)
+    if (checkpoint / FUSION).is_file():
+        raise MerkitError(f"{checkpoint.name} fuses two zoo models over a recording: use merkit.fusion.load_fused({checkpoint.name!r}) "
+                          f"or `merkit predict {checkpoint.name} RECORDING`")  # fmt: skip
     if backend not in BACKENDS:
         raise MerkitError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend == "onnx" or (backend == "auto" and has_onnx(checkpoint) and device != "cuda"):
