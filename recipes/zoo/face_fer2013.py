@@ -205,7 +205,6 @@ def train(arrays: dict, fit: np.ndarray, held: np.ndarray, settings: RecipeSetti
             total += loss.item() * len(index)
             if bar is not None:
                 bar.update(len(index))
-                bar.set_postfix(loss=f"{loss.item():.3f}")
         if bar is not None:
             bar.close()
         row = {"epoch": epoch, "train_loss": round(total / len(order), 4), "seconds": round(time.monotonic() - started, 1)}
@@ -272,8 +271,9 @@ def write_outputs(out: Path, settings: RecipeSettings, network, results: dict) -
     """The extractor's weights, the classifier as a merkit checkpoint, ``results.json`` and ``card.md``."""
     from safetensors.torch import save_file
 
-    meta = {"network": json.dumps({"widths": list(settings.widths), "hidden": settings.hidden, "classes": list(face_cnn.CLASSES)}),
-            "flip": json.dumps(results["choice"]["flip"]), "trained_on": face_cnn.TRAINED_ON}  # fmt: skip
+    # one metadata key: safetensors writes several in an order that varies between processes, and the file should not
+    meta = {"face_cnn": json.dumps({"widths": list(settings.widths), "hidden": settings.hidden, "classes": list(face_cnn.CLASSES),
+                                    "flip": results["choice"]["flip"], "trained_on": face_cnn.TRAINED_ON})}  # fmt: skip
     weights = out / "face_cnn.safetensors"
     with atomic_path(weights) as tmp:
         save_file(half(network.state_dict()), str(tmp), metadata=meta)
@@ -326,6 +326,7 @@ def card(results: dict) -> str:
     cnn, base, choice, settings = results["valid"], results["baseline"]["valid"], results["choice"], results["settings"]
     rows = "\n".join(f"| {name} | {cnn['f1_per_class'][name]:.2f} | {base['f1_per_class'][name]:.2f} |" for name in face_cnn.CLASSES)
     flip = "the logits averaged with those of the mirrored face" if choice["flip"] else "no mirror averaging"
+    weakest = " and ".join(f"{name} (F1 {cnn['f1_per_class'][name]:.1f})" for name in sorted(cnn["f1_per_class"], key=cnn["f1_per_class"].get)[:2])
     return f"""# face-fer2013 — merkit's face-expression CNN, trained on FER2013
 
 - **Task**: the facial expression of one face, 7 classes: {", ".join(face_cnn.CLASSES)}.
@@ -366,7 +367,9 @@ Published single models reach about 72–74 % on PrivateTest; human accuracy is 
   occlusion, some non-faces; one crowd label each. 48×48 grey only: colour and fine detail are lost.
 - No subject ids: the same person may be in train and valid, and some train/valid images are exact duplicates
   (a known FER2013 property), which flatters the valid score a little.
-- Disgust is rare (436 training faces): expect its F1 to be the lowest on other data too.
+- The weakest classes are {weakest}; disgust is rare (436 training faces, 56 in valid), so its F1 is noisy.
+- A compact network trained for {results["train_minutes"]:.0f} minutes: the held-out accuracy was still rising in the last
+  epochs, and published single models trained far longer reach 72–74 %.
 - An expression is not an emotion, and FER2013's demographics are not documented: not for decisions about people.
 """
 

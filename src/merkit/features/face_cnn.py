@@ -104,7 +104,8 @@ def probabilities(network, faces: np.ndarray, *, flip: bool, bf16: bool = False,
 
 @functools.lru_cache(maxsize=1)
 def shipped() -> tuple[Any, dict[str, Any]]:
-    """The shipped :class:`FaceCNN` in eval mode and its metadata (shape, classes, whether to average with the mirror)."""
+    """The shipped :class:`FaceCNN` in eval mode and its metadata (widths, hidden, classes, ``flip``: whether the
+    classifier averages with the mirrored face, ``trained_on``)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -112,9 +113,8 @@ def shipped() -> tuple[Any, dict[str, Any]]:
     if not path.is_file():
         raise MerkitError(f"face-cnn: the weights file {path} is missing from the package (rebuild with recipes/zoo/face_fer2013.py)")
     with safe_open(str(path), framework="pt") as handle:
-        meta = {key: json.loads(value) for key, value in (handle.metadata() or {}).items() if key in ("network", "flip")}
-    shape = meta.get("network", {})
-    network = build(tuple(shape.get("widths", WIDTHS)), int(shape.get("hidden", HIDDEN)), len(shape.get("classes", CLASSES)))
+        meta = json.loads((handle.metadata() or {}).get("face_cnn", "{}"))
+    network = build(tuple(meta.get("widths", WIDTHS)), int(meta.get("hidden", HIDDEN)), len(meta.get("classes", CLASSES)))
     network.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in load_file(str(path)).items()})
     return network.eval(), meta
 
