@@ -88,6 +88,54 @@ class Recipe(BaseModel):
     card: CardText
 
 
+class ScriptRecipe(BaseModel):
+    """An entry made by its own script (``recipes/zoo/SCRIPT``: ``--data CORPUS --out ENTRY --work WORK``, writing the
+    entry's checkpoint and a ``results.json`` with ``valid``, ``baseline.valid``, ``choice`` and ``command``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["script"]
+    script: str
+    corpus: str
+    reduced_args: list[str] = Field(description="what --budget reduced adds to the script's command line")
+    card: CardText
+
+
+def script_card(recipe: ScriptRecipe, target: Path, budget: str) -> ModelCard:
+    """The card of a script-made entry, its scores read from the script's ``results.json``."""
+    results = json.loads((target / "results.json").read_text())
+    meta = json.loads((target / "model.json").read_text())
+    pick = lambda values: {m: float(values[m]) for m in METRICS if m in values}  # noqa: E731
+    return ModelCard(
+        name=recipe.name, task=recipe.card.task, modalities=list(meta["data_spec"]["modalities"]), labels=list(meta["labels"]["names"]),
+        architecture=recipe.card.architecture, training_data=recipe.card.training_data, licence=recipe.card.licence,
+        scores={"valid": pick(results["valid"]), "baseline valid": pick(results["baseline"]["valid"]),
+                "held-out part of train (selection)": {"accuracy": float(results["choice"]["holdout_accuracy"])}},
+        headline=recipe.card.headline, reported=["valid"],
+        protocol="epoch and test-time choices on a held-out part of train; valid scored once", command=results["command"],
+        intended_use=recipe.card.intended_use, limits=recipe.card.limits,
+        built=f"merkit {__version__}, budget {budget}, training {results.get('train_minutes', '?')} min",
+    )  # fmt: skip
+
+
+def build_script_entry(recipe: ScriptRecipe, recipe_path: Path, data: Path, *, out: Path, work: Path, budget: str,
+                       log: Callable[[str], None]) -> ModelCard:  # fmt: skip
+    """Run the entry's script into ``out/NAME``, then write its card."""
+    import subprocess
+    import sys
+
+    target = out / recipe.name
+    command = [sys.executable, str(recipe_path.parent / recipe.script), "--data", str(data / recipe.corpus), "--out", str(target),
+               "--work", str(work / "runs" / recipe.name), *(recipe.reduced_args if budget == "reduced" else [])]  # fmt: skip
+    log(f"{recipe.name}: {' '.join(command)}")
+    if subprocess.run(command).returncode != 0:
+        raise MerkitError(f"the recipe script of {recipe.name} failed", path=recipe_path.parent / recipe.script)
+    card = script_card(recipe, target, budget)
+    write_card(target, card, recipe_path)
+    return card
+
+
 def recipe_folder(recipes: Path | None) -> Path:
     """``recipes`` or ``recipes/zoo`` of the current folder (a merkit checkout)."""
     folder = Path(recipes) if recipes is not None else RECIPES
@@ -236,6 +284,10 @@ def build_zoo(
     raw = {name: read_recipe(found[name]) for name in wanted}
     cards = {}
     for name in sorted(wanted, key=lambda n: raw[n].get("kind") == "fused"):
+        if raw[name].get("kind") == "script":
+            cards[name] = build_script_entry(ScriptRecipe.model_validate(raw[name]), found[name], Path(data), out=out, work=Path(work),
+                                             budget=budget, log=log)  # fmt: skip
+            continue
         if raw[name].get("kind") == "fused":
             from merkit.fusion_cases import fit_fusion
 

@@ -27,8 +27,7 @@ def zoo_rows() -> list[dict]:
     rows = []
     for name in names():
         entry = card(name)
-        test = {split.removesuffix(" fused"): values.get(entry.headline) for split, values in entry.scores.items()
-                if split == "test" or split.endswith("test fused")}  # a fused entry: its fused track on each test case
+        test = {split: entry.scores[split].get(entry.headline) for split in entry.reported if split in entry.scores}
         rows.append({
             "name": name, "kind": entry.kind, "task": entry.task, "modalities": entry.modalities, "labels": entry.labels,
             "training_data": [d.corpus.split(" (")[0] for d in entry.training_data], "licence": entry.licence,

@@ -59,6 +59,7 @@ class ModelCard(BaseModel):
     licence: str = Field(min_length=1, description="terms of use of this model (those of its training data)")
     scores: dict[str, dict[str, float]] = Field(description="split (or 'baseline test' …) → metric → value in %")
     headline: str = Field(min_length=1, description="the metric `merkit zoo list` shows")
+    reported: list[str] = Field(["test"], min_length=1, description="the entries of scores `merkit zoo list` shows (held-out data, scored once)")
     protocol: str = Field(min_length=1)
     command: str = Field(min_length=1, description="the command that made the model and its scores")
     intended_use: str = Field(min_length=1)
