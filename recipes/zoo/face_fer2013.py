@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from merkit.errors import MerkitError
 from merkit.features import face_cnn
@@ -71,14 +71,15 @@ class RecipeSettings(BaseModel):
 # ------------------------------------------------------------------ data
 def load_images(data: Path, cache: Path | None) -> dict[str, np.ndarray]:
     """FER2013's ``train`` and ``valid`` folders as uint8 ``[N, 48, 48]`` arrays with class indices (cached)."""
+    source = str(data.resolve())
     if cache is not None and cache.is_file():
         with np.load(cache) as stored:
             arrays = {key: stored[key] for key in stored.files}
-        if tuple(arrays["classes"]) == face_cnn.CLASSES:
+        if str(arrays.get("source", "")) == source and tuple(arrays["classes"]) == face_cnn.CLASSES:
             return arrays
     from PIL import Image
 
-    arrays: dict[str, np.ndarray] = {"classes": np.array(face_cnn.CLASSES)}
+    arrays: dict[str, np.ndarray] = {"classes": np.array(face_cnn.CLASSES), "source": np.array(source)}
     for split in ("train", "valid"):
         images, labels, names = [], [], []
         for index, name in enumerate(face_cnn.CLASSES):
@@ -395,7 +396,12 @@ def main(argv: list[str] | None = None) -> int:
             except json.JSONDecodeError:
                 values[key] = value
         values.update({k: v for k, v in {"epochs": args.epochs, "limit": args.limit, "threads": args.threads}.items() if v is not None})
-        settings = RecipeSettings(**values)
+        try:
+            settings = RecipeSettings(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise MerkitError(f"setting {where!r}: {first['msg']} (settings: {', '.join(RecipeSettings.model_fields)})") from None
         command = " ".join(["python", "recipes/zoo/face_fer2013.py", *(sys.argv[1:] if argv is None else argv)])
         return run(args, settings, command)
     except (MerkitError, ValueError) as exc:
