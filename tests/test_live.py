@@ -159,6 +159,23 @@ def test_the_session_gives_each_turn_as_it_ends_and_ends_with_the_offline_timeli
     assert live.speakers == "unknown" and live.notes == []
 
 
+def test_early_work_on_a_pause_the_speaker_talks_through_is_dropped(talk, predictor, tmp_path, monkeypatch):
+    """A 0.35 s pause (past early_asr, short of min_pause) inside a turn: worked on early, then dropped with its file."""
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    first, second = (decode_audio(str(talk.parent / f"line{i}.wav"), sample_rate=16_000) for i in (0, 2))
+    first, second = (np.trim_zeros(np.where(np.abs(x) < 1e-3, 0, x)) for x in (first, second))
+    audio = np.concatenate([first, np.zeros(5_600, np.float32), second, np.zeros(24_000, np.float32)])
+    with LiveSession(predictor, speakers=OneSpeaker()) as session:
+        submitted = []
+        submit = session.worker.submit
+        monkeypatch.setattr(session.worker, "submit", lambda *a: submitted.append(a[1]) or submit(*a))
+        events = [event for piece in _stream(audio) for event in session.feed(piece)] + session.stop()
+        files = sorted(p.name for p in session.folder.iterdir())
+    assert [e.type for e in events] == ["turn"] and events[0].early
+    assert len(submitted) == 2 and submitted[0].start == submitted[1].start and submitted[0].end < submitted[1].end
+    assert files == [f"turn{len(submitted) - 1}.wav"]  # the dropped work's audio is gone
+
+
 def test_a_short_context_predicts_each_turn_from_the_last_turns_only(talk, predictor, tmp_path, monkeypatch):
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
     audio = decode_audio(str(talk), sample_rate=16_000)

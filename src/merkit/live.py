@@ -506,7 +506,8 @@ class LiveSession:
         self.folder = Path(tempfile.mkdtemp(prefix="merkit-live-"))
         self.files = 0
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merkit-live") if self.settings.early_asr is not None else None
-        self.ahead: tuple[tuple[int, int], Future[_Prepared]] | None = None  # the early work on the turn in progress
+        self.ahead: dict[tuple[int, int], Future[_Prepared]] = {}  # early work by span; listen adds, recognise takes
+        self.ahead_lock = threading.Lock()
         self.lock = threading.Lock()  # the ASR model and the remembered features: one user at a time
 
     @property
@@ -522,9 +523,12 @@ class LiveSession:
         closed = self.vad.push(samples, self.clock() if arrived is None else arrived)
         if self.worker is not None and not closed:
             early = self.vad.tentative(self.settings.early_asr)
-            if early is not None and (self.ahead is None or self.ahead[0] != (early.start, early.end)):
-                self._drop_ahead(wait=False)
-                self.ahead = ((early.start, early.end), self.worker.submit(self._prepare, early))
+            if early is not None:
+                with self.ahead_lock:
+                    if (early.start, early.end) not in self.ahead:
+                        # the same turn cut earlier (its speaker went on) is superseded
+                        self._discard([span for span in self.ahead if span[0] == early.start])
+                        self.ahead[(early.start, early.end)] = self.worker.submit(self._prepare, early)
         return closed
 
     def finish(self) -> list[Speech]:
@@ -553,16 +557,17 @@ class LiveSession:
             stages["features"] = timer.get("features", 0.0)
         return _Prepared((speech.start, speech.end), text, embedding, path, stages)
 
-    def _drop_ahead(self, wait: bool) -> _Prepared | None:
-        """Forget the early work (its audio file deleted once done); its result if ``wait``."""
-        if self.ahead is None:
-            return None
-        _, future = self.ahead
-        self.ahead = None
-        if not wait:
-            future.add_done_callback(lambda done: done.exception() is None and done.result().path.unlink(missing_ok=True))
-            return None
-        return future.result()
+    def _discard(self, spans: Sequence[tuple[int, int]]) -> None:
+        """Forget early work (holding ``ahead_lock``): its audio file is deleted once it is done."""
+        for span in spans:
+            self.ahead.pop(span).add_done_callback(lambda done: done.exception() is None and done.result().path.unlink(missing_ok=True))
+
+    def _take_ahead(self, span: tuple[int, int]) -> Future[_Prepared] | None:
+        """The early work on exactly this span, if any; early work on earlier turns is discarded."""
+        with self.ahead_lock:
+            future = self.ahead.pop(span, None)
+            self._discard([other for other in self.ahead if other[0] < span[1]])
+        return future
 
     def _view(self, predictor: Predictor, timer: dict[str, float], forget: bool) -> Predictor:
         """The predictor with this session's remembered features."""
@@ -573,12 +578,9 @@ class LiveSession:
 
     def recognise(self, speech: Speech) -> list[LiveEvent]:
         """A closed turn transcribed, given a speaker and predicted with its context: its event and any revisions."""
-        early = self.ahead is not None and self.ahead[0] == (speech.start, speech.end)
-        if early:
-            prepared = self._drop_ahead(wait=True)
-        else:
-            self._drop_ahead(wait=False)
-            prepared = self._prepare(speech)
+        future = self._take_ahead((speech.start, speech.end))
+        early = future is not None
+        prepared = future.result() if future is not None else self._prepare(speech)
         stages = dict(prepared.stages)
         with self.lend() as predictor, self.lock:
             speakers = self.speakers.assign(prepared.embedding)

@@ -122,7 +122,8 @@ def live(
     if (input is None) == (not mic):
         raise MerkitError("give one of --input FILE and --mic")
     try:
-        settings = LiveSettings(asr=asr, language=language, **parse_options(set_ or []))
+        given = {key: None if value in ("none", "None", "null") else value for key, value in parse_options(set_ or []).items()}
+        settings = LiveSettings(asr=asr, language=language, **given)
     except ValidationError as exc:
         raise MerkitError(f"--set {validation_message(exc)}") from None
     if threads is not None:
