@@ -220,6 +220,8 @@ def test_the_live_command_prints_each_turn_as_json_lines_and_writes_the_timeline
     ]:
         refused = CliRunner().invoke(app, ["live", str(checkpoint), *args])
         assert isinstance(refused.exception, MerkitError) and needle in str(refused.exception), (args, refused.output)
+    served = CliRunner().invoke(app, ["serve", str(checkpoint), "--max-live-sessions", "0"])
+    assert isinstance(served.exception, MerkitError) and "--max-live-sessions" in str(served.exception)
 
 
 def test_the_microphone_says_what_to_install_when_it_cannot_listen(monkeypatch):

@@ -691,8 +691,12 @@ def serve(
     replicas: Annotated[int, typer.Option(help="Copies of the model serving requests at once (up to the cores; each takes its memory).", min=1)] = 1,
     max_recording_seconds: Annotated[Optional[float], typer.Option(help="Duration of a recording for POST /predict/recording (default 3600).")] = None,
     asr: Annotated[str, typer.Option(help="Whisper for recordings: tiny (tiny.en), base, or a CTranslate2 Whisper folder (POST /predict/recording).")] = "tiny",
+    max_live_sessions: Annotated[Optional[int], typer.Option(help="WebSocket /live: connections open at once (default 4).")] = None,
+    max_live_frame_bytes: Annotated[Optional[int], typer.Option(help="WebSocket /live: bytes of one audio frame (default 128,000).")] = None,
+    max_live_seconds: Annotated[Optional[float], typer.Option(help="WebSocket /live: seconds of audio per connection (default 3600).")] = None,
+    live_idle_seconds: Annotated[Optional[float], typer.Option(help="WebSocket /live: seconds without a message before it closes (default 30).")] = None,
 ) -> None:
-    """HTTP server: POST /predict, POST /predict/recording, GET /health, GET /model, API docs at /docs, and a web page at /."""
+    """HTTP server: POST /predict, POST /predict/recording, GET /health, GET /model, WebSocket /live, API docs at /docs, and a web page at /."""
     try:
         import uvicorn
 
@@ -710,10 +714,20 @@ def serve(
         "max_characters": max_characters, "max_queue": max_queue, "request_seconds": request_seconds,
         "max_recording_seconds": max_recording_seconds,
     }  # fmt: skip
+    live_given = {"max_sessions": max_live_sessions, "max_frame_bytes": max_live_frame_bytes, "max_session_seconds": max_live_seconds,
+                  "idle_seconds": live_idle_seconds}  # fmt: skip
     try:
         limits = ServeLimits(**{key: value for key, value in given.items() if value is not None})
     except ValidationError as exc:
         raise MerkitError(f"--{validation_message(exc).replace('_', '-')}") from None
+    from merkit.serve.live import LiveLimits
+
+    try:
+        live = LiveLimits(**{key: value for key, value in live_given.items() if value is not None})
+    except ValidationError as exc:
+        option = {"max_sessions": "max_live_sessions", "max_frame_bytes": "max_live_frame_bytes", "max_session_seconds": "max_live_seconds",
+                  "idle_seconds": "live_idle_seconds"}[str(exc.errors()[0]["loc"][0])]  # fmt: skip
+        raise MerkitError(f"--{option.replace('_', '-')}: {exc.errors()[0]['msg']}") from None
     from merkit.recording import RecordingSettings, asr_folder
 
     if asr not in ("tiny", "base"):
@@ -734,7 +748,7 @@ def serve(
     typer.echo(f"merkit serve: {info['model']} ({info['backend']}, {replicas} replica(s)) on http://{host}:{port}/ "
                "(API docs at /docs)", err=True)  # fmt: skip
     try:
-        app = create_app(predictors, limits, RecordingSettings(asr=asr))
+        app = create_app(predictors, limits, RecordingSettings(asr=asr), live)
         uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listening])
     finally:
         for predictor in predictors:

@@ -467,7 +467,6 @@ class _Turn:
 class _Prepared:
     """A turn's work that needs no other turn: transcript, voice embedding, audio file, features (remembered)."""
 
-    span: tuple[int, int]
     text: str
     embedding: Any
     path: Path
@@ -555,7 +554,7 @@ class LiveSession:
             timer: dict[str, float] = {}
             self._view(predictor, timer, forget=False).predict([{"text": text, "audio": str(path)}])
             stages["features"] = timer.get("features", 0.0)
-        return _Prepared((speech.start, speech.end), text, embedding, path, stages)
+        return _Prepared(text, embedding, path, stages)
 
     def _discard(self, spans: Sequence[tuple[int, int]]) -> None:
         """Forget early work (holding ``ahead_lock``): its audio file is deleted once it is done."""
