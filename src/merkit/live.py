@@ -60,6 +60,7 @@ from merkit.recording import (
     TimelineSegment,
     _faster_whisper,
     load_asr,
+    speaker_summary,
     transcribe,
 )
 
@@ -634,11 +635,12 @@ class LiveSession:
         return [event for speech in self.finish() for event in self.recognise(speech)]
 
     def timeline(self, model: str, labels: Sequence[str]) -> Timeline:
-        """The conversation so far with each turn's latest label, as the offline :class:`~merkit.recording.Timeline`."""
+        """The conversation so far with each turn's latest label and a summary per speaker, as the offline
+        :class:`~merkit.recording.Timeline`."""
         segments = [TimelineSegment(start=t.start, end=t.end, speaker=t.speaker, text=t.text, label=t.label,
                                     probabilities=t.probabilities, uncertainty=t.uncertainty) for t in self.turns]  # fmt: skip
         return Timeline(recording="live", model=model, labels=list(labels), speakers=self.speakers.source, segments=segments,
-                        notes=list(self.notes))  # fmt: skip
+                        summary=speaker_summary(segments, labels), notes=list(self.notes))  # fmt: skip
 
     def close(self) -> None:
         """Wait for the early work still running (it cannot be interrupted), then delete the turns' audio."""
