@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--no-pace", dest="pace", action="store_false")
     parser.add_argument("--context-turns", type=int, default=None)
     parser.add_argument("--offline", action=argparse.BooleanOptionalAction, default=True, help="also run the offline pipeline")
+    parser.add_argument("--voices", action="store_true", help="speakers from voice embeddings (default: one speaker, as the offline timeline)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -91,7 +92,7 @@ def main() -> None:
     import torch
 
     import merkit
-    from merkit.live import LiveSession, LiveSettings
+    from merkit.live import LiveSession, LiveSettings, OneSpeaker
     from merkit.live_cli import file_frames, paced
     from merkit.recording import predict_recording
 
@@ -102,7 +103,7 @@ def main() -> None:
         predictor.predict([{"text": "warming up"}])
         events, memory, began = [], [], time.monotonic()
         settings = LiveSettings(context_turns=args.context_turns)
-        with LiveSession(predictor, settings) as session:
+        with LiveSession(predictor, settings, speakers=None if args.voices else OneSpeaker()) as session:
             for frame, arrived in paced(file_frames(path), args.pace, time.monotonic):
                 for speech in session.listen(frame, arrived):
                     events += session.recognise(speech)
@@ -113,7 +114,7 @@ def main() -> None:
         turns = [e for e in events if e.type == "turn"]
         result = {
             "checkpoint": str(args.checkpoint), "minutes": round(parts[-1]["end"] / 60, 2), "pace": args.pace,
-            "context_turns": args.context_turns, "turns": len(turns), "revisions": sum(e.type == "revision" for e in events),
+            "context_turns": args.context_turns, "speakers": "voice embeddings" if args.voices else "one", "turns": len(turns), "revisions": sum(e.type == "revision" for e in events),
             "live_seconds": round(live_seconds, 1), "parts": len(parts),
         }  # fmt: skip
         latencies = [e.latency for e in turns]
