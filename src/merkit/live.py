@@ -558,9 +558,11 @@ class LiveSession:
         return _Prepared(text, embedding, path, stages)
 
     def _discard(self, spans: Sequence[tuple[int, int]]) -> None:
-        """Forget early work (holding ``ahead_lock``): its audio file is deleted once it is done."""
+        """Forget early work (holding ``ahead_lock``): cancelled if it has not started, else its audio file is deleted once done."""
         for span in spans:
-            self.ahead.pop(span).add_done_callback(lambda done: done.exception() is None and done.result().path.unlink(missing_ok=True))
+            future = self.ahead.pop(span)
+            if not future.cancel():
+                future.add_done_callback(lambda done: done.exception() is None and done.result().path.unlink(missing_ok=True))
 
     def _take_ahead(self, span: tuple[int, int]) -> Future[_Prepared] | None:
         """The early work on exactly this span, if any; early work on earlier turns is discarded."""
