@@ -17,9 +17,10 @@ The cache lives in ``<store>/.cache/<modality>-<fingerprint>/`` unless another f
 named (a shared one lets many stores reuse rows).
 
 An extractor may return :class:`Absent` instead of a row: the utterance's row is masked
-(``present`` False). A *failed* one (corrupt or silent file, no audio track) is also listed
-in the failure report ``<store>/failures/<modality>.jsonl`` (utterance, media, reason) and
-counted in :attr:`ExtractionResult.failures`; the rest goes on. Absent results are
+(``present`` False); a row holding NaN or infinite values is taken as a failed one. A *failed*
+one (corrupt or silent file, no audio track) is also listed in the failure report
+``<store>/failures/<modality>.jsonl`` (utterance, media, reason) and counted in
+:attr:`ExtractionResult.failures`; the rest goes on. Absent results are
 recorded in the cache folder (``absent-*.json``) like rows, so a re-run does not retry them
 (a changed file has another hash, hence another key, and is computed afresh).
 """
@@ -228,6 +229,9 @@ def run_extraction(
                     if len(rows) != len(batch):
                         raise RuntimeError(f"extractor {extractor.name} returned {len(rows)} rows for {len(batch)} inputs")
                     for key, row in zip(batch, rows, strict=True):
+                        if not isinstance(row, Absent) and not np.isfinite(row).all():
+                            # one odd input must not stop (and, once cached, keep stopping) the whole run
+                            row = Absent("the extractor gave NaN or infinite features")
                         if isinstance(row, Absent):
                             chunk_absent[key] = row
                         else:
