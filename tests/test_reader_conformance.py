@@ -81,6 +81,24 @@ def _iemocap(root):
     return folder, {}
 
 
+def _iemocap_file(root):
+    folder, options = _iemocap(root)
+    return folder / "iemocap.pkl", options
+
+
+def _images_in_splits(root):
+    from PIL import Image
+
+    folder = root / "fer"
+    for split, subjects in (("train", (1, 2, 3, 4)), ("test", (5, 6))):
+        for label in ("angry", "happy"):
+            for subject in subjects:
+                path = folder / split / label / f"P{subject}_{label}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((48, 48), 30 * subject, dtype=np.uint8)).save(path)
+    return folder, {"speaker_pattern": r"^(P\d+)_", "valid_fraction": 0.25}
+
+
 def _goemotions(root):
     folder = root / "goemotions"
     folder.mkdir()
@@ -196,6 +214,7 @@ FIXTURES = {
     "meld-csv": ("meld-csv", _meld),
     "meld-csv-file": ("meld-csv", _meld_file),
     "iemocap-cosmic": ("iemocap-cosmic", _iemocap),
+    "iemocap-cosmic-file": ("iemocap-cosmic", _iemocap_file),
     "goemotions-tsv": ("goemotions-tsv", _goemotions),
     "goemotions-tsv-file": ("goemotions-tsv", _goemotions_file),
     "sdt-pickle": ("sdt-pickle", _sdt),
@@ -206,6 +225,7 @@ FIXTURES = {
     "mosei-pickle": ("mosei-pickle", _mosei),
     "mosei-pickle-carat": ("mosei-pickle", _carat_mosei),
     "image-folder": ("image-folder", _images),
+    "image-folder-splits": ("image-folder", _images_in_splits),
     "jsonl": ("jsonl", _jsonl),
     "csv": ("csv", _csv),
     "synthetic": ("synthetic", _synthetic),
