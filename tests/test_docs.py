@@ -36,6 +36,19 @@ def test_the_site_builds_strictly(tmp_path):
     assert "merkit.loading.load" in api and ":class:" not in api
 
 
+def test_every_page_is_in_the_nav_once():
+    """The strict build fails on a page left out of the nav; a page listed twice shows twice (and builds)."""
+    import yaml
+
+    def pages(entries):
+        for entry in entries:
+            value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+            yield from pages(value) if isinstance(value, list) else [value]
+
+    listed = list(pages(yaml.safe_load((REPO / "mkdocs.yml").read_text("utf-8"))["nav"]))
+    assert sorted({page for page in listed if listed.count(page) > 1}) == []
+
+
 def test_the_readme_is_short_and_opens_with_the_two_commands():
     lines = (REPO / "README.md").read_text("utf-8").splitlines()
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail into docs/"
