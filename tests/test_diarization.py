@@ -186,6 +186,9 @@ def test_diarized_speakers_reach_the_model_as_a_transcript_would(talk, tmp_path,
         transcript = tmp_path / "talk.jsonl"
         transcript.write_text("".join(json.dumps(row) + "\n" for row in rows))
         expected = predictor.predict(predictor.corpus(transcript))
+        elsewhere = tmp_path / "other.rttm"  # another recording's turns: after this one ends
+        elsewhere.write_text("SPEAKER other 1 100.000 20.000 <NA> <NA> A <NA> <NA>\n")
+        foreign = predict_recording(predictor, path, speakers=elsewhere)
     assert timeline.speakers == "diarization (campplus)" and timeline.diarization["embedding"] == "campplus"
     assert len({s.speaker for s in timeline.segments}) == 2 and len(timeline.segments) >= len(truth)
     assert [(u.label, u.probabilities) for u in expected.utterances] == [(s.label, s.probabilities) for s in timeline.segments]
@@ -202,3 +205,6 @@ def test_diarized_speakers_reach_the_model_as_a_transcript_would(talk, tmp_path,
         assert [m.probability for m in row.strongest] == sorted((m.probability for m in row.strongest), reverse=True)
         assert all(m.label != "neutral" for m in row.strongest)
     assert timeline.summary_csv().count("\n") == len(summary) + 1 and "<h2>Speakers</h2>" in timeline.to_html()
+    assert {s.speaker for s in foreign.segments} == {"unknown"} and foreign.speakers == "RTTM other.rttm"
+    assert any("run to 120.0 s but the recording lasts" in note for note in foreign.notes), foreign.notes
+    assert any("no turn of other.rttm overlaps" in note for note in foreign.notes), foreign.notes

@@ -96,3 +96,20 @@ def test_folder_options_are_checked(folder, checkpoint, tmp_path):
     assert result.returncode == 2 and "--shard is for a folder of recordings" in result.stderr
     result = run_cli("predict", str(checkpoint), str(folder / "a.wav"), "--speakers", str(tmp_path / "missing.rttm"), "--quiet")
     assert result.returncode == 2 and "no such RTTM file" in result.stderr
+
+
+def test_what_counts_as_a_folder_of_recordings(folder, tmp_path):
+    from conftest import SHARED_DATA
+
+    from merkit.recording_commands import is_recording_folder
+
+    assert is_recording_folder(folder)
+    talk = tmp_path / "talk"
+    talk.mkdir()
+    (talk / "a.wav").write_bytes((folder / "a.wav").read_bytes())
+    (talk / "talk.jsonl").write_text('{"dialogue_id": "t", "speaker": "A", "text": "hi", "audio": "a.wav"}\n')
+    assert not is_recording_folder(talk)  # media with one transcript: one conversation
+    assert not is_recording_folder(tmp_path / "missing") and not is_recording_folder(folder / "a.wav")
+    ravdess = SHARED_DATA / "ravdess" / "audio"
+    if ravdess.is_dir():
+        assert not is_recording_folder(ravdess)  # a corpus of clips merkit reads, not recordings

@@ -43,9 +43,14 @@ def media_suffixes() -> tuple[str, ...]:
 
 
 def parse_speakers(value: str | None) -> str | Path:
-    """``--speakers``: ``auto`` (default), ``none``, or an RTTM file."""
-    if value is None or value in ("auto", "none"):
-        return value or "auto"
+    """``--speakers``: ``auto``, ``none``, or an RTTM file; left out, ``auto`` where the diarization extra is
+    installed (else one unknown speaker, as before it existed)."""
+    from merkit.diarization import available
+
+    if value is None:
+        return "auto" if available() else "none"
+    if value in ("auto", "none"):
+        return value
     path = Path(value)
     if not path.is_file():
         raise MerkitError("no such RTTM file (--speakers takes auto, none or an RTTM file)", path=path)
@@ -60,12 +65,20 @@ def diarization_settings(num_speakers: int | None, min_speakers: int | None, max
 
 
 def is_recording_folder(path: Path) -> bool:
-    """A folder of recordings: media files and no transcript (a folder of media with one transcript is a conversation)."""
-    if not path.is_dir():
+    """A folder of recordings: audio or video files, no transcript, and no corpus merkit reads (a folder of media
+    with one transcript is one conversation; a RAVDESS folder is a corpus of clips)."""
+    from merkit.data.formats import Source, detect_format
+    from merkit.inference import TRANSCRIPT_SUFFIXES
+
+    if not path.is_dir() or any(p.is_file() and p.suffix.lower() in TRANSCRIPT_SUFFIXES for p in path.iterdir()):
         return False
-    files = [p for p in path.iterdir() if p.is_file()]
-    transcripts = [p for p in files if p.suffix.lower() in (".jsonl", ".csv", ".json", ".txt", ".tsv", ".pkl")]
-    return not transcripts and any(p.suffix.lower() in media_suffixes() for p in path.rglob("*") if p.is_file())
+    if not any(p.is_file() and p.suffix.lower() in media_suffixes() for p in path.rglob("*")):
+        return False
+    try:
+        detect_format(Source(path))
+    except MerkitError:
+        return True
+    return False
 
 
 def predict_folder(
