@@ -4,7 +4,9 @@
 
 Builds a recording of real synthetic speech (espeak-ng sentences of two voices with 1–3 s pauses,
 joined by ffmpeg, 16 kHz wav) of about ``--minutes``, then times, over the whole file: decoding in
-chunks, Silero VAD, Whisper transcription of the speech segments. Prints seconds of processing per
+chunks, Silero VAD, speaker embeddings of the speech (CAM++ windows, ``--speakers auto``) and their
+clustering (issue #35; each includes its one-time start: loading CAM++, importing scikit-learn), Whisper
+transcription of the speech segments. Prints seconds of processing per
 second of audio for each stage (below 1: faster than real time) and the peak resident memory.
 The model stage (features + a conversation model) is measured by ``benchmarks/extraction.py``.
 """
@@ -52,19 +54,23 @@ def main() -> None:
     parser.add_argument("--chunk", type=float, default=300.0)
     args = parser.parse_args()
 
+    import numpy as np
+
+    from merkit.diarization import DiarizationSettings, turns_from_windows, window_embeddings
     from merkit.recording import SAMPLE_RATE, RecordingSettings, chunks, load_asr, speech_spans, transcribe
 
     settings = RecordingSettings(asr=args.asr, chunk=args.chunk)
     with tempfile.TemporaryDirectory() as tmp:
         path = build(Path(tmp), 60 * args.minutes)
         model = load_asr(settings)
-        timing = {"decode": 0.0, "vad": 0.0, "asr": 0.0}
+        timing = {"decode": 0.0, "vad": 0.0, "embeddings": 0.0, "clustering": 0.0, "asr": 0.0}
+        diarization, speech, windows, vectors = DiarizationSettings(), [], [], []
         audio_seconds, segments = 0.0, 0
         pieces = chunks(path, settings.chunk)
         while True:
             began = time.perf_counter()
             try:
-                _, audio = next(pieces)
+                offset, audio = next(pieces)
             except StopIteration:
                 break
             timing["decode"] += time.perf_counter() - began
@@ -73,13 +79,23 @@ def main() -> None:
             spans = speech_spans(audio, settings)
             timing["vad"] += time.perf_counter() - began
             began = time.perf_counter()
+            found, embedded = window_embeddings(audio, spans, diarization, offset)
+            speech += [(offset + a, offset + b) for a, b in spans]
+            windows += found
+            vectors.append(embedded)
+            timing["embeddings"] += time.perf_counter() - began
+            began = time.perf_counter()
             segments += len(transcribe(model, audio, spans, settings))
             timing["asr"] += time.perf_counter() - began
+        began = time.perf_counter()
+        speakers = len({t.speaker for t in turns_from_windows(speech, windows, np.concatenate(vectors), diarization)})
+        timing["clustering"] += time.perf_counter() - began
+    print(f"{speakers} speakers found (2 voices spoke)")
     print(f"{audio_seconds:.1f} s of audio, {segments} speech segments, chunk {settings.chunk:g} s, Whisper {settings.asr}, 1 thread")
     for stage, seconds in timing.items():
-        print(f"  {stage:7s} {seconds:7.2f} s   real-time factor {seconds / audio_seconds:.4f}")
+        print(f"  {stage:10s} {seconds:7.2f} s   real-time factor {seconds / audio_seconds:.4f}")
     total = sum(timing.values())
-    print(f"  total   {total:7.2f} s   real-time factor {total / audio_seconds:.4f}")
+    print(f"  {'total':10s} {total:7.2f} s   real-time factor {total / audio_seconds:.4f}")
     print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
