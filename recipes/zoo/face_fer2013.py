@@ -7,8 +7,9 @@ logits with those of the mirrored face; the chosen network is then scored once o
 (FER2013's PublicTest). A baseline is measured in the same run on the same split: multinomial
 logistic regression on HOG descriptors, its C chosen on the same held-out part. The decoded images
 are cached once as a uint8 array (``--cache``). Training is resumable: a checkpoint is written after
-every epoch to ``WORK/train/last.pt`` and picked up by the next run with the same settings (a
-finished run re-writes its outputs without training).
+every epoch to ``WORK/train-<digest of the settings>/last.pt`` and picked up by the next run with the
+same settings (a finished run re-writes its outputs without training); the baseline's result is kept
+beside it. Runs of other settings (a reduced budget) keep their own state in the same ``WORK``.
 
 ``DIR`` gets what ships in ``src/merkit/zoo/face-fer2013/``: ``face_cnn.safetensors`` (float16 weights
 the ``face-cnn`` extractor loads), ``model.safetensors`` + ``model.json`` (the classifier as a merkit
@@ -20,6 +21,7 @@ scores, the choice, valid scores of the CNN and of the baseline, times) and ``ca
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -229,6 +231,10 @@ def best_of(history: list[dict]) -> float:
     return max((max(row["holdout_accuracy"], row["holdout_accuracy_flip"]) for row in history), default=-1.0)
 
 
+def digest(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+
+
 def build_network(settings: RecipeSettings):
     return face_cnn.build(settings.widths, settings.hidden, len(face_cnn.CLASSES), settings.dropout)
 
@@ -418,11 +424,13 @@ def run(args: argparse.Namespace, settings: RecipeSettings, command: str) -> int
     fit, held = split_train(arrays["train_y"], settings)
     results: dict = {"recipe": "face-fer2013", "settings": settings.model_dump(mode="json"), "command": command,
                      "counts": {"fit": len(fit), "holdout": len(held), "valid": len(arrays["valid_y"])}}  # fmt: skip
-    base = work / "baseline.json"
+    # WORK holds the state of each settings apart (a reduced build beside a full one): named by a digest of what made it
+    made_by = {key: results["settings"][key] for key in ("seed", "holdout", "limit", "baseline_cs")}
+    base = work / f"baseline-{digest(made_by)}.json"
     if not base.is_file():
         atomic_write_json(base, baseline(arrays, fit, held, settings))
     results["baseline"] = json.loads(base.read_text())
-    trained = train(arrays, fit, held, settings, work / "train", args.quiet)
+    trained = train(arrays, fit, held, settings, work / f"train-{digest(results['settings'])}", args.quiet)
     history = results["history"] = trained["history"]
     results["train_minutes"] = round(sum(row["seconds"] for row in history) / 60, 1)
     network = trained["network"].float()
