@@ -133,6 +133,10 @@ GLOSSARY: dict[str, str] = {
     "--max-recording-seconds": "Duration of a recording for POST /predict/recording",
     "--request-seconds": "Time a request may wait and run",
     "--replicas": "Copies of the model serving requests at once",
+    "--max-live-sessions": "WebSocket /live: connections open at once",
+    "--max-live-frame-bytes": "WebSocket /live: bytes of one audio frame",
+    "--max-live-seconds": "WebSocket /live: seconds of audio per connection",
+    "--live-idle-seconds": "WebSocket /live: seconds without a message before it closes",
     "--onnx": "Also the text encoders and the model as ONNX graphs",
     "--quantize": "none, or int8",
     # the demo, the cache, the program
