@@ -464,7 +464,7 @@ def predict_conversations(
     threads: ThreadsOption = None,
     backend: BackendOption = "auto",
     quiet: QuietOption = False,
-    speakers: Annotated[Optional[str], typer.Option(help="Recording input: auto (diarize; the default), none (one unknown speaker), or an RTTM file.")] = None,
+    speakers: Annotated[Optional[str], typer.Option(help="Recording input: auto (diarize; the default where the diarization extra is installed), none (one unknown speaker), or an RTTM file.")] = None,
     num_speakers: NumSpeakersOption = None,
     min_speakers: MinSpeakersOption = None,
     max_speakers: MaxSpeakersOption = None,
