@@ -46,7 +46,7 @@ TRACKS = ("words", "voice")
 
 
 class FusionSpec(BaseModel):
-    """Which two zoo models, how their labels map onto the shared set, and the fusion's weight and temperature."""
+    """Which two zoo models, how their labels map onto the shared set, and the fusion's α, γ and T."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,7 +58,7 @@ class FusionSpec(BaseModel):
     alpha: float = Field(0.5, ge=0, le=1, description="[R] weight of the words track (voice: 1 − alpha)")
     gamma: float = Field(0.0, ge=0, description="[R] power of each track's spread over the recording (0: a plain log-linear pool)")
     temperature: float = Field(1.0, gt=0, description="[R] of the fused log-probabilities, fitted on validation NLL")
-    selection: dict[str, Any] = Field(default_factory=dict, description="how the rule and its parameters were chosen (validation only)")
+    selection: dict[str, Any] = Field(default_factory=dict, description="how alpha, gamma and T were chosen (validation only)")
 
     @model_validator(mode="after")
     def _maps_land_in_labels(self) -> "FusionSpec":
@@ -106,6 +106,8 @@ def pool(words: np.ndarray | None, voice: np.ndarray | None, spec: FusionSpec, w
         return voice if words is None else words
     a = spec.alpha * words_spread**spec.gamma
     b = (1 - spec.alpha) * voice_spread**spec.gamma
+    if a + b == 0:  # neither track tells the segments apart: no reason to prefer one
+        a, b = spec.alpha, 1 - spec.alpha
     logits = (a * log_of(words) + b * log_of(voice)) / spec.temperature
     logits = logits - logits.max(axis=-1, keepdims=True)
     fused = np.exp(logits)
