@@ -116,7 +116,7 @@ GLOSSARY: dict[str, str] = {
     # prediction, recordings, serving, export
     "--asr": "Whisper for recordings: tiny (tiny.en), base, or a CTranslate2 Whisper folder",
     "--language": "Recording input: the spoken language",
-    "--speakers": "Recording input: auto (diarize; the default), none (one unknown speaker), or an RTTM file",
+    "--speakers": "Recording input: auto (diarize; the default where the diarization extra is installed), none (one unknown speaker), or an RTTM file",
     "--num-speakers": "Recording input: the number of speakers",
     "--min-speakers": "Recording input: at least this many speakers",
     "--max-speakers": "Recording input: at most this many speakers",

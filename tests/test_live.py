@@ -25,6 +25,7 @@ from merkit.errors import MerkitError
 from merkit.features.media import decode_audio
 from merkit.live import LiveSession, LiveSettings, NearestSpeaker, OneSpeaker, StreamingVad, TurnEvent, decode_frame, voice_speakers
 from merkit.recording import RecordingSettings, predict_recording, speech_spans
+from conftest import serving
 
 LINES = [
     ("en-us", "the weather today is lovely and i feel wonderful about our trip"),
@@ -358,11 +359,7 @@ WORDS = [{"lovely", "wonderful", "trip"}, {"angry", "forgot", "birthday"}, {"hap
 def test_the_live_tab_shows_each_turn_from_a_fake_microphone(talk, predictor, tmp_path, monkeypatch):
     """Headless Chromium's fake microphone plays the talk; the page's worklet sends it to /live at real-time pace."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
-    uvicorn = pytest.importorskip("uvicorn", reason="the server needs the serve extra")
     pytest.importorskip("websockets", reason="uvicorn serves WebSockets with the websockets package (serve extra)")
-    import socket
-    import threading
-    import time
 
     from merkit.serve import create_app
 
@@ -377,23 +374,14 @@ def test_the_live_tab_shows_each_turn_from_a_fake_microphone(talk, predictor, tm
         return listen(self, samples, arrived)
 
     monkeypatch.setattr(LiveSession, "listen", heard)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    with serving(create_app(predictor)) as url:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=executable, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                 f"--use-file-for-fake-audio-capture={talk}%noloop", "--autoplay-policy=no-user-gesture-required",
             ])  # fmt: skip
             page = browser.new_context(permissions=["microphone"]).new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(url)
             page.click("#tab-live")
             assert page.locator("#live-form").is_visible() and page.locator("#recording-form").is_hidden()
             page.click("#live-start")
@@ -407,9 +395,6 @@ def test_the_live_tab_shows_each_turn_from_a_fake_microphone(talk, predictor, tm
             error = page.locator("#live-error").text_content()
             page.screenshot(path=str(tmp_path / "live.png"), full_page=True)
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert not error
     # the worklet's 16 kHz is the file's voice: the same loudness envelope (20 ms frames), aligned on its best lag
     import soundfile

