@@ -158,3 +158,10 @@ def test_the_recipe_runs_on_a_reduced_budget(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # a finished run resumes to the same scores
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["valid"] == results["valid"]
+
+
+def test_a_missing_weights_file_is_one_readable_error(tmp_path):
+    extractor = face_cnn.FaceCnn()
+    extractor.weights_path = tmp_path / "face_cnn.safetensors"  # never written
+    with pytest.raises(MerkitError, match="face_cnn.safetensors is missing from the package"):
+        extractor.weights()

@@ -102,6 +102,13 @@ def probabilities(network, faces: np.ndarray, *, flip: bool, bf16: bool = False,
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), dtype=np.float32)
 
 
+def _present(path: Path) -> Path:
+    """``path``, or the one-line error that names it (the fingerprint and the network both read it)."""
+    if not path.is_file():
+        raise MerkitError(f"face-cnn: the weights file {path} is missing from the package (rebuild with recipes/zoo/face_fer2013.py)")
+    return path
+
+
 @functools.lru_cache(maxsize=1)
 def shipped() -> tuple[Any, dict[str, Any]]:
     """The shipped :class:`FaceCNN` in eval mode and its metadata (widths, hidden, classes, ``flip``: whether the
@@ -109,9 +116,7 @@ def shipped() -> tuple[Any, dict[str, Any]]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = weights_file()
-    if not path.is_file():
-        raise MerkitError(f"face-cnn: the weights file {path} is missing from the package (rebuild with recipes/zoo/face_fer2013.py)")
+    path = _present(weights_file())
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads((handle.metadata() or {}).get("face_cnn", "{}"))
     network = build(tuple(meta.get("widths", WIDTHS)), int(meta.get("hidden", HIDDEN)), len(meta.get("classes", CLASSES)))
@@ -131,7 +136,7 @@ class FaceCnn(FaceExtractor):
 
     def weights(self) -> dict[str, Any]:
         files = dict(super().weights()["files"])
-        files["face-cnn"] = file_sha256(self.weights_path or weights_file())
+        files["face-cnn"] = file_sha256(_present(self.weights_path or weights_file()))
         return {"files": files, "sha256": folder_sha256(files)}
 
     def embed(self, image: np.ndarray, box: tuple[int, int, int], points: np.ndarray | None) -> np.ndarray:
