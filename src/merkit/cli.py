@@ -468,7 +468,7 @@ def predict_conversations(
     num_speakers: NumSpeakersOption = None,
     min_speakers: MinSpeakersOption = None,
     max_speakers: MaxSpeakersOption = None,
-    shard: Annotated[Optional[str], typer.Option(help="Folder of recordings: do shard i/n only (0 <= i < n), for array jobs.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Shard i/n only (0 <= i < n) of a folder of recordings, for array jobs.")] = None,
     asr: Annotated[str, typer.Option(help="Whisper for recordings: tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
     language: Annotated[Optional[str], typer.Option(help="Recording input: the spoken language (default: English for tiny, detected by base).")] = None,
     srt: Annotated[Optional[Path], typer.Option(help="Recording input: also write subtitles with each segment's emotion.")] = None,

@@ -39,7 +39,7 @@ EXAMPLES = {
     "data formats": "merkit data formats",
     "extract": "merkit extract ../shared/data/meld -m text -e mpnet --out stores/meld-mpnet",
     "extractors": "merkit extractors",
-    "merge": "merkit merge stores/meld-mpnet   # after `merkit extract ... --shard 1/4` … `4/4`",
+    "merge": "merkit merge stores/meld-mpnet   # after `merkit extract ... --shard 0/4` … `3/4`",
     "models": "merkit models",
     "train": "merkit train stores/meld-mpnet --model sure --preset auto --seeds 0,1,2 --out runs/meld/sure",
     "baseline": "merkit baseline stores/ravdess --modalities audio,visual --out runs/ravdess/svm",
