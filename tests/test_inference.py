@@ -269,7 +269,8 @@ def test_written_files_follow_the_umask(tmp_path, umask):
 
 
 def test_large_inputs_show_a_progress_bar_unless_quiet(text_run, tmp_path):
-    from merkit.cli import PROGRESS_FROM, app
+    from merkit.cli import app
+    from merkit.predict_commands import PROGRESS_FROM
 
     rows = [{"dialogue_id": f"p{i // 10}", "speaker": "AB"[i % 2], "text": f"Sentence number {i}."} for i in range(PROGRESS_FROM)]
     table = write_jsonl(tmp_path / "many.jsonl", rows)

@@ -220,7 +220,7 @@ def test_paper_compat_trains_in_fp32_even_where_honest_would_use_bf16():
 def test_train_prints_zero_f1_warnings_and_a_table_that_fits_80_columns(tmp_path, tiny):
     from rich.console import Console
 
-    from merkit.cli import print_results
+    from merkit.training_commands import print_results
 
     results = train_model(tiny, "mlp", out=tmp_path / "run", overrides=["epochs=1"], progress=False)  # one epoch: rare classes missed
     console = Console(record=True, width=80)

@@ -9,7 +9,18 @@ from typing import Annotated, Optional
 import typer
 
 from merkit.devices import CHOICES
+from merkit.errors import MerkitError
 
+
+def set_torch_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op threads for this process (left as torch chose when not given)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise MerkitError("--threads must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _quiet_libraries(quiet: bool) -> bool:
