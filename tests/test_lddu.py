@@ -114,6 +114,50 @@ def test_shapes_uncertainty_and_modality_weights(classes):
     assert torch.isfinite(total) and set(parts) == {"main", "semantic", "cdl", "crl"}
 
 
+def test_multi_label_class_weights_are_positive_weights_from_the_training_split():
+    """Issue #34: ``class_weights=inverse_frequency`` on multi-label data gives each label (negatives/positives)^p
+    (it used to be ignored there); p = 0 is no weighting; single-label's cross-entropy weights stay 1/frequency."""
+    from merkit.training.config import TrainConfig
+    from merkit.training.engine import _class_weights
+
+    bundle = read_data("synthetic", multi_label=True, classes=5, dialogues=30, max_turns=6)
+    dataset = DialogueDataset(bundle.corpus, bundle.features, ["train"], MODALITIES, MODALITIES)
+    rows = np.array([[k in u.label_indices() for k in range(5)] for d in dataset.dialogues for u in d.utterances if u.label is not None])
+    positives = rows.sum(0)
+    assert (positives > 0).all() and (positives < len(rows)).all()
+    for power in (0.5, 1.0):
+        weights = _class_weights(TrainConfig(class_weights="inverse_frequency", class_weight_power=power), dataset)
+        assert np.allclose(weights.numpy(), ((len(rows) - positives) / positives) ** power, rtol=1e-5)
+    flat = _class_weights(TrainConfig(class_weights="inverse_frequency", class_weight_power=0), dataset)
+    assert torch.equal(flat, torch.ones(5)) and _class_weights(TrainConfig(), dataset) is None
+    single = read_data("synthetic", classes=5, dialogues=30, max_turns=6)  # single-label: still 1/frequency
+    dataset = DialogueDataset(single.corpus, single.features, ["train"], ["text"])
+    labels = np.array([u.label_indices()[0] for d in dataset.dialogues for u in d.utterances if u.label is not None])
+    expected = len(labels) / np.bincount(labels, minlength=5)
+    assert np.allclose(_class_weights(TrainConfig(class_weights="inverse_frequency"), dataset).numpy(), expected, rtol=1e-6)
+
+
+def test_positive_weights_scale_only_the_positive_terms_of_lddus_label_loss():
+    """A positive of a label weighted w gets w times the unweighted gradient of LDDU's fused BCE; its negatives and
+    the other labels keep theirs (the code, and so the paper presets, weigh nothing)."""
+    from merkit.models.base import ModelOutput
+
+    model, batch = _model_and_batch(6)
+    model.eval()
+    logits = model(batch).logits.detach().requires_grad_()
+
+    def gradient(class_weights):
+        logits.grad = None
+        model.main_loss(ModelOutput(logits=logits), batch, class_weights).backward()
+        return logits.grad.clone()
+
+    plain, weighted = gradient(None), gradient(torch.tensor([7.5, 1, 1, 1, 1, 1]))
+    rare = batch.labels.bool() & batch.label_mask[..., None] & (torch.arange(6) == 0)
+    assert rare.any() and (plain[rare] != 0).all()
+    assert torch.allclose(weighted[rare], 7.5 * plain[rare])
+    assert torch.allclose(weighted[~rare], plain[~rare], atol=1e-9)
+
+
 def test_absent_modality_and_padding_frames_do_not_leak():
     model, batch = _model_and_batch(6)
     model.eval()
@@ -325,9 +369,10 @@ def test_paper_presets_resolve_to_the_official_code_model():
     entry = available_models()["lddu"]
     assert set(PAPER_PRESETS) | {"goemotions"} == set(entry.presets)
     for name in PAPER_PRESETS:
-        config, _ = resolve_configs(entry, name, [])
+        config, train = resolve_configs(entry, name, [])
         assert config.use_padding_mask is False and config.label_query_residual is False, name
         assert (config.queue_size, config.queue_init) == (8192, "random"), name
+        assert train.class_weights == "none", name  # the code's BCE is unweighted
 
 
 def test_paper_preset_attends_to_the_zero_padding_of_a_published_file(tmp_path):

@@ -69,7 +69,7 @@ class ERCModel(nn.Module):
 
     def main_loss(self, output: ModelOutput, batch: ConversationBatch, class_weights: torch.Tensor | None) -> torch.Tensor:
         if self.spec.multi_label:
-            return layers.masked_bce(output.logits, batch.labels, batch.label_mask)
+            return layers.masked_bce(output.logits, batch.labels, batch.label_mask, class_weights)
         return layers.masked_cross_entropy(output.logits, batch.labels, batch.label_mask, class_weights)
 
     def compute_loss(

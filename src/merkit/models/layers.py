@@ -23,9 +23,9 @@ def masked_cross_entropy(
     )
 
 
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy over labelled utterances and all classes."""
-    losses = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(-1)
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean binary cross-entropy over labelled utterances and all classes; ``pos_weight`` ``[K]`` scales each label's positive term."""
+    losses = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none", pos_weight=pos_weight).mean(-1)
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 

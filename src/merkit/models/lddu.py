@@ -505,7 +505,9 @@ class LDDU(ERCModel):
         return F.one_hot(batch.labels.clamp(min=0), self.spec.num_classes).float()
 
     def main_loss(self, output: ModelOutput, batch: ConversationBatch, class_weights: torch.Tensor | None) -> torch.Tensor:
-        return self.config.fused_weight * layers.masked_bce(output.logits, self._targets(batch), batch.label_mask)
+        """``fused_weight``·BCE(s); on multi-label data ``class_weights`` are the labels' positive weights (none in the code)."""
+        pos_weight = class_weights if self.spec.multi_label else None
+        return self.config.fused_weight * layers.masked_bce(output.logits, self._targets(batch), batch.label_mask, pos_weight)
 
     def _aux_losses(self, batch: ConversationBatch, parts: LDDUParts) -> dict[str, torch.Tensor]:
         config = self.config

@@ -40,7 +40,15 @@ class TrainConfig(BaseModel):
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = 1.0
     patience: int | None = Field(10, ge=1, description="early stopping on the selection split; None = off")
-    class_weights: Literal["none", "inverse_frequency"] | list[float] = "none"
+    class_weights: Literal["none", "inverse_frequency"] | list[float] = Field(
+        "none",
+        description="single-label: cross-entropy weights, (1/frequency)^class_weight_power from the training split; "
+        "multi-label: BCE positive weights, (negatives/positives)^class_weight_power per label (a label rare in training "
+        "gets its positives up-weighted); a list gives the weights themselves",
+    )
+    class_weight_power: float = Field(
+        1.0, ge=0, description="[R] the power of inverse_frequency class weights; 0 = unweighted, 1 = fully balanced"
+    )
     monitor: Literal["auto", "weighted_f1", "macro_f1", "accuracy", "uar", "micro_f1", "jaccard_accuracy"] = Field(
         "auto", description="selection metric; auto = weighted_f1 (single-label) or micro_f1 (multi-label)"
     )

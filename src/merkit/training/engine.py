@@ -179,14 +179,21 @@ def resolve_monitor(config: TrainConfig, multi_label: bool) -> TrainConfig:
 
 
 def _class_weights(config: TrainConfig, dataset: DialogueDataset) -> torch.Tensor | None:
-    if config.class_weights == "none" or dataset.multi_label:
+    """The loss's per-class weights from the training split: cross-entropy weights (1/frequency)^p for single-label
+    data, BCE positive weights (negatives/positives)^p for multi-label (1 for a label never or always present)."""
+    if config.class_weights == "none":
         return None
     if isinstance(config.class_weights, list):
         if len(config.class_weights) != dataset.num_classes:
             raise MerkitError(f"class_weights has {len(config.class_weights)} values for {dataset.num_classes} classes")
         return torch.tensor(config.class_weights, dtype=torch.float32)
-    frequencies = np.asarray(label_prior(dataset))
-    return torch.tensor(np.where(frequencies > 0, 1.0 / np.maximum(frequencies, 1e-12), 0.0), dtype=torch.float32)
+    rates, power = np.clip(np.asarray(label_prior(dataset)), 1e-12, 1.0), config.class_weight_power
+    seen = rates > 1e-12
+    if dataset.multi_label:
+        weights = np.where(seen & (rates < 1), ((1 - rates) / rates) ** power, 1.0)
+    else:
+        weights = np.where(seen, 1.0 / rates**power, 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def write_predictions(path: Path, predictions: Predictions) -> None:
