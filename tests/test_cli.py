@@ -166,3 +166,13 @@ def test_a_device_that_is_not_there_is_one_clear_error(monkeypatch):
     with pytest.raises(MerkitError, match="'tpu' is not a device; choose auto"):
         resolve_device("tpu")
     assert resolve_device("auto") == "cpu" and lightning_accelerator("auto") == "auto" and lightning_accelerator("CPU") == "cpu"
+
+
+@pytest.mark.parametrize("command", [["demo"], ["zoo", "build", "--only", "text-meld"]])
+def test_a_data_root_without_the_corpora_is_refused_not_replaced(tmp_path, capsys, command, monkeypatch):
+    """An explicit --data-root that lacks the corpora stops with its name, even where ../shared/data exists."""
+    monkeypatch.setenv("MERKIT_SHARED_DATA", str(tmp_path))
+    code, _, err = run_main([*command, "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "out")], capsys)
+    error = err.strip()
+    assert code == 2 and error.startswith("merkit: error: ") and str(tmp_path / "empty") in error and "\n" not in error
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from merkit._version import __version__
-from merkit.cli_options import example
+from merkit.cli_options import DATA_ROOT_HELP, example
 from merkit.data_commands import data_app
 from merkit.errors import MerkitError
 from merkit.recipes import RecipeCommand
@@ -168,7 +168,7 @@ def cache_clear(
 @app.command("demo", epilog=example("demo"))
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where to write: the demo's stores and runs (re-runs reuse them).")] = Path("runs/demo"),
-    data_root: Annotated[Optional[Path], typer.Option(help="Folder with iemocap/ and meld/ (default ../shared/data).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help=DATA_ROOT_HELP)] = None,
     model: Annotated[str, typer.Option(help="Registered model name (see `merkit models`) to train.")] = "bigru",
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Use the embedded synthetic corpus even when real data is present.")] = False,
 ) -> None:

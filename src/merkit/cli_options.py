@@ -40,6 +40,7 @@ BackendOption = Annotated[
     str, typer.Option("--backend", help="auto (the ONNX graphs of `merkit export --onnx` when the folder has them), torch or onnx.")
 ]
 ThreadsOption = Annotated[Optional[int], typer.Option(help="CPU threads (1 is fastest on a busy machine) per prediction, for torch and ONNX Runtime.")]
+DATA_ROOT_HELP = "Folder of the shared corpora (iemocap/, meld/, ravdess/ …; default $MERKIT_SHARED_DATA, else ../shared/data)."
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines.", callback=_quiet_libraries)]
 
 # One example a command, shown at the end of its --help.
@@ -70,7 +71,7 @@ EXAMPLES = {
     "cache list": "merkit cache list",
     "cache clear": "merkit cache clear models/whisper-base --yes",
     "zoo list": "merkit zoo list",
-    "zoo build": "merkit zoo build --data ../shared/data --only voice-ravdess --budget reduced",
+    "zoo build": "merkit zoo build --data-root ../shared/data --only voice-ravdess --budget reduced",
 }
 
 

@@ -44,8 +44,10 @@ CKPLUS_MODEL = "mlp"
 
 
 def shared_data_root(explicit: Path | None = None) -> Path | None:
-    """``--data-root``, else ``$MERKIT_SHARED_DATA``, else ``../shared/data``; None when absent."""
-    for candidate in (explicit, os.environ.get("MERKIT_SHARED_DATA"), Path("..") / "shared" / "data"):
+    """``--data-root`` (refused when it lacks the corpora: never silently replaced), else ``$MERKIT_SHARED_DATA``,
+    else ``../shared/data``; None when absent."""
+    candidates = [explicit] if explicit is not None else [os.environ.get("MERKIT_SHARED_DATA"), Path("..") / "shared" / "data"]
+    for candidate in candidates:
         if candidate is not None and all((Path(candidate) / name).is_dir() for name in REAL_CORPORA):
             return Path(candidate)
     if explicit is not None:

@@ -244,7 +244,7 @@ def build_entry(
         if (target / name).is_file():
             atomic_write_json(target / name, _scrub(json.loads((target / name).read_text()), prefixes))
     seeds_text = ",".join(map(str, seeds))
-    command = (f"merkit zoo build --data {data} --only {recipe.name}" + ("" if budget == "full" else " --budget reduced")
+    command = (f"merkit zoo build --data-root {data} --only {recipe.name}" + ("" if budget == "full" else " --budget reduced")
                + f"  # = merkit extract {recipe.corpus} -m {recipe.extract.modality} -e {recipe.extract.extractor}"
                + "".join(f" --set {k}={v}" for k, v in recipe.extract.settings.items())
                + f"; merkit train --model {recipe.train.model} --modalities {','.join(recipe.train.modalities)} --seeds {seeds_text}"

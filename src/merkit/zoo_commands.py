@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from merkit.cli_options import QuietOption, ThreadsOption, example
+from merkit.cli_options import DATA_ROOT_HELP, QuietOption, ThreadsOption, example, set_torch_threads
 from merkit.errors import MerkitError
 
 zoo_app = typer.Typer(help="Trained models shipped with merkit: list them, or rebuild them from their recipes.", no_args_is_help=True)
@@ -54,10 +54,10 @@ def zoo_list(as_json: Annotated[bool, typer.Option("--json", help="Print machine
 
 @zoo_app.command("build", epilog=example("zoo build"))
 def zoo_build(
-    data: Annotated[Path, typer.Option("--data", help="Folder with the corpora the recipes name (meld/, iemocap/, ravdess/ …).")],
+    data_root: Annotated[Optional[Path], typer.Option(help=DATA_ROOT_HELP)] = None,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Build this entry only (repeatable; default: every recipe).")] = None,
     budget: Annotated[str, typer.Option(help="full (the recipe's seeds) or reduced (fewer seeds: a quick check of the recipe).")] = "full",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Zoo folder to write (default: the package's own, src/merkit/zoo).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write: the zoo folder (default: the package's own, src/merkit/zoo).")] = None,
     work: Annotated[Path, typer.Option(help="Where the feature stores and runs go (re-runs reuse them).")] = Path("runs/zoo-build"),
     recipes: Annotated[Optional[Path], typer.Option(help="Recipe folder (default recipes/zoo).")] = None,
     threads: ThreadsOption = None,
@@ -66,14 +66,12 @@ def zoo_build(
     """Rebuild zoo models from their recipes: extract → train (selected on valid) → calibrated seed ensemble → test once → card."""
     from merkit.zoo_build import build_zoo
 
-    if not data.is_dir():
-        raise MerkitError("no such folder", path=data)
-    if threads is not None:
-        import torch
+    from merkit.demo import shared_data_root
 
-        if threads < 1:
-            raise MerkitError("--threads must be at least 1")
-        torch.set_num_threads(threads)
+    data = shared_data_root(data_root)
+    if data is None:
+        raise MerkitError("no corpora to build from: pass --data-root (or set $MERKIT_SHARED_DATA)", path=data_root or Path("../shared/data"))
+    set_torch_threads(threads)
     cards = build_zoo(data, out=out, work=work, only=only, budget=budget, recipes=recipes, progress=not quiet,
                       log=lambda line: quiet or typer.echo(f"merkit: {line}", err=True))  # fmt: skip
     for name, entry in cards.items():
