@@ -1,75 +1,35 @@
-"""A live conversation: 16 kHz mono audio in as it arrives, the emotion of each turn out as the turn ends (issue #36).
+"""A live session: closed turns transcribed, given a speaker and predicted with the conversation so far as context.
 
-The stages are the recording pipeline's (:mod:`merkit.recording`), run incrementally: Silero voice activity
-over the stream (:class:`StreamingVad`: the same model, state carried from window to window, and the same
-decisions as :func:`~merkit.recording.speech_spans` makes on the whole file) closes a turn after
-``min_pause`` of silence; the turn is transcribed by the same Whisper (:func:`~merkit.recording.transcribe`),
-given a speaker (a :class:`SpeakerAssigner`: the nearest speaker embedding of :mod:`merkit.diarization` online,
-or one ``unknown`` speaker), and
-predicted by the checkpoint's :class:`~merkit.inference.Predictor` with the earlier turns as its context
-(the whole conversation so far, or the last ``context_turns``). Each turn's features are computed once:
-later turns reuse them (:class:`_Remembered`).
-
-Events (:class:`TurnEvent`, :class:`RevisionEvent`): a turn when it ends, with its latency from the moment
-its end of speech was heard; a revision when a later turn changes the label (a model that reads the whole
-dialogue, such as the BiGRU, re-predicts earlier turns) or the speaker of an earlier turn. After the last
-turn, with the whole conversation as context, the labels are those of the offline timeline of the same
-audio (:func:`~merkit.recording.predict_recording`), except where the two cut the speech differently
-(the offline pipeline decodes in ``chunk``-second pieces and cuts each again).
-
-[R] merkit's choices (fields of :class:`LiveSettings`, beside :class:`~merkit.recording.RecordingSettings`'
-VAD, padding, segment and Whisper settings): ``context_turns`` None (the whole conversation); ``early_asr``
-0.2 s: after that much silence the turn is transcribed and featurised in a worker thread while the rest of
-``min_pause`` is waited for, so the wait hides most of Whisper's cost (the work is dropped if speech resumes).
-
->>> import merkit
->>> from merkit.live import LiveSession
->>> with merkit.load("runs/mine/seed0/best") as predictor, LiveSession(predictor) as session:  # doctest: +SKIP
-...     for chunk in chunks_from_a_microphone():
-...         for event in session.feed(chunk):
-...             print(event.model_dump_json())
-...     events = session.stop()
+:class:`LiveSession` joins the stages (:mod:`merkit.live.stream`'s voice activity, :mod:`merkit.live.speakers`,
+the recording pipeline's Whisper and the checkpoint's :class:`~merkit.inference.Predictor`) and speaks in events
+(:class:`TurnEvent`, :class:`RevisionEvent`). Each turn's features are computed once; later turns reuse them
+(:class:`_Remembered`).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import hashlib
 import shutil
 import tempfile
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
-from merkit.errors import MerkitError
 from merkit.features.registry import WorkItem
-from merkit.recording import (
-    SAMPLE_RATE,
-    UNKNOWN_SPEAKER,
-    RecordingSettings,
-    Timeline,
-    TimelineSegment,
-    _faster_whisper,
-    load_asr,
-    speaker_summary,
-    transcribe,
-)
+from merkit.live.speakers import SpeakerAssigner, voice_speakers
+from merkit.live.stream import Speech, StreamingVad
+from merkit.recording import SAMPLE_RATE, RecordingSettings, Timeline, TimelineSegment, load_asr, speaker_summary, transcribe
 
 if TYPE_CHECKING:
     from merkit.inference import Predictor
-
-WINDOW = 512  # samples per Silero window at 16 kHz
-CONTEXT = 64  # samples of the previous window Silero v6 reads beside each window
-SAMPLE_TYPES = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
 
 
 class LiveSettings(RecordingSettings):
@@ -86,321 +46,22 @@ class LiveSettings(RecordingSettings):
     )
 
 
-# ------------------------------------------------------------------ input
-def decode_frame(data: bytes, sample_type: str) -> np.ndarray:
-    """A binary frame of little-endian mono 16 kHz PCM (``int16`` or ``float32``) as float32 samples in [-1, 1].
-
-    >>> decode_frame(b"\\x00\\x40\\x00\\xc0", "int16").tolist()
-    [0.5, -0.5]
-    """
-    dtype = SAMPLE_TYPES.get(sample_type)
-    if dtype is None:
-        raise MerkitError(f"unknown sample type {sample_type!r} (int16 or float32)")
-    if len(data) % dtype.itemsize:
-        raise MerkitError(f"a frame of {len(data)} bytes is not whole {sample_type} samples ({dtype.itemsize} bytes each)")
-    samples = np.frombuffer(data, dtype=dtype)
-    if dtype.kind == "i":
-        return samples.astype(np.float32) / 32768.0
-    if not np.isfinite(samples).all():
-        raise MerkitError("the frame holds a NaN or infinite sample")
-    if samples.size and float(np.abs(samples).max()) > 1.0 + 1e-6:
-        raise MerkitError("float32 samples must lie in [-1, 1]")
-    return samples.astype(np.float32)
-
-
-# ------------------------------------------------------------------ voice activity
-@dataclass
-class Speech:
-    """A closed turn's span: samples from the stream's start; ``heard`` when its end of speech arrived."""
-
-    start: int
-    end: int
-    speech_end: int  # where the voice stopped (before the padding)
-    audio: np.ndarray = field(repr=False)
-    heard: float = 0.0
-
-    @property
-    def seconds(self) -> tuple[float, float]:
-        return round(self.start / SAMPLE_RATE, 3), round(self.end / SAMPLE_RATE, 3)
-
-
-class StreamingVad:
-    """Silero VAD (faster-whisper's bundled v6 model) fed window by window, with the decisions of
-    faster-whisper's ``get_speech_timestamps`` (threshold, silence threshold 0.15 below it, ``min_pause``,
-    ``max_segment`` split at the last pause, ``padding`` shared halfway across a short gap), made as soon as
-    the stream allows. Silero carries its state across windows, so the probabilities equal the whole-file ones.
-    Keeps only the audio of the turn in progress."""
-
-    def __init__(self, settings: RecordingSettings):
-        self.model = _faster_whisper().vad.get_vad_model()
-        self.threshold = settings.vad_threshold
-        self.negative = max(settings.vad_threshold - 0.15, 0.01)
-        self.pad = int(SAMPLE_RATE * settings.padding)
-        self.min_silence = SAMPLE_RATE * settings.min_pause
-        self.max_speech = SAMPLE_RATE * settings.max_segment - WINDOW - 2 * self.pad
-        self.min_segment = settings.min_segment
-        self.h = np.zeros((1, 1, 128), np.float32)
-        self.c = np.zeros((1, 1, 128), np.float32)
-        self.context = np.zeros((1, CONTEXT), np.float32)
-        self.partial = np.zeros(0, np.float32)  # samples short of a whole window
-        self.windows = 0
-        self.triggered = False
-        self.current = 0  # start of the speech in progress
-        self.temp_end = self.prev_end = self.next_start = 0
-        self.waiting: list[int] | None = None  # [padded start, speech end] of a closed speech whose padded end is open
-        self.next_padded_start: int | None = None
-        self.buffer = np.zeros(0, np.float32)  # the stream from sample ``kept``
-        self.kept = 0
-        self.received = 0
-        self.arrivals: deque[tuple[int, float]] = deque()  # (samples received by then, time)
-
-    # ---------------------------------------------------------------- the stream
-    def push(self, samples: np.ndarray, arrived: float) -> list[Speech]:
-        """Add samples (float32, 16 kHz mono) that arrived at ``arrived``; the turns that closed."""
-        self.received += samples.size
-        self.arrivals.append((self.received, arrived))
-        self.buffer = np.concatenate([self.buffer, samples])
-        joined = np.concatenate([self.partial, samples])
-        whole = joined.size // WINDOW * WINDOW
-        self.partial = joined[whole:]
-        return self._windows(joined[:whole])
-
-    def finish(self) -> list[Speech]:
-        """Close the stream: the remainder padded to a window as faster-whisper pads a file, the open turn closed."""
-        length = self.received
-        closed = self._windows(np.pad(self.partial, (0, WINDOW - self.partial.size)))
-        self.partial = np.zeros(0, np.float32)
-        if self.triggered:
-            closed += self._close(self.current, length)
-            self.triggered = False
-        if self.waiting is not None:
-            closed += self._final(self.waiting[0], min(length, self.waiting[1] + self.pad), self.waiting[1])
-            self.waiting = None
-        return closed
-
-    def _windows(self, audio: np.ndarray) -> list[Speech]:
-        if audio.size == 0:
-            return []
-        batch = audio.reshape(-1, WINDOW)
-        contexts = np.concatenate([self.context, batch[:-1, -CONTEXT:]])
-        self.context = batch[-1:, -CONTEXT:].copy()
-        probabilities, self.h, self.c = self.model.session.run(
-            None, {"input": np.concatenate([contexts, batch], axis=1), "h": self.h, "c": self.c}
-        )
-        closed: list[Speech] = []
-        for probability in np.asarray(probabilities).reshape(-1):
-            closed += self._step(float(probability), WINDOW * self.windows)
-            self.windows += 1
-            closed += self._settle(WINDOW * self.windows)
-        self._forget()
-        return closed
-
-    def _step(self, p: float, at: int) -> list[Speech]:
-        """One window of faster-whisper's ``get_speech_timestamps`` loop (its variable names)."""
-        closed: list[Speech] = []
-        if p >= self.threshold and self.temp_end:
-            self.temp_end = 0
-            if self.next_start < self.prev_end:
-                self.next_start = at
-        if p >= self.threshold and not self.triggered:
-            self.triggered, self.current = True, at
-            return closed
-        if self.triggered and at - self.current > self.max_speech:
-            if self.prev_end:
-                closed += self._close(self.current, self.prev_end)
-                if self.next_start < self.prev_end:
-                    self.triggered = False
-                else:
-                    self.current = self.next_start
-                self.prev_end = self.next_start = self.temp_end = 0
-            else:
-                closed += self._close(self.current, at)
-                self.prev_end = self.next_start = self.temp_end = 0
-                self.triggered = False
-                return closed
-        if p < self.negative and self.triggered:
-            if not self.temp_end:
-                self.temp_end = at
-            if at - self.temp_end > SAMPLE_RATE * 98 / 1000:
-                self.prev_end = self.temp_end
-            if at - self.temp_end >= self.min_silence:
-                closed += self._close(self.current, self.temp_end)
-                self.prev_end = self.next_start = self.temp_end = 0
-                self.triggered = False
-        return closed
-
-    def _close(self, start: int, end: int) -> list[Speech]:
-        """A speech stretch ended: the one before it gets its padded end, this one waits for its own."""
-        closed = self._share_gap(start) if self.waiting is not None else []
-        padded = self.next_padded_start if self.next_padded_start is not None else max(0, start - self.pad)
-        self.next_padded_start = None
-        self.waiting = [padded, end]
-        return closed
-
-    def _share_gap(self, start: int) -> list[Speech]:
-        """The waiting speech's end and the next one's start, padded across the gap between them."""
-        before, end = self.waiting
-        gap = start - end
-        if gap < 2 * self.pad:
-            self.next_padded_start = max(0, start - gap // 2)
-            closed = self._final(before, end + gap // 2, end)
-        else:
-            self.next_padded_start = max(0, start - self.pad)
-            closed = self._final(before, end + self.pad, end)
-        self.waiting = None
-        return closed
-
-    def _settle(self, now: int) -> list[Speech]:
-        """Give the waiting speech its end as soon as the next speech's start (or its absence) decides it."""
-        if self.waiting is None:
-            return []
-        if self.triggered and self.current >= self.waiting[1]:
-            return self._share_gap(self.current)
-        if now - self.waiting[1] >= 2 * self.pad:
-            before, end = self.waiting
-            self.waiting = None
-            self.next_padded_start = None
-            return self._final(before, end + self.pad, end)
-        return []
-
-    def _final(self, start: int, end: int, speech_end: int) -> list[Speech]:
-        """A turn with its final span, unless shorter than ``min_segment`` (dropped, as offline)."""
-        end = min(end, self.received)
-        if round(end / SAMPLE_RATE, 3) - round(start / SAMPLE_RATE, 3) < self.min_segment:
-            return []
-        audio = self.buffer[max(0, start - self.kept) : end - self.kept].copy()
-        index = bisect.bisect_left([n for n, _ in self.arrivals], max(speech_end, 1))
-        heard = self.arrivals[min(index, len(self.arrivals) - 1)][1]
-        return [Speech(start, end, speech_end, audio, heard)]
-
-    def tentative(self, silence: float) -> Speech | None:
-        """The turn in progress as it will close if its current pause, already ``silence`` seconds long, lasts
-        ``min_pause`` (None while there is no such pause, or when a pause could not close it so)."""
-        if not (self.triggered and self.temp_end) or self.min_silence < 2 * self.pad:
-            return None
-        if WINDOW * self.windows - self.temp_end < max(silence * SAMPLE_RATE, self.pad) or self.received < self.temp_end + self.pad:
-            return None
-        start = self.next_padded_start if self.next_padded_start is not None else max(0, self.current - self.pad)
-        end = self.temp_end + self.pad
-        if round(end / SAMPLE_RATE, 3) - round(start / SAMPLE_RATE, 3) < self.min_segment:
-            return None
-        return Speech(start, end, self.temp_end, self.buffer[max(0, start - self.kept) : end - self.kept].copy())
-
-    def _forget(self) -> None:
-        """Drop audio and arrival times no open or future turn can need."""
-        keep = WINDOW * self.windows - self.pad - WINDOW
-        if self.triggered:
-            keep = min(keep, self.current - self.pad)
-        if self.waiting is not None:
-            keep = min(keep, self.waiting[0])
-        if self.next_padded_start is not None:
-            keep = min(keep, self.next_padded_start)
-        keep = max(keep, self.kept)
-        if keep > self.kept:
-            self.buffer = self.buffer[keep - self.kept :]
-            self.kept = keep
-        while len(self.arrivals) > 1 and self.arrivals[0][0] < keep:
-            self.arrivals.popleft()
-
-
-# ------------------------------------------------------------------ speakers
-class SpeakerAssigner(Protocol):
-    """Gives each new turn a speaker; may revise earlier turns' (it returns every turn's speaker so far).
-    :meth:`embed` may run ahead on a turn that is not yet closed; :meth:`assign` runs once the turn is."""
-
-    source: str  # what the timeline's ``speakers`` says
-
-    def embed(self, audio: np.ndarray) -> Any:
-        """What :meth:`assign` needs of a turn's audio (16 kHz mono), without changing the assigner."""
-
-    def assign(self, embedding: Any) -> list[str]:
-        """The speakers of all turns so far, the new turn (its :meth:`embed`) last."""
-
-
-class OneSpeaker:
-    """Every turn is the one ``unknown`` speaker (as the offline timeline without an RTTM file)."""
-
-    source = UNKNOWN_SPEAKER
-
-    def __init__(self) -> None:
-        self.turns = 0
-
-    def embed(self, audio: np.ndarray) -> None:
-        return None
-
-    def assign(self, embedding: None) -> list[str]:
-        self.turns += 1
-        return [UNKNOWN_SPEAKER] * self.turns
-
-
-class NearestSpeaker:
-    """Online speakers from voice embeddings: a turn joins the speaker whose mean embedding is nearest (cosine
-    distance) if nearer than ``threshold``, else starts a new speaker ``S1``, ``S2``, ...; after each turn every
-    earlier turn is re-assigned to its nearest mean, which may revise it. ``embed``: 16 kHz mono → a vector."""
-
-    source = "voice embeddings (online)"
-
-    def __init__(self, embed: Callable[[np.ndarray], np.ndarray], threshold: float):
-        self.encoder = embed
-        self.threshold = threshold
-        self.vectors: list[np.ndarray] = []
-        self.names: list[str] = []
-        self.created = 0
-
-    def _means(self) -> tuple[list[str], np.ndarray]:
-        speakers = sorted(set(self.names), key=self.names.index)
-        means = np.stack([np.mean([v for v, n in zip(self.vectors, self.names) if n == s], axis=0) for s in speakers])
-        return speakers, means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-
-    def embed(self, audio: np.ndarray) -> np.ndarray:
-        vector = np.asarray(self.encoder(audio), dtype=np.float64).reshape(-1)
-        return vector / max(float(np.linalg.norm(vector)), 1e-12)
-
-    def assign(self, vector: np.ndarray) -> list[str]:
-        name = None
-        if self.names:
-            speakers, means = self._means()
-            distances = 1.0 - means @ vector
-            if distances.min() < self.threshold:
-                name = speakers[int(distances.argmin())]
-        if name is None:
-            self.created += 1
-            name = f"S{self.created}"
-        self.vectors.append(vector)
-        self.names.append(name)
-        speakers, means = self._means()
-        self.names = [speakers[int((1.0 - means @ v).argmin())] for v in self.vectors]
-        return list(self.names)
-
-
-def voice_speakers() -> tuple[SpeakerAssigner, str | None]:
-    """:class:`NearestSpeaker` over :func:`merkit.diarization.embed` (CAM++) at its ``THRESHOLD``, or, when the
-    diarization extra is missing, :class:`OneSpeaker` and why."""
-    from merkit import diarization
-
-    try:
-        diarization.speaker_encoder("campplus")
-    except (MerkitError, ImportError, OSError) as exc:
-        return OneSpeaker(), f"one speaker: no speaker embeddings ({exc}); {diarization.EXTRA}"
-    return NearestSpeaker(diarization.embed, diarization.THRESHOLD), None
-
-
 # ------------------------------------------------------------------ events
-class TurnEvent(BaseModel):
-    """A turn that ended: what was said, by whom, and its emotion with the earlier turns as context."""
+class TurnEvent(TimelineSegment):
+    """A turn that ended: its timeline segment (seconds from the stream's start, speaker, text, emotion with the
+    earlier turns as context), its number, latency and the cost of its stages. In JSON ``type`` and ``turn`` come
+    first, as in a :class:`RevisionEvent`."""
 
     type: Literal["turn"] = "turn"
     turn: int = Field(description="the turn's number, from 0")
-    start: float = Field(description="seconds from the stream's start")
-    end: float
-    speaker: str
-    text: str
-    label: str | list[str]
-    probabilities: dict[str, float]
-    uncertainty: float | None = None
     latency: float = Field(description="seconds from when the turn's end of speech arrived to this event")
     stages: dict[str, float] = Field(description="seconds of this turn's work: asr, speaker, features, model")
     early: bool = Field(False, description="whether the transcript and features were made during the pause (early_asr)")
+
+    @model_serializer(mode="wrap")
+    def _event_first(self, handler: Any) -> dict[str, Any]:
+        fields = handler(self)
+        return {"type": fields.pop("type"), "turn": fields.pop("turn"), **fields}
 
 
 class RevisionEvent(BaseModel):
@@ -452,16 +113,10 @@ class _Remembered:
         pass
 
 
-@dataclass
-class _Turn:
-    start: float
-    end: float
-    speaker: str
-    text: str
-    audio: Path
-    label: str | list[str] = ""
-    probabilities: dict[str, float] = field(default_factory=dict)
-    uncertainty: float | None = None
+class _Turn(TimelineSegment):
+    """A turn of the conversation so far, with its latest prediction and the audio file its extractors read."""
+
+    audio: Path = Field(exclude=True)
 
 
 @dataclass
@@ -587,7 +242,7 @@ class LiveSession:
         with self.lend() as predictor, self.lock:
             speakers = self.speakers.assign(prepared.embedding)
             start, end = speech.seconds
-            self.turns.append(_Turn(start, end, speakers[-1], prepared.text, prepared.path))
+            self.turns.append(_Turn(start=start, end=end, speaker=speakers[-1], text=prepared.text, label="", probabilities={}, audio=prepared.path))
             events: list[LiveEvent] = []
             for index, (turn, name) in enumerate(zip(self.turns[:-1], speakers, strict=False)):
                 if name != turn.speaker:
@@ -596,8 +251,7 @@ class LiveSession:
             events += self._predict(predictor, stages)
         turn = self.turns[-1]
         events.append(TurnEvent(
-            turn=len(self.turns) - 1, start=start, end=end, speaker=turn.speaker, text=turn.text, label=turn.label,
-            probabilities=turn.probabilities, uncertainty=turn.uncertainty, latency=round(self.clock() - speech.heard, 4),
+            **self.turns[-1].model_dump(), turn=len(self.turns) - 1, latency=round(self.clock() - speech.heard, 4),
             stages={name: round(value, 4) for name, value in stages.items()}, early=early,
         ))  # fmt: skip
         return events
@@ -639,8 +293,7 @@ class LiveSession:
     def timeline(self, model: str, labels: Sequence[str]) -> Timeline:
         """The conversation so far with each turn's latest label and a summary per speaker, as the offline
         :class:`~merkit.recording.Timeline`."""
-        segments = [TimelineSegment(start=t.start, end=t.end, speaker=t.speaker, text=t.text, label=t.label,
-                                    probabilities=t.probabilities, uncertainty=t.uncertainty) for t in self.turns]  # fmt: skip
+        segments = [TimelineSegment(**turn.model_dump()) for turn in self.turns]
         return Timeline(recording="live", model=model, labels=list(labels), speakers=self.speakers.source, segments=segments,
                         summary=speaker_summary(segments, labels), notes=list(self.notes))  # fmt: skip
 
