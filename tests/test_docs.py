@@ -206,3 +206,24 @@ def test_every_results_table_names_its_command_or_recipe():
     for page in pages:
         missing = tables_without_a_command(page.read_text("utf-8"))
         assert not missing, f"{page.relative_to(REPO)}: a table with no command or recipe in its section: {missing}"
+
+
+def test_the_code_map_lists_every_module_with_its_purpose(tmp_path):
+    """The code map page is written from the layers contract and the docstrings: every module and package of
+    ``src/merkit`` is on it, top-level ones in their layer's order, and a module without a docstring stops it."""
+    sys.path.insert(0, str(DOCS / "_hooks"))
+    try:
+        import code_map
+    finally:
+        sys.path.remove(str(DOCS / "_hooks"))
+    page = code_map.render()
+    source = REPO / "src" / "merkit"
+    for path in source.iterdir():
+        if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").is_file():
+            assert f"`merkit.{path.stem}`" in page, f"{path.name} missing from the code map"
+    order = [line.split("`")[1] for line in page.splitlines() if line.startswith("| ") and "`merkit." in line]
+    assert order.index("merkit.cli") < order.index("merkit.inference") < order.index("merkit.data") < order.index("merkit.errors")
+    bare = tmp_path / "no_docstring.py"
+    bare.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="has no docstring"):
+        code_map.summary(bare)

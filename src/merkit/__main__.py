@@ -1,3 +1,5 @@
+"""``python -m merkit``: the same command line as ``merkit``."""
+
 from merkit.cli import main
 
 main()
