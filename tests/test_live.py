@@ -198,7 +198,7 @@ def test_the_live_command_prints_each_turn_as_json_lines_and_writes_the_timeline
 
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "timeline.json"
-    done = CliRunner().invoke(app, ["live", str(checkpoint), "--input", str(talk), "--no-pace", "--json", "--out", str(out), "-q", "--threads", "1", "--one-speaker"])
+    done = CliRunner().invoke(app, ["live", str(checkpoint), "--input", str(talk), "--no-pace", "--json", "--out", str(out), "-q", "--threads", "1", "--speakers", "none"])
     assert done.exit_code == 0, done.output
     events = [json.loads(line) for line in done.stdout.splitlines()]
     turns = [e for e in events if e["type"] == "turn"]
@@ -218,6 +218,7 @@ def test_the_live_command_prints_each_turn_as_json_lines_and_writes_the_timeline
         (["--input", str(tmp_path / "missing.wav")], "no such file"),
         (["--input", str(talk), "--set", "min_pause=-1"], "--set min_pause"),
         (["--input", str(talk), "--set", "context_turn=3"], "context_turn"),
+        (["--input", str(talk), "--speakers", str(talk)], "live takes auto or none"),
     ]:
         refused = CliRunner().invoke(app, ["live", str(checkpoint), *args])
         assert isinstance(refused.exception, MerkitError) and needle in str(refused.exception), (args, refused.output)

@@ -17,6 +17,10 @@ from merkit.cli_options import DeviceOption, QuietOption, ThreadsOption
 from merkit.errors import MerkitError
 
 FRAME = 1600  # samples per frame fed to the session (0.1 s at 16 kHz), as a microphone or a WebSocket delivers them
+SPEAKERS_HELP = (
+    "Recording input: auto (diarize; the default where the diarization extra is installed), none (one unknown speaker), "
+    "or an RTTM file. Live, auto gives each turn the nearest voice heard so far; an RTTM file is for `merkit predict`."
+)
 MIC_EXTRA = "pip install 'merkit[live]' (sounddevice), and the system's PortAudio library (e.g. apt install libportaudio2)"
 
 
@@ -96,15 +100,18 @@ class _Table:
 
 def live(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (RUN/seed0/best) or a `merkit export` folder.")],
-    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="An audio or video file played through the session.")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Recording to play through the live session: an audio or video file.")] = None,
     mic: Annotated[bool, typer.Option("--mic", help="Listen to the default microphone until Ctrl+C (needs the live extra).")] = False,
-    pace: Annotated[bool, typer.Option("--pace/--no-pace", help="Play --input at real-time pace, or as fast as it is processed.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON event per line (turns and revisions).")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="At the end, write the conversation's timeline here (JSON, atomically).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="A live setting key=value (min_pause, context_turns, vad_threshold, ...).")] = None,
-    one_speaker: Annotated[bool, typer.Option("--one-speaker", help="Every turn one 'unknown' speaker (no voice embeddings).")] = False,
-    asr: Annotated[str, typer.Option(help="Whisper tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
-    language: Annotated[Optional[str], typer.Option(help="The spoken language (default: English for tiny, detected by base).")] = None,
+    pace: Annotated[bool, typer.Option("--pace/--no-pace", help="Play --input at real-time pace (else as fast as it is processed).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON: one event per line (turns and revisions).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the conversation's timeline at the end (JSON, atomically).")] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", help="Override a setting: key=value (repeatable), of the live session (min_pause, early_asr, context_turns, vad_threshold, ...)."),
+    ] = None,
+    speakers: Annotated[Optional[str], typer.Option(help=SPEAKERS_HELP)] = None,
+    asr: Annotated[str, typer.Option(help="Whisper for recordings: tiny (tiny.en), base, or a CTranslate2 Whisper folder.")] = "tiny",
+    language: Annotated[Optional[str], typer.Option(help="Recording input: the spoken language (default: English for tiny, detected by base).")] = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
@@ -121,6 +128,9 @@ def live(
 
     if (input is None) == (not mic):
         raise MerkitError("give one of --input FILE and --mic")
+    if speakers not in (None, "auto", "none"):
+        raise MerkitError(f"--speakers {speakers}: live takes auto or none (an RTTM file describes a finished recording: "
+                          "merkit predict CKPT RECORDING --speakers FILE)")  # fmt: skip
     try:
         given = {key: None if value in ("none", "None", "null") else value for key, value in parse_options(set_ or []).items()}
         settings = LiveSettings(asr=asr, language=language, **given)
@@ -137,7 +147,7 @@ def live(
     console = Console(stderr=False)
     table = None if as_json else _Table(console)
     latencies: list[float] = []
-    with load(checkpoint, device=device, threads=threads) as predictor, LiveSession(predictor, settings, speakers=OneSpeaker() if one_speaker else None, clock=clock) as session:
+    with load(checkpoint, device=device, threads=threads) as predictor, LiveSession(predictor, settings, speakers=OneSpeaker() if speakers == "none" else None, clock=clock) as session:
         predictor.predict([{"text": "warming up"}])  # loads the text encoder before the first turn
         if not quiet and not as_json:
             typer.echo(f"merkit live: {predictor.meta['model']} listening to {'the microphone' if mic else input} (Ctrl+C stops)", err=True)
@@ -163,7 +173,7 @@ def live(
         finally:
             if table is not None:
                 table.live.stop()
-        timeline = session.timeline(predictor.meta["model"], predictor.labels.names)
+        timeline = session.timeline(predictor.name, predictor.labels.names)
     if out is not None:
         atomic_write_text(out, timeline.model_dump_json(indent=2) + "\n")
     if not quiet:
