@@ -6,8 +6,8 @@
    RAVDESS recordings of test actors 19–24 (the voice carries the emotion, the words do not) and MELD test dialogues
    read by espeak-ng (the words carry it, the voice does not). For each: the words track, the voice track, the fused
    track with the entry's rule (chosen on validation by ``merkit zoo build``), and, as the simple baseline beside
-   it, the unfitted fusion (the plain geometric mean of the two tracks: α = 0.5, γ = 0, T = 1). ``--rows`` scores the
-   rows ``merkit zoo build`` kept of the same cases instead of recomputing both tracks. Checks: fused ≥ voice − 1 on RAVDESS, fused ≥ words − 1 on espeak
+   it, the unfitted fusion (the plain geometric mean of the two tracks: α = 0.5, γ = 0, no typicality floor, T = 1).
+   ``--rows`` scores the rows ``merkit zoo build`` kept of the same cases (its newest) instead of recomputing both tracks. Checks: fused ≥ voice − 1 on RAVDESS, fused ≥ words − 1 on espeak
    (accuracy and weighted F1).
 2. Cold start: wall time and peak memory (RSS) of one ``merkit predict NAME FILE`` process to its answer, from a
    warm disk cache (the joined encoder weights already in ~/.cache/merkit), beside ``merkit --version`` (the
@@ -30,7 +30,7 @@ from media_helpers import join_clips, speak  # noqa: E402
 
 
 def fusion_table(data: Path, work: Path, budget: str, rows: Path | None = None) -> list[dict]:
-    from merkit.fusion import FusedPredictor, FusionSpec
+    from merkit.fusion import FusionSpec, load_fused
     from merkit.fusion_cases import Rows, espeak_case, ravdess_case, scores, track_rows
     from merkit.zoo import DEFAULT_RECORDING, FUSION, locate
     from merkit.zoo_build import read_recipe
@@ -40,7 +40,8 @@ def fusion_table(data: Path, work: Path, budget: str, rows: Path | None = None) 
     plan = read_recipe(folder / "recipe.yaml")["cases"]
     reduce = plan.get("reduced", {}) if budget == "reduced" else {}
     if rows is not None:  # the rows the build kept of the same test cases
-        found_rows = {n: Rows.from_json(json.loads(next(rows.glob(f"rows*-{n}-*.json")).read_text())) for n in ("ravdess-test", "espeak-meld-test")}
+        newest = lambda n: max(rows.glob(f"rows*-{n}-*.json"), key=lambda p: p.stat().st_mtime)  # noqa: E731
+        found_rows = {n: Rows.from_json(json.loads(newest(n).read_text())) for n in ("ravdess-test", "espeak-meld-test")}
     else:
         cases = [
             ravdess_case("ravdess-test", data / "ravdess", reduce.get("test_actors", plan["test_actors"]), work / "ravdess-test", spec.voice_map,
@@ -48,7 +49,7 @@ def fusion_table(data: Path, work: Path, budget: str, rows: Path | None = None) 
             espeak_case("espeak-meld-test", data / "meld", "test", reduce.get("meld_dialogues_test", plan["meld_dialogues_test"]), plan["seed"],
                         work / "espeak-test"),
         ]  # fmt: skip
-        with FusedPredictor(DEFAULT_RECORDING, spec, device="cpu", threads=1) as fused:
+        with load_fused(DEFAULT_RECORDING, device="cpu", threads=1) as fused:
             found_rows = {case.name: track_rows(fused, case, log=lambda line: print(line, file=sys.stderr)) for case in cases}
     table = []
     for name, found in found_rows.items():
@@ -56,9 +57,10 @@ def fusion_table(data: Path, work: Path, budget: str, rows: Path | None = None) 
         for which in ("words", "voice"):
             row[which] = scores(found, which, spec.labels)
         row["fused"] = scores(found, "fused", spec.labels, spec)
-        row["fused α=0.5, T=1"] = scores(found, "fused", spec.labels, spec.model_copy(update={"alpha": 0.5, "gamma": 0.0, "temperature": 1.0}))
+        plain = spec.model_copy(update={"alpha": 0.5, "gamma": 0.0, "typicality_floor": 0.0, "temperature": 1.0})
+        row["fused α=0.5, T=1"] = scores(found, "fused", spec.labels, plain)
         table.append(row)
-    print(f"\nfused-meld-ravdess: α {spec.alpha}, γ {spec.gamma}, T {spec.temperature} (chosen on validation)\n")
+    print(f"\nfused-meld-ravdess: α {spec.alpha}, γ {spec.gamma}, θ {spec.typicality_floor}, T {spec.temperature} (chosen on validation)\n")
     print("| case | lines (one segment) | track | accuracy | weighted F1 | macro F1 |")
     print("|---|---|---|---|---|---|")
     for row in table:

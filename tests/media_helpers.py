@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from merkit.io import write_joined_wav, write_wav  # noqa: F401  (write_wav: the tests' import of it from here)
+
 
 def require_program(name: str) -> str:
     path = shutil.which(name)
@@ -118,33 +120,11 @@ def untrained_checkpoint(
     return path
 
 
-def write_wav(path: Path, samples, rate: int = 16000) -> Path:
-    """A mono 16-bit wav of float samples in [-1, 1]."""
-    import numpy as np
-
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes((np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes())
-    return path
-
-
 def join_clips(clips: Sequence[Path], out: Path, pause: float = 1.0, rate: int = 16000) -> list[tuple[float, float]]:
     """One mono 16-bit wav of ``clips`` with ``pause`` seconds of silence after each; each clip's (start, end) in it."""
-    import numpy as np
-
     from merkit.features.media import decode_audio
 
-    pieces, spans, clock = [], [], 0
-    silence = np.zeros(int(pause * rate), dtype=np.float32)
-    for clip in clips:
-        samples = decode_audio(str(clip), sample_rate=rate)
-        spans.append((clock / rate, (clock + len(samples)) / rate))
-        pieces += [samples, silence]
-        clock += len(samples) + len(silence)
-    write_wav(out, np.concatenate(pieces), rate)
-    return spans
+    return write_joined_wav(out, [decode_audio(str(clip), sample_rate=rate) for clip in clips], pause, rate)
 
 
 RAVDESS_EMOTIONS = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry"}

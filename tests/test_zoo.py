@@ -1,6 +1,6 @@
 """The bundled zoo (issue #38): every shipped model loads by name and predicts from raw input, its card is complete
-and its test score is what a fresh evaluation gives; ``merkit zoo build`` reproduces an entry; the fused recording
-default keeps both tracks; an unknown name is refused with the known ones."""
+and its test score is what a fresh evaluation gives; ``merkit zoo build`` reproduces an entry; an unknown name is
+refused with the known ones; ``merkit serve`` alone serves the defaults. The fused recording default: test_fusion.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -18,7 +17,6 @@ from merkit.zoo import CARD, FUSION, ZOO_DIR, card, locate, names, resolve, size
 
 SHARED = Path(os.environ.get("MERKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CHECKPOINTS = [n for n in names() if card(n).kind == "checkpoint"]
-FUSED = [n for n in names() if card(n).kind == "fused"]
 runner = CliRunner()
 
 
@@ -62,7 +60,7 @@ def test_text_models_predict_from_raw_text_by_name(name):
     with merkit.load(name, threads=1) as predictor:
         result = predictor.predict([{"speaker": "Ana", "text": "I got the job, I am so happy!"},
                                     {"speaker": "Ben", "text": "That's wonderful news, congratulations!"}])  # fmt: skip
-    assert result.labels == card(name).labels
+    assert result.labels == card(name).labels and result.model == name  # the entry's name, not its architecture
     for utterance in result.utterances:
         assert utterance.label in card(name).labels and utterance.modalities == ["text"]
         assert sum(utterance.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
@@ -101,6 +99,7 @@ def test_predict_and_info_take_a_zoo_name_and_predict_defaults_to_text_meld(tmp_
     default = runner.invoke(app, ["predict", str(talk), "--threads", "1", "-q"])
     assert named.exit_code == 0 and default.exit_code == 0, named.output + default.output
     assert json.loads(named.stdout)["utterances"] == json.loads(default.stdout)["utterances"]
+    assert json.loads(named.stdout)["model"] == json.loads(default.stdout)["model"] == "text-meld"
     info = runner.invoke(app, ["info", "text-meld"])
     assert info.exit_code == 0 and "GPL-3.0" in info.stdout and "ensemble" in info.stdout, info.output
 
@@ -113,60 +112,6 @@ def test_zoo_list_names_every_model_with_its_size():
     assert listed["bytes"] == sum(size_bytes(n) for n in names())
     for row in listed["models"]:
         assert row["licence"] and row["training_data"] and row["labels"] and row["test"]
-
-
-# ------------------------------------------------------------------ the fused default
-def _rows(*values):
-    return [None if v is None else np.asarray(v, dtype=float) for v in values]
-
-
-def test_fusion_keeps_both_tracks_and_lets_one_answer_alone():
-    from merkit.fusion import FusionSpec, fused_timeline, pool, spread
-    from merkit.recording import Timeline, TimelineSegment
-
-    spec = FusionSpec.model_validate(json.loads((locate(FUSED[0]) / FUSION).read_text()))
-    k = len(spec.labels)
-    joy, anger = np.eye(k)[spec.labels.index("joy")] * 0.9 + 0.1 / k, np.eye(k)[spec.labels.index("anger")] * 0.9 + 0.1 / k
-    segment = TimelineSegment(start=0, end=1, speaker="unknown", text="x", label="neutral", probabilities=dict.fromkeys(spec.labels, 1 / k))
-    words = Timeline(recording="r.wav", model="m", labels=spec.labels, speakers="unknown", segments=[segment] * 3)
-    word_rows, voice_rows = _rows(joy, None, joy), _rows(None, anger, anger)
-    timeline = fused_timeline(FUSED[0], spec, words, word_rows, voice_rows, [None, None, None])
-    first, second, third = timeline.segments
-    assert first.answered_by == ["words"] and first.label == "joy" and first.tracks["voice"].label is None
-    assert "the words answer alone" in first.tracks["voice"].note
-    assert second.answered_by == ["voice"] and second.label == "anger" and "voice answers alone" in second.tracks["words"].note
-    assert third.answered_by == ["words", "voice"] and {third.tracks["words"].label, third.tracks["voice"].label} == {"joy", "anger"}
-    expected = pool(joy, anger, spec, spread(word_rows), spread(voice_rows))
-    assert np.allclose(list(third.probabilities.values()), expected, atol=1e-5)
-    assert any("only the words track" in note for note in timeline.notes)
-    assert "words: joy" in third.label_text() and "voice: anger" in third.label_text()
-    assert "words_label" in timeline.to_csv().splitlines()[0]
-
-
-def test_calm_is_read_as_neutral_by_the_documented_map():
-    from merkit.fusion import FusionSpec, to_shared
-
-    spec = FusionSpec.model_validate(json.loads((locate(FUSED[0]) / FUSION).read_text()))
-    shared = to_shared({"neutral": 0.2, "calm": 0.5, "happy": 0.3}, spec.voice_map, spec.labels)
-    assert shared[spec.labels.index("neutral")] == pytest.approx(0.7) and shared[spec.labels.index("joy")] == pytest.approx(0.3)
-
-
-def test_the_fused_default_reads_a_recording(tmp_path):
-    pytest.importorskip("faster_whisper")
-    from media_helpers import join_clips, speak
-
-    lines = ["I am so happy today, this is wonderful news!", "I hate this, I am absolutely furious with you!"]
-    clips = [speak(line, tmp_path / f"{i}.wav") for i, line in enumerate(lines)]
-    recording = tmp_path / "meeting.wav"
-    join_clips(clips, recording, pause=1.0)
-    result = runner.invoke(app, ["predict", str(recording), "--speakers", "none", "--threads", "1", "-q"])
-    assert result.exit_code == 0, result.output
-    timeline = json.loads(result.stdout)
-    assert timeline["fusion"]["entry"] == "fused-meld-ravdess" and timeline["labels"] == card("text-meld").labels
-    assert len(timeline["segments"]) >= 2
-    for segment in timeline["segments"]:
-        assert set(segment["tracks"]) == {"words", "voice"} and segment["answered_by"]
-        assert segment["label"] in timeline["labels"]
 
 
 # ------------------------------------------------------------------ against the shared data
@@ -214,23 +159,6 @@ def test_zoo_build_on_a_reduced_budget_reproduces_the_voice_model(tmp_path):
     assert ZOO_DIR not in (tmp_path / "zoo").parents
 
 
-def test_a_track_that_says_the_same_of_every_segment_gives_way_to_the_other():
-    """Words that never change (RAVDESS's two fixed sentences) have no spread over the recording: with γ > 0 the fused
-    label of each segment follows the voice, where a plain log-linear pool (γ = 0) lets the constant words win."""
-    from merkit.fusion import FusionSpec, pool, spread
-
-    labels = ["neutral", "joy", "anger"]
-    spec = FusionSpec(words="w", voice="v", labels=labels, words_map=dict(zip(labels, labels)), voice_map=dict(zip(labels, labels)),
-                      alpha=0.5, gamma=2.0)  # fmt: skip
-    words = [np.array([0.8, 0.1, 0.1])] * 3
-    voice = [np.array([0.3, 0.6, 0.1]), np.array([0.3, 0.1, 0.6]), np.array([0.8, 0.1, 0.1])]
-    assert spread(words) == 0.0 and spread(voice) == pytest.approx(1.0) and spread(words[:1]) == 1.0
-    fused = [labels[int(pool(w, v, spec, spread(words), spread(voice)).argmax())] for w, v in zip(words, voice)]
-    assert fused == ["joy", "anger", "neutral"]
-    plain = spec.model_copy(update={"gamma": 0.0})
-    assert [labels[int(pool(w, v, plain).argmax())] for w, v in zip(words, voice)] == ["neutral"] * 3
-
-
 def test_serve_without_a_checkpoint_serves_the_default_zoo_model():
     import socket
     import subprocess
@@ -253,6 +181,9 @@ def test_serve_without_a_checkpoint_serves_the_default_zoo_model():
                 time.sleep(0.5)
         assert answer is not None, process.stderr.read() if process.poll() is not None else "no answer"
         assert answer["labels"] == card("text-meld").labels and answer["modalities"]["text"]["extractor"] == "mpnet"
+        assert answer["model"] == "text-meld" and answer["architecture"] == "ensemble"
+        if answer["recording"] is not None:  # recordings get the fused default, as `merkit predict RECORDING` does
+            assert answer["recording"]["model"] == "fused-meld-ravdess"
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one (JSON, text, bytes, wav)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import wave
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -63,6 +64,33 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_wav(path: str | Path, samples: Any, rate: int = 16_000) -> Path:
+    """A mono 16-bit wav of float samples in [-1, 1] (clipped), written atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+    return Path(path)
+
+
+def write_joined_wav(path: str | Path, pieces: Sequence[Any], pause: float = 1.0, rate: int = 16_000) -> list[tuple[float, float]]:
+    """One wav of ``pieces`` (float samples at ``rate``) with ``pause`` seconds of silence after each; each piece's
+    (start, end) in seconds — a recording whose true segments are known."""
+    import numpy as np
+
+    silence = np.zeros(int(pause * rate), dtype=np.float32)
+    spans, clock, parts = [], 0, []
+    for samples in pieces:
+        spans.append((clock / rate, (clock + len(samples)) / rate))
+        parts += [np.asarray(samples, dtype=np.float32), silence]
+        clock += len(samples) + len(silence)
+    write_wav(path, np.concatenate(parts), rate)
+    return spans
 
 
 # ------------------------------------------------------------------ checksums

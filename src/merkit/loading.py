@@ -11,7 +11,7 @@ from merkit.checkpoint import load_checkpoint
 from merkit.devices import resolve_device
 from merkit.errors import MerkitError
 from merkit.inference import Predictor
-from merkit.zoo import FUSION, resolve
+from merkit.zoo import FUSION, card_of, resolve
 
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -40,5 +40,10 @@ def load(
     if backend == "onnx" or (backend == "auto" and has_onnx(checkpoint) and device != "cuda"):
         if device == "cuda":
             raise MerkitError("the onnx backend runs on the CPU; use --backend torch for --device cuda")
-        return load_onnx(checkpoint, batch_size=batch_size, workers=workers, threads=threads)
-    return Predictor(load_checkpoint(checkpoint, resolve_device(device)), device=device, batch_size=batch_size, workers=workers)
+        predictor = load_onnx(checkpoint, batch_size=batch_size, workers=workers, threads=threads)
+    else:
+        predictor = Predictor(load_checkpoint(checkpoint, resolve_device(device)), device=device, batch_size=batch_size, workers=workers)
+    entry = card_of(checkpoint)
+    if entry is not None:  # a zoo model's outputs name it ("text-meld"), not its architecture ("ensemble")
+        predictor.name = entry.name
+    return predictor

@@ -116,7 +116,8 @@ def _write_prediction(result, count: int, what: str, *, as_csv: bool, out: Path 
 
 
 def serve(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint directory (RUN/seed0/best), a `merkit export` folder, or a zoo model (default: text-meld).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint directory (RUN/seed0/best), a `merkit export` folder, or a zoo model "
+                                                              "(default: text-meld, and the fused words + voice model for recordings).")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     max_utterances: Annotated[Optional[int], typer.Option(help="Utterances per request (default 200).")] = None,
@@ -148,7 +149,7 @@ def serve(
 
     from merkit.inference import validation_message
     from merkit.loading import load
-    from merkit.zoo import DEFAULT_TEXT
+    from merkit.zoo import DEFAULT_RECORDING, FUSION, resolve
 
     given = {
         "max_utterances": max_utterances, "max_upload_mb": max_upload_mb, "max_media_seconds": max_media_seconds,
@@ -174,27 +175,42 @@ def serve(
     if asr not in ("tiny", "base"):
         asr_folder(asr)  # a wrong folder is said now, not at the first recording
     set_torch_threads(threads)
+    fused_name = DEFAULT_RECORDING if checkpoint is None else resolve(checkpoint).name if (resolve(checkpoint) / FUSION).is_file() else None
     listening = _listen(host, port)  # a busy port is said now, not after the model has loaded
+    predictors, fused = [], None
     try:
-        predictors = []
+        if fused_name is not None:  # recordings get the fused words + voice model; conversations its words model
+            from merkit.fusion import load_fused
+
+            fused = load_fused(fused_name, device=device, workers=workers, threads=threads)
         for _ in range(replicas):
-            predictors.append(load(checkpoint or DEFAULT_TEXT, device=device, workers=workers, backend=backend, threads=threads))
+            shared = fused is not None and replicas == 1  # one replica: the fused model's words model serves conversations too
+            predictors.append(fused.words if shared else load(fused.spec.words if fused else checkpoint, device=device, workers=workers,
+                                                                   backend=backend, threads=threads))  # fmt: skip
             predictors[-1].predict([{"text": "warming up"}])  # loads the text encoder and the model before the first request
     except BaseException:
-        for predictor in predictors:
-            predictor.close()
+        _close(predictors, fused)
         listening.close()
         raise
     info = predictors[0].describe()
-    typer.echo(f"merkit serve: {info['model']} ({info['backend']}, {replicas} replica(s)) on http://{host}:{port}/ "
+    recordings = f", recordings: {fused.name}" if fused is not None else ""
+    typer.echo(f"merkit serve: {info['model']}{recordings} ({info['backend']}, {replicas} replica(s)) on http://{host}:{port}/ "
                "(API docs at /docs)", err=True)  # fmt: skip
     try:
-        app = create_app(predictors, limits, RecordingSettings(asr=asr), live)
+        app = create_app(predictors, limits, RecordingSettings(asr=asr), live, fused=fused)
         uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listening])
     finally:
-        for predictor in predictors:
-            predictor.close()
+        _close(predictors, fused)
         listening.close()
+
+
+def _close(predictors: list, fused) -> None:
+    """Close every model once (a replica may be the fused model's own words model)."""
+    for predictor in predictors:
+        if fused is None or predictor is not fused.words:
+            predictor.close()
+    if fused is not None:
+        fused.close()
 
 
 def _listen(host: str, port: int):

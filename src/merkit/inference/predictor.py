@@ -46,6 +46,7 @@ class Predictor:
             raise MerkitError("batch size must be at least 1")
         self.checkpoint = checkpoint
         self.meta = checkpoint.meta
+        self.name: str = self.meta["model"]  # what outputs call the model: the architecture, or the zoo entry's name (merkit.load)
         self.device = resolve_device(device)
         self.model = checkpoint.model.to(self.device).eval()
         self.labels = checkpoint.labels
@@ -71,7 +72,8 @@ class Predictor:
     def describe(self) -> dict[str, Any]:
         """Model name, labels, modalities with their extractors, versions (``GET /model``)."""
         return {
-            "model": self.meta["model"],
+            "model": self.name,
+            "architecture": self.meta["model"],
             "labels": list(self.labels.names),
             "multi_label": self.labels.multi_label,
             "modalities": {
@@ -122,7 +124,7 @@ class Predictor:
             order.append(int(u.meta.get(INPUT_POSITION, row)))
         rows = [rows[i] for i in sorted(range(len(rows)), key=order.__getitem__)]  # a flat input list's order
         return PredictionResult(
-            model=self.meta["model"], labels=list(self.labels.names), multi_label=self.labels.multi_label,
+            model=self.name, labels=list(self.labels.names), multi_label=self.labels.multi_label,
             modalities=self.modalities, utterances=rows,
         )  # fmt: skip
 

@@ -52,6 +52,7 @@ from merkit._version import __version__
 from merkit.deadlines import TimeLimitExceeded
 from merkit.errors import MerkitError
 from merkit.features.media import media_duration
+from merkit.fusion import FusedPredictor, FusedTimeline
 from merkit.inference import (
     MEDIA_FIELDS,
     ConversationInput,
@@ -400,12 +401,14 @@ def _application(**options: Any) -> FastAPI:
 
 def create_app(
     predictor: Predictor | Sequence[Predictor], limits: ServeLimits | None = None, recording: RecordingSettings | None = None,
-    live: LiveLimits | None = None,
+    live: LiveLimits | None = None, fused: FusedPredictor | None = None,
 ) -> FastAPI:
     """The app serving ``predictor`` within ``limits``: calls to one predictor are serialised (it is not
     thread-safe); given several copies of one model, as many requests run at once. ``recording``: how
     POST /predict/recording cuts and transcribes (default :class:`~merkit.recording.RecordingSettings`), and
-    ``WebSocket /live`` too, within ``live`` (:mod:`merkit.serve.live`)."""
+    ``WebSocket /live`` too, within ``live`` (:mod:`merkit.serve.live`). ``fused``: the fused words + voice model
+    that POST /predict/recording uses instead (``merkit serve`` with no model); its calls take a turn of the queue too,
+    so with one replica its words model may be ``predictor`` itself."""
     limits = limits or ServeLimits()
     recording = recording or RecordingSettings()
     can_transcribe = importlib.util.find_spec("faster_whisper") is not None
@@ -413,7 +416,10 @@ def create_app(
     if not predictors:
         raise ValueError("create_app needs at least one predictor")
     waiting = _Queue(limits, predictors)
-    info = {**predictors[0].describe(), "replicas": len(predictors), "recording": {"asr": recording.asr} if can_transcribe else None}
+    fused_lock = threading.Lock()
+    described = predictors[0].describe()
+    info = {**described, "replicas": len(predictors),
+            "recording": {"asr": recording.asr, "model": fused.name if fused else described["model"]} if can_transcribe else None}  # fmt: skip
     app = _application(
         title="merkit",
         version=__version__,
@@ -480,7 +486,7 @@ def create_app(
         finally:
             await form.close()
 
-    @app.post("/predict/recording", response_model=Timeline, openapi_extra=_RECORDING_BODY, responses=_ERRORS)
+    @app.post("/predict/recording", response_model=FusedTimeline | Timeline, openapi_extra=_RECORDING_BODY, responses=_ERRORS)
     async def predict_recording(request: Request) -> Timeline:
         """The emotion timeline of an uploaded recording: speech segments, transcripts, speakers (RTTM), emotions."""
         if not can_transcribe:
@@ -523,7 +529,10 @@ def create_app(
                       renames: dict[str, str]) -> Timeline:  # fmt: skip
         try:
             with waiting.turn() as (predictor, deadline):
-                return recording_timeline(predictor, path, settings, speakers=speakers, diarization=diarization, cache=False, deadline=deadline)
+                if fused is None:
+                    return recording_timeline(predictor, path, settings, speakers=speakers, diarization=diarization, cache=False, deadline=deadline)
+                with fused_lock:
+                    return fused.predict_recording(path, settings, speakers=speakers, diarization=diarization, cache=False, deadline=deadline)
         except TimeLimitExceeded:  # it ran the whole limit by itself (see _Queue)
             raise HTTPException(
                 422, f"the recording took longer than the limit of {limits.request_seconds:g} s (request_seconds); send a shorter one"
