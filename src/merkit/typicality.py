@@ -58,7 +58,7 @@ class Typicality:
     def save(self, path: Path) -> None:
         from safetensors.numpy import save
 
-        atomic_write_bytes(path, save({k: np.ascontiguousarray(getattr(self, k), dtype=np.float32) for k in KEYS}))
+        atomic_write_bytes(path, save({k: np.ascontiguousarray(getattr(self, k), dtype=np.float64) for k in KEYS}))  # as scored
 
     @classmethod
     def load(cls, path: Path) -> "Typicality":
