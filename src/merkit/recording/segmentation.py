@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from merkit.deadlines import check_deadline
-from merkit.diarization import DiarizationSettings, Turn, split_at_turns, turns_from_windows, window_embeddings
+from merkit.diarization import DiarizationSettings, SpeakerWindows, Turn, split_at_turns
 from merkit.errors import MerkitError
 from merkit.features.models_dir import cache_root, file_sha256
 from merkit.io import atomic_write_json
@@ -145,23 +145,20 @@ def diarize_recording(path: str | Path, settings: RecordingSettings | None = Non
     path, settings, diarization = Path(path), settings or RecordingSettings(), diarization or DiarizationSettings()
     if not path.is_file():
         raise MerkitError("no such file", path=path)
-    speech, windows, vectors, heard = [], [], [], 0.0
+    gathered, heard = SpeakerWindows(diarization), 0.0
     bar = progress_bar(media_duration(path), "voice activity + speaker embeddings", enabled=progress, unit="s audio", leave=False)
     try:
         for offset, audio, done in speech_chunks(path, settings):
             heard = offset + len(audio) / SAMPLE_RATE
-            found, embedded = window_embeddings(audio, done, diarization, offset)
-            speech += [(round(offset + a, 3), round(offset + b, 3)) for a, b in done]
-            windows += found
-            vectors.append(embedded)
+            gathered.add(audio, done, offset)
             if bar is not None:
                 bar.update(round(heard - bar.n, 1))
     finally:
         if bar is not None:
             bar.close()
-    if not speech:
+    if not gathered.speech:
         raise MerkitError(f"no speech found in the recording ({heard:.1f} s of audio)", path=path)
-    return turns_from_windows(speech, windows, np.concatenate(vectors), diarization)
+    return gathered.turns()
 
 
 def speech_spans(audio: Any, settings: RecordingSettings) -> list[tuple[float, float]]:
@@ -274,8 +271,7 @@ def segment_recording(
 
     segments: list[Segment] = []
     pending: list[tuple[float, list[tuple[float, float]]]] = []  # auto: (chunk offset, its speech spans) for the second pass
-    windows: list[tuple[float, float]] = []
-    vectors: list[np.ndarray] = []
+    gathered = SpeakerWindows(diarization)  # auto: the speech to diarize and its speaker embeddings, chunk by chunk
     heard = 0.0
     first_stage = "voice activity + speaker embeddings" if mode == "auto" else "voice activity + transcription"
     bar = progress_bar(media_duration(path), first_stage, enabled=progress, unit="s audio", leave=False)
@@ -284,9 +280,7 @@ def segment_recording(
             heard = offset + len(audio) / SAMPLE_RATE
             absolute = [(round(offset + a, 3), round(offset + b, 3)) for a, b in done]
             if mode == "auto":
-                found, embedded = window_embeddings(audio, done, diarization, offset)
-                windows += found
-                vectors.append(embedded)
+                gathered.add(audio, done, offset)
                 pending.append((offset, absolute))
             else:
                 segments += _transcribed(model, audio, offset, pieces_of(absolute, turns), settings)
@@ -297,8 +291,7 @@ def segment_recording(
             bar.close()
     speech = [span for _, spans in pending for span in spans]
     if mode == "auto" and speech:
-        found_turns = turns_from_windows(speech, windows, np.concatenate(vectors), diarization)
-        said = [(t.start, t.end, t.speaker) for t in found_turns]
+        said = [(t.start, t.end, t.speaker) for t in gathered.turns()]
         bar = progress_bar(sum(b - a for a, b in speech), "transcription", enabled=progress, unit="s speech", leave=False)
         try:
             for offset, spans in pending:
