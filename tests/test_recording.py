@@ -122,6 +122,81 @@ def test_bad_recordings_get_a_clear_error(tmp_path, monkeypatch):
         read_rttm(bad)
 
 
+def test_an_rttm_running_past_the_recording_is_an_error_naming_its_line(recording, tmp_path, monkeypatch):
+    """Turns ending more than ``rttm_slack`` (1 s) after the recording: another recording's RTTM, said before any work."""
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    path, truth = recording
+    duration = len(decode_audio(str(path), sample_rate=16_000)) / 16_000
+    late = _rttm(tmp_path / "late.rttm", truth)
+    late.write_text(late.read_text() + f"SPEAKER meeting 1 {duration - 1:.3f} 3.000 <NA> <NA> A <NA> <NA>\n")
+    with pytest.raises(MerkitError) as raised:
+        segment_recording(path, speakers=late)
+    assert str(raised.value).startswith(f"{late}, line {len(truth) + 1}: this turn ends at {duration + 2:.2f} s, past the end of the recording")
+    within = _rttm(tmp_path / "within.rttm", [*truth[:-1], (truth[-1][0], duration + 0.5, "A", "")])  # inside the slack
+    assert [s.speaker for s in segment_recording(path, speakers=within)] == [who for _, _, who, _ in truth]
+
+
+def test_bad_input_on_the_command_line_is_one_line_and_leaves_nothing_behind(recording, tmp_path, monkeypatch):
+    """No speech (chosen: an error, exit 2, as a folder run lists it with the failures), an unreadable file, an RTTM
+    of another recording: one line naming the file (and the RTTM's line), no traceback, no output file written."""
+    pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    path, truth = recording
+    checkpoint = untrained_checkpoint(tmp_path / "ckpt", {"text": "minilm"})
+    silent, whole, broken = tmp_path / "silent.wav", tmp_path / "whole.m4a", tmp_path / "broken.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "3", str(silent)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-c:a", "aac", str(whole)], check=True)
+    broken.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # cut off in the middle: its index (at the end) is lost
+    late = _rttm(tmp_path / "late.rttm", [(s + 60, e + 60, who, text) for s, e, who, text in truth])
+    cases = [
+        ([str(silent)], f"{silent}: no speech found in the recording"),
+        ([str(broken)], f"{broken}: cannot decode the recording"),
+        ([str(path), "--speakers", str(late)], f"{late}, line 1: this turn ends at"),
+    ]
+    outputs = [tmp_path / "out.csv", tmp_path / "out.speakers.csv", tmp_path / "out.srt", tmp_path / "out.html"]
+    for args, said in cases:
+        done = run_cli("predict", str(checkpoint), *args, "--csv", "--out", str(outputs[0]), "--srt", str(outputs[2]),
+                       "--timeline", str(outputs[3]), "--threads", "1", "-q")  # fmt: skip
+        errors = [line for line in done.stderr.splitlines() if line.startswith("merkit: error:")]
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert len(errors) == 1 and errors[0].startswith(f"merkit: error: {said}"), done.stderr
+        assert not any(p.exists() for p in outputs), [p.name for p in outputs if p.exists()]
+
+
+def test_csv_and_srt_carry_the_per_speaker_summary(recording, text_predictor, tmp_path, monkeypatch):
+    """``--csv --out X.csv`` writes X.speakers.csv beside the segments; the SRT ends with one summary cue after the
+    last segment, and stays valid (numbered cues, increasing times)."""
+    import csv
+    import io
+    import re
+
+    from merkit.recording_commands import recording_files, speakers_csv
+
+    monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
+    path, truth = recording
+    timeline = predict_recording(text_predictor, path, speakers=_rttm(tmp_path / "who.rttm", truth))
+    assert speakers_csv(tmp_path / "m.csv") == tmp_path / "m.speakers.csv" and speakers_csv(tmp_path / "m") == tmp_path / "m.speakers.csv"
+    files = recording_files(timeline, as_csv=True, out=tmp_path / "m.csv", srt=tmp_path / "m.srt", timeline=None)
+    rows = list(csv.DictReader(io.StringIO(files[tmp_path / "m.speakers.csv"])))
+    assert [r["speaker"] for r in rows] == [s.speaker for s in timeline.summary] and {r["speaker"] for r in rows} == {"A", "B"}
+    for row, summary in zip(rows, timeline.summary):
+        assert float(row["speaking_time"]) == pytest.approx(summary.speaking_time) and int(row["turns"]) == summary.turns
+        assert sum(float(row[f"share_{n}"]) for n in timeline.labels) == pytest.approx(1.0, abs=1e-4)
+    assert recording_files(timeline, as_csv=False, out=tmp_path / "m.json", srt=None, timeline=None) == {}
+    cues = files[tmp_path / "m.srt"].strip().split("\n\n")
+    assert len(cues) == len(timeline.segments) + 1
+    stamps = []
+    for number, cue in enumerate(cues, start=1):
+        index, times, *text = cue.split("\n")
+        assert index == str(number) and text, cue
+        start, end = re.fullmatch(r"(\d\d:\d\d:\d\d,\d{3}) --> (\d\d:\d\d:\d\d,\d{3})", times).groups()
+        stamps += [start, end]
+    assert stamps == sorted(stamps)
+    closing = cues[-1].split("\n")[2:]
+    assert [line.split(":")[0] for line in closing] == [s.speaker for s in timeline.summary]
+    assert all("turn(s)" in line for line in closing)
+
+
 def test_a_prediction_per_segment_from_text_and_the_audio_span(recording, tmp_path, monkeypatch):
     """The recording becomes one conversation: text from the transcript, audio features from each span."""
     pytest.importorskip("transformers", reason="the MiniLM text encoder needs the text extra")
@@ -151,7 +226,7 @@ def test_a_prediction_per_segment_from_text_and_the_audio_span(recording, tmp_pa
     # each segment's audio really was read: the spans differ, so the audio inputs (and scores) differ
     assert len({tuple(s.probabilities.values()) for s in timeline.segments}) == len(truth)
     assert timeline.to_csv().count("\n") == len(truth) + 1
-    assert timeline.to_srt().count("-->") == len(truth)
+    assert timeline.to_srt().count("-->") == len(truth) + 1  # and the speakers' closing cue
     assert "<img" in timeline.to_html()
 
 
@@ -170,7 +245,8 @@ def test_the_predict_command_writes_the_timeline_files(recording, tmp_path, monk
     assert done.exit_code == 0, done.output
     assert out.read_text().splitlines()[0].startswith("start,end,speaker,text,label")
     assert len(out.read_text().splitlines()) == len(truth) + 1
-    assert srt.read_text().count("-->") == len(truth) and "<img" in page.read_text()
+    assert srt.read_text().count("-->") == len(truth) + 1 and "<img" in page.read_text()  # + the speakers' closing cue
+    assert (tmp_path / "t.speakers.csv").read_text().startswith("speaker,speaking_time,share,segments,turns")
     silent = tmp_path / "silent.wav"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "2", str(silent)], check=True)
     refused = CliRunner().invoke(app, ["predict", str(checkpoint), str(silent), "-q"])

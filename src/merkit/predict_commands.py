@@ -101,18 +101,19 @@ def predict_conversations(
 
 
 def _write_prediction(result, count: int, what: str, *, as_csv: bool, out: Path | None, srt: Path | None, timeline: Path | None) -> None:
+    """Every output made before any is written, each atomically; a recording's ``--csv --out FILE`` also writes its
+    per-speaker summary (:func:`~merkit.recording_commands.recording_files`)."""
     from merkit.io import atomic_write_text
+    from merkit.recording_commands import recording_files
 
-    if srt is not None:
-        atomic_write_text(srt, result.to_srt())
-    if timeline is not None:
-        atomic_write_text(timeline, result.to_html())
     text = result.to_csv() if as_csv else result.model_dump_json(indent=2) + "\n"
+    files = recording_files(result, as_csv=as_csv, out=out, srt=srt, timeline=timeline)
+    for path, content in (({out: text} if out is not None else {}) | files).items():
+        atomic_write_text(path, content)
     if out is None:
         typer.echo(text, nl=False)
         return
-    atomic_write_text(out, text)
-    typer.echo(f"wrote {out}: {count:,} {what}", err=True)
+    typer.echo(f"wrote {out}: {count:,} {what}" + "".join(f"; {path}" for path in files), err=True)
 
 
 def serve(

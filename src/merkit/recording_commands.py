@@ -17,7 +17,7 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -167,6 +167,26 @@ def _merged_csv(out: Path, names: list[str]) -> tuple[str, str]:
             writer.writerows([name, *row] for row in rows[1:])
         tables.append(buffer.getvalue())
     return tables[0], tables[1]
+
+
+def speakers_csv(out: Path) -> Path:
+    """Where ``--csv --out FILE.csv`` puts a recording's per-speaker summary: ``FILE.speakers.csv`` beside it."""
+    return out.with_suffix(".speakers.csv") if out.suffix.lower() == ".csv" else out.with_name(out.name + ".speakers.csv")
+
+
+def recording_files(result: Any, *, as_csv: bool, out: Path | None, srt: Path | None, timeline: Path | None) -> dict[Path, str]:
+    """The files a prediction writes besides ``--out``, each text made before any is written (so a failure in one
+    leaves none behind): ``--srt``, ``--timeline`` and, for a recording's ``--csv --out``, its speakers' table."""
+    from merkit.recording import Timeline
+
+    files = {}
+    if srt is not None:
+        files[srt] = result.to_srt()
+    if timeline is not None:
+        files[timeline] = result.to_html()
+    if as_csv and out is not None and isinstance(result, Timeline):
+        files[speakers_csv(out)] = result.summary_csv()
+    return files
 
 
 def diarize(

@@ -39,7 +39,8 @@ contaminated: ``face-landmarks`` and ``face-effnet`` never saw CK+. Each extract
 Provenance. The papers' visual features (DenseNet 342-d for IEMOCAP/MELD) come from a
 model that is not published; these are merkit's replacements [R]. Frame rate 2 fps,
 32 frames at most, margin 0.2, mean pooling and the choice of the most confident face
-(not necessarily the speaker), ``detection=auto`` with ``tight_crop`` 0.6, ``small_image``
+(not necessarily the speaker; ``face=largest`` takes the biggest of up to ``MAX_FACES`` found, as a
+recording's video does by default), ``detection=auto`` with ``tight_crop`` 0.6, ``small_image``
 256 and a frame folder's ``frame_rate`` 30 (OpenFace's default) are merkit's choices [R]; MediaPipe's detection confidence
 0.5 is its default [C: mediapipe]. EfficientNet-Lite0 input scaling is that of the
 TensorFlow Lite reference the weights were converted from [C: tensorflow/tpu
@@ -63,6 +64,7 @@ from merkit.features.media import Clip, MediaExtractor, load_frames
 from merkit.features.registry import ExtractorSettings, package_versions, register_extractor
 
 LANDMARKS = 478
+MAX_FACES = 4  # faces looked at in a frame when the largest is wanted [R]
 # The TFLite models the Face Mesh graph loads (refine_landmarks=True), relative to the mediapipe package.
 FACE_MESH_FILES = (
     "modules/face_detection/face_detection_short_range.tflite",
@@ -89,6 +91,10 @@ class FaceSettings(ExtractorSettings):
     frame_rate: float = Field(30.0, gt=0, description="frames per second of a frame folder (OpenFace's default video rate) [R]")
     flip: bool = Field(False, description="average each CNN embedding with that of the mirrored face (test-time flip) [R]")
     workers: int = Field(1, ge=0, description="worker processes (0: one per CPU core); does not change the numbers")
+    face: Literal["largest"] | None = Field(
+        None, description="the face of a frame with several: the most confident (unset, as before this setting) or the largest [R]"
+    )
+    added_later: ClassVar[tuple[str, ...]] = ("face",)
 
 
 # ------------------------------------------------------------------ the networks
@@ -217,24 +223,26 @@ def mediapipe_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-@functools.lru_cache(maxsize=2)
-def _face_mesh(min_confidence: float):
+@functools.lru_cache(maxsize=4)
+def _face_mesh(min_confidence: float, faces: int = 1):
     try:
         from mediapipe.python.solutions import face_mesh
     except ImportError as exc:
         raise MerkitError(f"{MEDIAPIPE_HINT} ({exc})") from None
-    return face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=min_confidence)
+    return face_mesh.FaceMesh(static_image_mode=True, max_num_faces=faces, refine_landmarks=True, min_detection_confidence=min_confidence)
 
 
 # ------------------------------------------------------------------ faces
-def find_landmarks(image: np.ndarray, min_confidence: float) -> np.ndarray | None:
-    """The 478 landmarks ``[478, 3]`` of the most confident face in an RGB image (x, y, z in pixels), or ``None``."""
-    found = _face_mesh(min_confidence).process(image).multi_face_landmarks
+def find_landmarks(image: np.ndarray, min_confidence: float, largest: bool = False) -> np.ndarray | None:
+    """The 478 landmarks ``[478, 3]`` of the most confident face in an RGB image (x, y, z in pixels), or ``None``;
+    ``largest``: of the face whose landmarks span the largest box, of up to ``MAX_FACES``."""
+    found = _face_mesh(min_confidence, MAX_FACES if largest else 1).process(image).multi_face_landmarks
     if not found:
         return None
     height, width = image.shape[:2]
-    points = np.array([(p.x, p.y, p.z) for p in found[0].landmark], dtype=np.float32)
-    return points * np.array([width, height, width], dtype=np.float32)
+    scale = np.array([width, height, width], dtype=np.float32)
+    faces = [np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32) * scale for face in found]
+    return max(faces, key=lambda points: float(np.prod(points[:, :2].max(axis=0) - points[:, :2].min(axis=0))))
 
 
 def face_box(points: np.ndarray, margin: float) -> tuple[int, int, int]:
@@ -297,7 +305,7 @@ class FaceExtractor(MediaExtractor):
         ``still``: the frame is an image or comes from a frame folder (see ``detection`` in the module docstring)."""
         s = self.settings
         wants_points = "landmarks" in self.embedders
-        points = find_landmarks(image, s.min_confidence) if self.uses_face_mesh else None
+        points = find_landmarks(image, s.min_confidence, s.face == "largest") if self.uses_face_mesh else None
         if s.detection == "off":
             return None if wants_points and points is None else (whole_box(image), points)
         auto = s.detection == "auto" and still

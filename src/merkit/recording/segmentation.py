@@ -14,7 +14,8 @@ do not split a turn, 0.1 s of padding around speech, segments over 15 s are spli
 greedy decoding (beam 1) in float32 (``compute_type``: int8's CPU kernels differ by instruction set, and so
 would the words), no conditioning on the previous segment; the file is decoded and cut in
 chunks of 300 s (a speech stretch still open at a chunk's end starts the next chunk), so memory does not
-grow with the recording's length.
+grow with the recording's length; an RTTM turn may end up to 1 s after the recording (more is an error naming
+its line); of a video frame's faces the largest is read (:mod:`merkit.recording.faces`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ EXTRA = "pip install 'merkit[recording]'"
 
 
 class RecordingSettings(BaseModel):
-    """How a recording is cut and transcribed ([R]: merkit's defaults)."""
+    """How a recording is cut, transcribed and its faces read ([R]: merkit's defaults; recorded in the timeline)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,6 +60,11 @@ class RecordingSettings(BaseModel):
         "about 1.4x faster but its kernels, picked by the CPU's instruction set, change the words between machines",
     )
     chunk: float = Field(300.0, ge=5, description="seconds of audio decoded and cut at a time (bounds the memory); keep it above max_segment")
+    face: Literal["largest", "most-confident"] = Field(
+        "largest", description="a video's face in a frame with several, for a model that reads faces: the largest (nearest the camera, "
+        "usually the one speaking) or the most confident, as the face extractor takes on its own",
+    )
+    rttm_slack: float = Field(1.0, ge=0, description="seconds an RTTM turn may run past the end of the recording (rounding, another encode)")
 
 
 @dataclass
@@ -186,8 +192,8 @@ def transcribe(model: Any, audio: np.ndarray, spans: Sequence[tuple[float, float
     return segments
 
 
-def read_rttm(path: str | Path) -> list[tuple[float, float, str]]:
-    """``SPEAKER file channel start duration <NA> <NA> name <NA> <NA>`` lines → (start, end, name)."""
+def rttm_turns(path: str | Path) -> list[tuple[int, float, float, str]]:
+    """``SPEAKER file channel start duration <NA> <NA> name <NA> <NA>`` lines → (line number, start, end, name)."""
     path = Path(path)
     if not path.is_file():
         raise MerkitError("no such RTTM file", path=path)
@@ -202,10 +208,28 @@ def read_rttm(path: str | Path) -> list[tuple[float, float, str]]:
             raise MerkitError("not an RTTM SPEAKER line (type file channel start duration <NA> <NA> speaker ...)", path=path, place=f"line {number}") from None
         if start < 0 or duration < 0:
             raise MerkitError("negative start or duration", path=path, place=f"line {number}")
-        turns.append((start, start + duration, name))
+        turns.append((number, start, start + duration, name))
     if not turns:
         raise MerkitError("no SPEAKER lines", path=path)
     return turns
+
+
+def read_rttm(path: str | Path) -> list[tuple[float, float, str]]:
+    """An RTTM file's speaker turns as (start, end, name)."""
+    return [(start, end, name) for _, start, end, name in rttm_turns(path)]
+
+
+def rttm_of(rttm: Path, recording: Path, slack: float) -> list[tuple[float, float, str]]:
+    """The RTTM's turns, checked against the recording's length: a turn ending more than ``slack`` seconds after
+    it is an error naming the line (the RTTM of another recording, or of a longer cut)."""
+    from merkit.features.media import media_duration
+
+    turns, duration = rttm_turns(rttm), media_duration(recording)
+    late = next((t for t in turns if duration is not None and t[2] > duration + slack), None)
+    if late is not None:
+        raise MerkitError(f"this turn ends at {late[2]:.2f} s, past the end of the recording ({duration:.2f} s): is it this recording's RTTM?",
+                          path=rttm, place=f"line {late[0]}")  # fmt: skip
+    return [(start, end, name) for _, start, end, name in turns]
 
 
 SpeakersOption = str | Path  # "auto" (diarization), "none" (one unknown speaker) or an RTTM file
@@ -247,8 +271,8 @@ def segment_recording(
     if not path.is_file():
         raise MerkitError("no such file", path=path)
     mode, rttm = speaker_mode(speakers)
-    turns = read_rttm(rttm) if rttm is not None else None  # a bad RTTM is said before the long work
-    parts: list[Any] = [file_sha256(path), settings.model_dump()]
+    turns = rttm_of(rttm, path, settings.rttm_slack) if rttm is not None else None  # a bad RTTM is said before the long work
+    parts: list[Any] = [file_sha256(path), settings.model_dump(exclude={"face", "rttm_slack"})]  # what changes the segments
     if mode != "none":
         parts.append(diarization.model_dump() if mode == "auto" else file_sha256(rttm))
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

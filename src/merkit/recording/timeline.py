@@ -1,7 +1,12 @@
 """A recording's emotion timeline and what it says per speaker, in every output format (JSON, CSV, SRT, HTML).
 
-[R] merkit's choices: labels that are no emotion to report as a "strong moment" (``CALM_LABELS``) and how many
-such moments each speaker gets (``MOMENTS``).
+Every format carries the per-speaker summary: JSON and HTML in full, CSV as a second table
+(:meth:`Timeline.summary_csv`, the command's ``<out>.speakers.csv``), SRT as one closing cue after the last
+segment (players show it; the segments' cues are unchanged). A segment of a video whose frames gave the model no
+face says so (``face`` false; "no face" in CSV, SRT and HTML).
+
+[R] merkit's choices: labels that are no emotion to report as a "strong moment" (``CALM_LABELS``), how many
+such moments each speaker gets (``MOMENTS``), how long the SRT's summary cue shows (``SUMMARY_CUE``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ class TimelineSegment(BaseModel):
     label: str | list[str]
     probabilities: dict[str, float]
     uncertainty: float | None = None
+    face: bool | None = Field(None, description="whether the segment's video frames gave the model a face (null: no video, or a model without faces)")
+    notes: dict[str, str] = Field(default_factory=dict, description="why an input of the model was not used for this segment, per modality")
 
     def label_text(self, separator: str = ", ") -> str:
         """The label, or a multi-label prediction's labels joined."""
@@ -35,6 +42,8 @@ class TimelineSegment(BaseModel):
 # Labels that are no emotion to report as a "strong moment" ([R]), and how many such moments each speaker gets.
 CALM_LABELS = frozenset({"neutral", "calm", "none", "other", "no emotion"})
 MOMENTS = 3
+SUMMARY_CUE = 10.0  # seconds the SRT's closing summary cue shows
+NO_FACE = "no face"
 
 
 class Moment(BaseModel):
@@ -92,6 +101,7 @@ class Timeline(BaseModel):
     labels: list[str]
     speakers: str = Field(description="where the speakers come from: diarization, an RTTM file, or 'unknown' (one unknown speaker)")
     diarization: dict[str, Any] | None = Field(None, description="the diarization settings, when the speakers come from it")
+    settings: dict[str, Any] | None = Field(None, description="the recording settings (RecordingSettings: cutting, transcription, faces)")
     segments: list[TimelineSegment]
     summary: list[SpeakerSummary] = Field(default_factory=list, description="per speaker, most speech first")
     notes: list[str] = Field(default_factory=list, description="what to know before trusting the track")
@@ -111,10 +121,11 @@ class Timeline(BaseModel):
     def to_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["start", "end", "speaker", "text", "label", *(f"p_{n}" for n in self.labels), "uncertainty"])
+        writer.writerow(["start", "end", "speaker", "text", "label", *(f"p_{n}" for n in self.labels), "uncertainty", "face", "notes"])
         for s in self.segments:
             writer.writerow([s.start, s.end, s.speaker, s.text, s.label_text(";"), *(round(s.probabilities[n], 6) for n in self.labels),
-                             "" if s.uncertainty is None else round(s.uncertainty, 6)])  # fmt: skip
+                             "" if s.uncertainty is None else round(s.uncertainty, 6), _face_text(s.face),
+                             "; ".join(f"{k}: {v}" for k, v in s.notes.items())])  # fmt: skip
         return buffer.getvalue()
 
     def to_srt(self) -> str:
@@ -125,8 +136,18 @@ class Timeline(BaseModel):
         blocks = []
         for i, s in enumerate(self.segments, start=1):
             who = "" if s.speaker == UNKNOWN_SPEAKER else f"{s.speaker}: "
-            blocks.append(f"{i}\n{stamp(s.start)} --> {stamp(s.end)}\n{who}{s.text} [{s.label_text()}]\n")
+            face = f" [{NO_FACE}]" if s.face is False else ""
+            blocks.append(f"{i}\n{stamp(s.start)} --> {stamp(s.end)}\n{who}{s.text} [{s.label_text()}]{face}\n")
+        if self.summary and self.segments:
+            end = max(s.end for s in self.segments)
+            lines = "\n".join(self._summary_line(row) for row in self.summary)
+            blocks.append(f"{len(self.segments) + 1}\n{stamp(end)} --> {stamp(end + SUMMARY_CUE)}\n{lines}\n")
         return "\n".join(blocks)
+
+    @staticmethod
+    def _summary_line(row: SpeakerSummary) -> str:
+        """One speaker in a line: time, share, turns and the emotions that took a share of their time."""
+        return f"{row.speaker}: {row.speaking_time:.1f} s ({100 * row.share:.0f} %), {row.turns} turn(s); {_shares_text(row)}"
 
     def to_html(self) -> str:
         """One page: the probability of every class over time (a step per segment) and the segments' table."""
@@ -154,10 +175,11 @@ class Timeline(BaseModel):
         figure.savefig(image, format="png")
         plt.close(figure)
         encoded = base64.b64encode(image.getvalue()).decode("ascii")
+        video = any(s.face is not None for s in self.segments)
         rows = "".join(
             f"<tr><td>{s.start:.2f}</td><td>{s.end:.2f}</td><td>{html.escape(s.speaker)}</td><td>{html.escape(s.text)}</td>"
             f"<td>{html.escape(s.label_text())}</td>"
-            f"<td>{'' if s.uncertainty is None else f'{s.uncertainty:.3f}'}</td></tr>"
+            f"<td>{'' if s.uncertainty is None else f'{s.uncertainty:.3f}'}</td>" + (f"<td>{_face_text(s.face)}</td>" if video else "") + "</tr>"
             for s in self.segments
         )
         return (
@@ -167,19 +189,27 @@ class Timeline(BaseModel):
             + "".join(f"<p><b>note:</b> {html.escape(n)}</p>" for n in self.notes)
             + self._summary_html()
             + f"<img alt='timeline' src='data:image/png;base64,{encoded}'>"
-            f"<table><tr><th>start</th><th>end</th><th>speaker</th><th>text</th><th>label</th><th>uncertainty</th></tr>{rows}</table>"
+            f"<table><tr><th>start</th><th>end</th><th>speaker</th><th>text</th><th>label</th><th>uncertainty</th>{'<th>face</th>' if video else ''}</tr>{rows}</table>"
         )
-
 
     def _summary_html(self) -> str:
         if not self.summary:
             return ""
         rows = "".join(
             f"<tr><td>{html.escape(r.speaker)}</td><td>{r.speaking_time:.1f} s ({100 * r.share:.0f} %)</td><td>{r.turns}</td>"
-            f"<td>{html.escape(', '.join(f'{k} {100 * v:.0f} %' for k, v in sorted(r.emotions.items(), key=lambda kv: -kv[1]) if v > 0))}</td>"
+            f"<td>{html.escape(_shares_text(r))}</td>"
             f"<td>{html.escape('; '.join(f'{m.start:.1f} s {m.label} ({m.probability:.2f})' for m in r.strongest))}</td></tr>"
             for r in self.summary
         )
         return ("<h2>Speakers</h2><table><tr><th>speaker</th><th>speaking time</th><th>turns</th><th>emotions (share of time)</th>"
                 f"<th>strongest moments</th></tr>{rows}</table>")  # fmt: skip
 
+
+def _shares_text(row: SpeakerSummary) -> str:
+    """The emotions that took a share of a speaker's time, largest first (``joy 60 %, neutral 40 %``)."""
+    return ", ".join(f"{k} {100 * v:.0f} %" for k, v in sorted(row.emotions.items(), key=lambda kv: -kv[1]) if v > 0)
+
+
+def _face_text(face: bool | None) -> str:
+    """A segment's face in a table: ``yes``, ``no face``, or empty (no video, or a model without faces)."""
+    return "" if face is None else ("yes" if face else NO_FACE)
