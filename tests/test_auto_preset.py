@@ -90,9 +90,10 @@ def test_lddu_on_a_small_multi_label_corpus_gets_the_code_rate_and_no_extractor_
     assert large.train["lr"] == 2e-4 and "encoder_layers" not in large.model
 
 
-def test_lddu_auto_keeps_the_label_loss_unweighted_on_multi_label_data_and_says_why():
-    """Issue #34's last point: positive weighting of rare labels was measured on validation and not chosen; the
-    choice and its reason are in the preset's message, and ``--set class_weights=...`` still wins over it."""
+def test_lddu_auto_weights_rare_labels_positives_on_small_multi_label_corpora_and_says_why():
+    """Issue #34's last point: on small multi-label corpora LDDU's auto weights each label's positives by its
+    negatives/positives (chosen on validation); the reason is in the preset's message; larger or single-label
+    corpora keep the code's unweighted BCE (or the shared rule); ``--set`` still wins."""
     from dataclasses import replace
 
     from merkit.models import lddu
@@ -100,12 +101,16 @@ def test_lddu_auto_keeps_the_label_loss_unweighted_on_multi_label_data_and_says_
     entry = available_models()["lddu"]
     small = CorpusShape(dialogues=5000, utterances=5000, mean_turns=1.0, max_speakers=1, classes=7, multi_label=True, imbalance=25.7)
     chosen = auto_preset(entry, small, "micro_f1")
-    assert chosen.train["class_weights"] == "none" and f"class_weights=none ({lddu.AUTO_WEIGHTING_REASON})" in chosen.describe()["reasons"]
-    assert "validation" in lddu.AUTO_WEIGHTING_REASON and "class_weights=none" in chosen.summary()
-    _, train_config = resolve_configs(entry, "auto", ["class_weights=inverse_frequency"], chosen.describe())
-    assert train_config.class_weights == "inverse_frequency"
+    assert (chosen.train["class_weights"], chosen.train["class_weight_power"]) == ("inverse_frequency", lddu.AUTO_POS_WEIGHT_POWER)
+    assert f"class_weights=inverse_frequency, class_weight_power={lddu.AUTO_POS_WEIGHT_POWER} ({lddu.AUTO_WEIGHTING_REASON})" in chosen.summary()
+    _, train_config = resolve_configs(entry, "auto", [], chosen.describe())
+    assert (train_config.class_weights, train_config.class_weight_power) == ("inverse_frequency", 1.0)
+    _, overridden = resolve_configs(entry, "auto", ["class_weights=none"], chosen.describe())
+    assert overridden.class_weights == "none"
+    large = auto_preset(entry, replace(small, dialogues=40_000, utterances=40_000), "micro_f1")
+    assert "class_weights" not in large.train and "class_weight_power" not in large.train
     single = auto_preset(entry, replace(small, multi_label=False), "macro_f1")  # single-label: the shared rule decides
-    assert single.train["class_weights"] == "inverse_frequency" and single.why["class_weights"] != lddu.AUTO_WEIGHTING_REASON
+    assert single.why["class_weights"] != lddu.AUTO_WEIGHTING_REASON and "class_weight_power" not in single.train
 
 
 def test_training_with_auto_says_what_it_chose_and_stores_it(tmp_path):

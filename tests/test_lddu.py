@@ -242,7 +242,7 @@ def test_auto_preset_learns_on_a_small_corpus_of_one_vector_texts(tmp_path):
     bundle = read_data("synthetic", multi_label=True, dialogues=800, min_turns=1, max_turns=1, text_dim=384, classes=7)
     results = train_model(bundle, "lddu", out=tmp_path, preset="auto", modalities=["text"], overrides=["epochs=8"], progress=False)
     assert results["model_config"]["encoder_layers"] == 0 and results["train_config"]["lr"] == 2e-4
-    assert results["train_config"]["class_weights"] == "none"  # measured, not left to chance (issue #34)
+    assert (results["train_config"]["class_weights"], results["train_config"]["class_weight_power"]) == ("inverse_frequency", 1.0)
     rows = list(csv.DictReader((tmp_path / "seed0" / "logs" / "metrics.csv").open()))
     label_loss = [float(r["loss_main"]) for r in rows if r.get("loss_main") and r.get("loss_epoch")]
     valid = [float(r["select_micro_f1"]) for r in rows if r.get("select_micro_f1")]

@@ -6,7 +6,8 @@ only multi-label preset left a 5.5k-item corpus under-trained). The rules below 
 docs/results/presets-auto.md measures them against every hand-made preset on corpora that none
 of them was made for. A model adds its own rules with ``register_model(..., auto=...)``: SDT/SURE
 (:func:`merkit.models.sdt.auto_rules`) and LDDU (:func:`merkit.models.lddu.auto_rules`: the code's
-learning rate, and no extractor layers on small corpora, measured on two 5k-item multi-label corpora).
+learning rate; on small corpora no extractor layers and, multi-label, rare labels' positives weighted;
+measured on two 5k-item multi-label corpora).
 
 The shared rules:
 
