@@ -1,15 +1,17 @@
 """Live mode on this machine (issue #36): turn latency, per-stage cost, agreement with the offline timeline, memory.
 
-    OMP_NUM_THREADS=1 python benchmarks/live_latency.py CKPT [--minutes 10] [--no-pace] [--out live.json]
+    OMP_NUM_THREADS=1 python benchmarks/live_latency.py CKPT [--minutes 10] [--no-pace] [--set KEY=VALUE] [--out live.json]
 
 Builds a stream of ``--minutes`` from real speech: RAVDESS clips of the test actors 19–24 (``--data``,
 the shared 16 kHz copy; never seen in training) alternating with espeak-ng lines of two voices, 0.8–2.0 s of
 silence after each (seeded). Plays it through :class:`merkit.live.LiveSession` as ``merkit live`` does (frames
 of 0.1 s at real-time pace, each arriving at its due time even when a slow turn held the loop, so a backlog
-counts in the latency), one thread. Then the offline pipeline (:func:`merkit.recording.predict_recording`)
-on the same file in the same run: its labels are the reference for the agreement, and its cost per turn the
-baseline. With ``--no-pace`` (the memory run), the resident memory after every turn and its slope over the
-second half of the stream (MB per minute of audio).
+counts in the latency), one thread, with the live settings given by ``--set``. Then the offline pipeline
+(:func:`merkit.recording.predict_recording`) on the same file in the same run, with the same cutting and Whisper
+settings (and again with ``merkit predict``'s defaults where those differ): its labels are the reference for the
+agreement, and its cost per turn the baseline. ``per_turn`` gives each turn's latency beside the seconds from its
+end of speech to its close (the pause rule) and its stages. The resident memory after every turn and its slope
+over the second half of the stream (MB per minute of audio): ``live_memory.py`` says where it goes.
 """
 
 from __future__ import annotations
@@ -76,13 +78,34 @@ def quantile(values: list[float], q: float) -> float:
     return float(np.quantile(np.asarray(values), q, method="linear")) if values else float("nan")
 
 
+def offline_run(predictor, path: Path, settings, timeline, turns) -> tuple[object, dict]:
+    """The offline timeline of the stream with ``settings``, and how the live labels and transcripts agree with it on
+    the turns both cut at the same span (final: after the last turn; first: each turn's own event)."""
+    from merkit.recording import predict_recording
+
+    began = time.monotonic()
+    offline = predict_recording(predictor, path, settings, cache=False)
+    seconds = time.monotonic() - began
+    by_span = {(s.start, s.end): s for s in offline.segments}
+    first = {e.turn: e.label for e in turns}
+    same_span = [(i, t, by_span[(t.start, t.end)]) for i, t in enumerate(timeline.segments) if (t.start, t.end) in by_span]
+    return offline, {
+        "settings": settings.model_dump(exclude_defaults=True), "seconds": round(seconds, 1), "turns": len(offline.segments),
+        "seconds_per_turn": seconds / len(offline.segments), "same_span_turns": len(same_span),
+        "agreement_final": sum(a.label == b.label for _, a, b in same_span) / max(1, len(same_span)),
+        "agreement_first": sum(first[i] == b.label for i, _, b in same_span) / max(1, len(same_span)),
+        "same_text": sum(a.text == b.text for _, a, b in same_span) / max(1, len(same_span)),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess")
     parser.add_argument("--no-pace", dest="pace", action="store_false")
-    parser.add_argument("--context-turns", type=int, default=None)
+    parser.add_argument("--set", dest="pairs", action="append", default=[], metavar="KEY=VALUE",
+                        help="a live setting (min_pause, early_asr, compute_type, context_turns, ...); the offline run takes the same")
     parser.add_argument("--offline", action=argparse.BooleanOptionalAction, default=True, help="also run the offline pipeline")
     parser.add_argument("--voices", action="store_true", help="speakers from voice embeddings (default: one speaker, as the offline timeline)")
     parser.add_argument("--out", type=Path)
@@ -94,19 +117,23 @@ def main() -> None:
     import merkit
     from merkit.live import LiveSession, LiveSettings, OneSpeaker
     from merkit.live_cli import file_frames, paced
-    from merkit.recording import predict_recording
+    from merkit.recording import RecordingSettings
 
     torch.set_num_threads(1)
     process = psutil.Process()
     with tempfile.TemporaryDirectory() as tmp, merkit.load(args.checkpoint, threads=1) as predictor:
         path, parts = build(Path(tmp), args.data, 60 * args.minutes)
         predictor.predict([{"text": "warming up"}])
-        events, memory, began = [], [], time.monotonic()
-        settings = LiveSettings(context_turns=args.context_turns)
+        events, memory, rows, began = [], [], [], time.monotonic()
+        settings = LiveSettings(**dict(pair.split("=", 1) for pair in args.pairs))
         with LiveSession(predictor, settings, speakers=None if args.voices else OneSpeaker()) as session:
             for frame, arrived in paced(file_frames(path), args.pace, time.monotonic):
                 for speech in session.listen(frame, arrived):
-                    events += session.recognise(speech)
+                    closed = time.monotonic() - speech.heard
+                    new = session.recognise(speech)
+                    turn = next(e for e in new if e.type == "turn")
+                    rows.append({"seconds": round(turn.end - turn.start, 2), "closed_after": round(closed, 4), "latency": turn.latency, "early": turn.early, **turn.stages})
+                    events += new
                     memory.append((session.seconds, process.memory_info().rss / 2**20))
             events += session.stop()
             live_seconds = time.monotonic() - began
@@ -114,7 +141,7 @@ def main() -> None:
         turns = [e for e in events if e.type == "turn"]
         result = {
             "checkpoint": str(args.checkpoint), "minutes": round(parts[-1]["end"] / 60, 2), "pace": args.pace,
-            "context_turns": args.context_turns, "speakers": "voice embeddings" if args.voices else "one", "turns": len(turns), "revisions": sum(e.type == "revision" for e in events),
+            "settings": settings.model_dump(exclude_defaults=True), "speakers": "voice embeddings" if args.voices else "one", "turns": len(turns), "revisions": sum(e.type == "revision" for e in events),
             "live_seconds": round(live_seconds, 1), "parts": len(parts),
         }  # fmt: skip
         latencies = [e.latency for e in turns]
@@ -128,20 +155,13 @@ def main() -> None:
             half = memory[len(memory) // 2 :]
             slope = np.polyfit([m / 60 for m, _ in half], [r for _, r in half], 1)[0]
             result["memory"] = {"rss_first_mb": memory[0][1], "rss_last_mb": memory[-1][1], "slope_mb_per_minute_second_half": float(slope)}
+        result["per_turn"] = rows
         if args.offline:
-            began = time.monotonic()
-            offline = predict_recording(predictor, path, cache=False)
-            offline_seconds = time.monotonic() - began
-            by_span = {(s.start, s.end): s for s in offline.segments}
-            first = {e.turn: e.label for e in turns}
-            same_span = [(t, by_span[(t.start, t.end)]) for t in timeline.segments if (t.start, t.end) in by_span]
-            result["offline"] = {
-                "seconds": round(offline_seconds, 1), "turns": len(offline.segments), "seconds_per_turn": offline_seconds / len(offline.segments),
-                "same_span_turns": len(same_span),
-                "agreement_final": sum(a.label == b.label for a, b in same_span) / max(1, len(same_span)),
-                "agreement_first": sum(first[i] == by_span[(t.start, t.end)].label for i, t in enumerate(timeline.segments) if (t.start, t.end) in by_span) / max(1, len(same_span)),
-                "same_text": sum(a.text == b.text for a, b in same_span) / max(1, len(same_span)),
-            }  # fmt: skip
+            recording = RecordingSettings(**{k: v for k, v in settings.model_dump().items() if k in RecordingSettings.model_fields})
+            offline, result["offline"] = offline_run(predictor, path, recording, timeline, turns)
+            if recording != RecordingSettings():  # also against `merkit predict`'s defaults
+                result["offline_default_settings"] = offline_run(predictor, path, RecordingSettings(), timeline, turns)[1]
+            by_span, first = {(s.start, s.end): s for s in offline.segments}, {e.turn: e.label for e in turns}
             truth = []
             for p in parts:
                 if p["truth"] is None:

@@ -129,7 +129,7 @@ def predictor(checkpoint):
 
 def test_the_session_gives_each_turn_as_it_ends_and_ends_with_the_offline_timeline(talk, predictor, tmp_path, monkeypatch):
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
-    offline = predict_recording(predictor, talk, cache=False)
+    offline = predict_recording(predictor, talk, LiveSettings(), cache=False)  # live's Whisper settings (int8)
     audio = decode_audio(str(talk), sample_rate=16_000)
     with LiveSession(predictor, speakers=OneSpeaker()) as session:
         events = [event for piece in _stream(audio) for event in session.feed(piece)] + session.stop()
@@ -202,8 +202,9 @@ def test_the_live_command_prints_each_turn_as_json_lines_and_writes_the_timeline
     assert done.exit_code == 0, done.output
     events = [json.loads(line) for line in done.stdout.splitlines()]
     turns = [e for e in events if e["type"] == "turn"]
+    assert list(turns[0])[:3] == ["type", "turn", "start"]  # a turn event is its timeline segment, type and number first
     timeline = json.loads(out.read_text())
-    expected = predict_recording(predictor, talk, cache=False)
+    expected = predict_recording(predictor, talk, LiveSettings(), cache=False)
     assert [t["text"] for t in turns] == [s.text for s in expected.segments]
     assert [s["label"] for s in timeline["segments"]] == [s.label for s in expected.segments]
     assert timeline["speakers"] == "unknown"
@@ -280,7 +281,7 @@ def test_the_websocket_answers_each_turn_and_ends_with_the_timeline(talk, predic
     from fastapi.testclient import TestClient
 
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))
-    offline = predict_recording(predictor, talk, cache=False)
+    offline = predict_recording(predictor, talk, LiveSettings(), cache=False)  # live's Whisper settings (int8)
     audio = decode_audio(str(talk), sample_rate=16_000)
     before = _live_leftovers()[0]
     with TestClient(live_app) as client, client.websocket_connect("/live?sample_type=float32") as ws:
@@ -412,7 +413,7 @@ def test_the_live_tab_shows_each_turn_from_a_fake_microphone(talk, predictor, tm
 
     assert max(fit(lag) for lag in range(-50, 51)) > 0.95
     soundfile.write(tmp_path / "sent.wav", sent, 16_000, subtype="FLOAT")
-    offline = predict_recording(predictor, tmp_path / "sent.wav", cache=False)
+    offline = predict_recording(predictor, tmp_path / "sent.wav", LiveSettings(), cache=False)
     assert len(texts) == len(LINES) == len(offline.segments)
     for words, text in zip(WORDS, texts):  # Whisper may mishear a word of the resampled voice, not two
         assert len(words & set("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())) >= 2, (words, text)

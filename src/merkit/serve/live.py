@@ -100,7 +100,9 @@ def add_live_route(
     recording: RecordingSettings, limits: LiveLimits,
 ) -> None:  # fmt: skip
     """Register ``WebSocket /live`` on ``app``: ``lend`` lends a predictor for one turn (the server's queue),
-    ``model`` is what ``GET /model`` says, ``recording`` how speech is cut and transcribed."""
+    ``model`` is what ``GET /model`` says, ``recording`` how speech is cut and which Whisper transcribes it (run with
+    :class:`~merkit.live.LiveSettings`' compute type)."""
+    settings = LiveSettings(**recording.model_dump(exclude={"compute_type"}))  # cut as recordings are; Whisper live's own (int8)
     opened = threading.BoundedSemaphore(limits.max_sessions)
     shared: dict[str, Any] = {}  # the Whisper model, loaded by the first session and shared
     loading = threading.Lock()
@@ -108,7 +110,7 @@ def add_live_route(
     def asr() -> Any:
         with loading:
             if "asr" not in shared:
-                shared["asr"] = load_asr(recording)
+                shared["asr"] = load_asr(settings)
             return shared["asr"]
 
     @app.get("/live-worklet.js", include_in_schema=False)
@@ -136,7 +138,6 @@ def add_live_route(
         except MerkitError as exc:
             await websocket.close(1011, f"this server cannot transcribe: {exc.message}")
             return
-        settings = LiveSettings(**recording.model_dump())
         session = await run_in_threadpool(LiveSession, _lending(lend), settings, asr=whisper)
         turns: asyncio.Queue[Speech | None] = asyncio.Queue()
         worker = asyncio.create_task(_recognise(websocket, session, turns))
