@@ -82,7 +82,8 @@ def main() -> None:
         middle = parts[-1]["end"] / 2
         predictor.predict([{"text": "warming up"}])
         kept, trimmed, traced, before, snapshot, turns = [], [], None, None, None, 0
-        with LiveSession(predictor, LiveSettings(context_turns=args.context_turns), speakers=OneSpeaker()) as session:
+        settings = LiveSettings(context_turns=args.context_turns)
+        with LiveSession(predictor, settings, speakers=OneSpeaker()) as session:
             for frame, arrived in paced(file_frames(path), False, time.monotonic):
                 for speech in session.listen(frame, arrived):
                     turns += sum(e.type == "turn" for e in session.recognise(speech))
@@ -102,7 +103,7 @@ def main() -> None:
     skip = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")]
     grown = end.filter_traces(skip).compare_to(snapshot.filter_traces(skip), "traceback")
     result = {
-        "checkpoint": str(args.checkpoint), "minutes": round(parts[-1]["end"] / 60, 2), "turns": turns, "context_turns": args.context_turns,
+        "checkpoint": str(args.checkpoint), "minutes": round(parts[-1]["end"] / 60, 2), "turns": turns, "settings": settings.model_dump(),
         "rss_mb": {"first_turn": kept[0][1], "last_turn": kept[-1][1], "slope_mb_per_minute_second_half": slope(kept)},
         "rss_after_malloc_trim_mb": {"first_turn": trimmed[0][1], "last_turn": trimmed[-1][1], "slope_mb_per_minute_second_half": slope(trimmed)}
         if trimmed else None,

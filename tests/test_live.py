@@ -208,6 +208,7 @@ def test_the_live_command_prints_each_turn_as_json_lines_and_writes_the_timeline
     assert [t["text"] for t in turns] == [s.text for s in expected.segments]
     assert [s["label"] for s in timeline["segments"]] == [s.label for s in expected.segments]
     assert timeline["speakers"] == "unknown"
+    assert timeline["settings"]["compute_type"] == "int8" and timeline["settings"]["early_asr"] == 0.2  # the settings that made it
 
     table = CliRunner().invoke(app, ["live", str(checkpoint), "--input", str(talk), "--no-pace", "--threads", "1"])
     assert table.exit_code == 0, table.output

@@ -277,7 +277,7 @@ class LiveSession:
         for offset, (turn, row) in enumerate(zip(window, result.utterances, strict=True)):
             changed = turn.label != row.label and turn is not window[-1]
             previous = turn.label
-            turn.label, turn.probabilities, turn.uncertainty = row.label, row.probabilities, row.uncertainty
+            turn.label, turn.probabilities, turn.uncertainty, turn.notes = row.label, row.probabilities, row.uncertainty, row.notes
             if changed:
                 events.append(self._revision(first + offset, "label", previous))
         return events
@@ -298,10 +298,11 @@ class LiveSession:
 
     def timeline(self, model: str, labels: Sequence[str]) -> Timeline:
         """The conversation so far with each turn's latest label and a summary per speaker, as the offline
-        :class:`~merkit.recording.Timeline`."""
+        :class:`~merkit.recording.Timeline`, with the live settings that made it."""
         segments = [TimelineSegment(**turn.model_dump()) for turn in self.turns]
         return Timeline(recording="live", model=model, labels=list(labels), speakers=self.speakers.source, segments=segments,
-                        summary=speaker_summary(segments, labels), notes=list(self.notes))  # fmt: skip
+                        summary=speaker_summary(segments, labels), notes=list(self.notes),
+                        settings={**self.settings.model_dump(), "asr": Path(self.settings.asr).name})  # fmt: skip
 
     def close(self) -> None:
         """Wait for the early work still running (it cannot be interrupted), then delete the turns' audio."""
