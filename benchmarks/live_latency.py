@@ -74,6 +74,14 @@ def build(folder: Path, data: Path, seconds: float, seed: int = 0) -> tuple[Path
     return path, parts
 
 
+def report(result: dict, out: Path | None) -> None:
+    """The result as JSON on stdout, and in ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
 def quantile(values: list[float], q: float) -> float:
     return float(np.quantile(np.asarray(values), q, method="linear")) if values else float("nan")
 
@@ -177,10 +185,7 @@ def main() -> None:
                 "accuracy_live_final": sum(t == b for t, _, b, _ in truth) / max(1, len(truth)),
                 "accuracy_offline": sum(t == c for t, _, _, c in truth) / max(1, len(truth)),
             }  # fmt: skip
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
-import json
 import tempfile
 import time
 import tracemalloc
@@ -27,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from live_latency import build
+from live_latency import build, report
 
 
 def trimmer():
@@ -114,10 +113,7 @@ def main() -> None:
         "objects_more": (after - before).most_common(args.top),
         "conversation_bytes_per_turn": mine,
     }  # fmt: skip
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":
