@@ -187,6 +187,8 @@ def test_the_fused_default_reads_a_recording_and_names_itself(meeting):
         assert set(segment["tracks"]) == {"words", "voice"} and segment["answered_by"] and segment["label"] in timeline["labels"]
         if segment["answered_by"] == ["words", "voice"]:
             assert segment["tracks"]["words"]["weight"] + segment["tracks"]["voice"]["weight"] == pytest.approx(1.0, abs=1e-5)
+    gated = [s for s in timeline["segments"] if s["answered_by"] == ["words"] and s["tracks"]["voice"]["label"] is not None]
+    assert gated and all(s["tracks"]["voice"]["weight"] == 0.0 and s["tracks"]["voice"]["typicality"] < timeline["fusion"]["typicality_floor"] for s in gated)
 
 
 @pytest.fixture(scope="module")
@@ -239,4 +241,6 @@ def test_the_pages_recording_tab_says_which_tracks_answered(meeting, fused):
         browser.close()
     assert tracks and len(tracks) == len(cards)
     assert all(t.startswith("tracks: words ") and " · voice " in t for t in tracks)
-    assert all("answered by: " in c for c in cards) and any("answered by: words + voice" in c for c in cards)
+    assert all("answered by: " in c for c in cards)
+    # espeak-ng's synthetic voice lies beyond every calibration clip of the voice model's actors: the words answer alone
+    assert any("answered by: words" in c and "unlike the speech the voice model learnt from" in c for c in cards)
