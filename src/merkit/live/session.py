@@ -36,8 +36,8 @@ class LiveSettings(RecordingSettings):
     """How a live stream is cut, transcribed and given context ([R]: merkit's defaults; the cutting and
     transcription fields are :class:`~merkit.recording.RecordingSettings`', so a live turn is cut as the
     offline timeline cuts it; ``chunk`` is the offline pipeline's and unused here). One default differs from a
-    recording's: Whisper's ``compute_type`` is int8, 1.4x faster than float32 on one CPU thread (0.51 against
-    0.71 s a turn on RAVDESS and espeak-ng turns), because Whisper is most of a turn's latency; its words match
+    recording's: Whisper's ``compute_type`` is int8, 1.4x faster than float32 on one CPU thread (0.50 against
+    0.69 s a turn on RAVDESS and espeak-ng turns, ``benchmarks/live_whisper_settings.py``), because Whisper is most of a turn's latency; its words match
     float32's on 31 turns in 32 and may differ between CPUs (float32 gives the offline timeline's words)."""
 
     compute_type: Literal["float32", "int8"] = Field(
