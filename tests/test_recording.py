@@ -288,7 +288,7 @@ def test_the_server_answers_a_recording_with_its_timeline(recording, text_predic
     before = set(Path(tempfile.gettempdir()).glob("merkit-upload-*"))
     limits = ServeLimits(max_upload_mb=2.0, max_recording_seconds=30)
     with TestClient(create_app(text_predictor, limits)) as client:
-        assert client.get("/model").json()["recording"] == {"asr": "tiny"}
+        assert client.get("/model").json()["recording"] == {"asr": "tiny", "model": text_predictor.describe()["model"]}
         answer = client.post("/predict/recording", files={"recording": ("meeting.wav", path.read_bytes()), "speakers": ("who.rttm", rttm.read_bytes())})
         assert answer.status_code == 200, answer.text
         timeline = answer.json()
