@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -94,20 +95,19 @@ def write_joined_wav(path: str | Path, pieces: Sequence[Any], pause: float = 1.0
 
 
 # ------------------------------------------------------------------ checksums
-_hash_memo: dict[tuple[str, int, int], str] = {}
+@functools.lru_cache(maxsize=4096)  # bounded: a server or live session checking new files for days stays flat
+def _sha256_of(resolved: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered for the process while its size and mtime are unchanged."""
+    """SHA-256 of a file, remembered (for the 4,096 latest files) while its size and mtime are unchanged."""
     stat = path.stat()
-    memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo_key not in _hash_memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        _hash_memo[memo_key] = digest.hexdigest()
-    return _hash_memo[memo_key]
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def folder_sha256(checksums: dict[str, str]) -> str:
