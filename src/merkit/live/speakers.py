@@ -81,12 +81,12 @@ class NearestSpeaker:
 
 
 def voice_speakers() -> tuple[SpeakerAssigner, str | None]:
-    """:class:`NearestSpeaker` over :func:`merkit.diarization.embed` (CAM++) at its ``THRESHOLD``, or, when the
+    """:class:`NearestSpeaker` over :func:`merkit.speaker_embeddings.embed` (CAM++) at its ``THRESHOLD``, or, when the
     diarization extra is missing, :class:`OneSpeaker` and why."""
-    from merkit import diarization
+    from merkit import diarization, speaker_embeddings
 
     try:
-        diarization.speaker_encoder("campplus")
+        speaker_embeddings.speaker_encoder("campplus")
     except (MerkitError, ImportError, OSError) as exc:
-        return OneSpeaker(), f"one speaker: no speaker embeddings ({exc}); {diarization.EXTRA}"
-    return NearestSpeaker(diarization.embed, diarization.THRESHOLD), None
+        return OneSpeaker(), f"one speaker: no speaker embeddings ({exc}); {speaker_embeddings.EXTRA}"
+    return NearestSpeaker(speaker_embeddings.embed, diarization.THRESHOLD), None
