@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from merkit.cli_options import DeviceOption, QuietOption, example
+from merkit.cli_options import DeviceOption, QuietOption, example, set_torch_threads
 from merkit.errors import MerkitError
 from merkit.recipes import CONFIG_HELP, VARIANT_HELP, RecipeCommand, merged_pairs
 
@@ -97,12 +97,7 @@ def extract(
     setting = merged_pairs(ctx, "setting", "set", setting)
     option = merged_pairs(ctx, "option", "option", option)
     shard_spec = parse_shard(shard)
-    if threads is not None:
-        import torch
-
-        if threads < 1:
-            raise MerkitError("--threads must be at least 1")
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     if finetune and shard_spec is not None:
         raise MerkitError(
             "--finetune cannot be sharded: fine-tune once without --shard, then shard with --extractor FOLDER"

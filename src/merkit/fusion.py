@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from merkit.cli_options import set_torch_threads
 from merkit.errors import MerkitError
 from merkit.recording import RecordingSettings, Timeline, TimelineSegment, predict_recording
 from merkit.typicality import Typicality
@@ -353,10 +354,7 @@ def predict_fused_command(name: str, input: Path, *, recording: bool, asr: str, 
     if not recording:
         raise MerkitError(f"{name} fuses the words and the voice of a recording; give an audio or video file, or a text model "
                           "(e.g. `merkit predict text-meld FILE`) for a transcript", path=input)  # fmt: skip
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     log: Callable[[str], None] = (lambda line: None) if quiet else (lambda line: print(f"merkit: {line}", file=sys.stderr))
     with load_fused(name, device=device, workers=workers, threads=threads) as fused:
         return fused.predict_recording(input, RecordingSettings(asr=asr, language=language), progress=not quiet, log=log, **options)

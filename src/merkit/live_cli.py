@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
-from merkit.cli_options import DeviceOption, QuietOption, ThreadsOption
+from merkit.cli_options import DeviceOption, QuietOption, ThreadsOption, set_torch_threads
 from merkit.errors import MerkitError
 
 FRAME = 1600  # samples per frame fed to the session (0.1 s at 16 kHz), as a microphone or a WebSocket delivers them
@@ -136,12 +136,7 @@ def live(
         settings = LiveSettings(asr=asr, language=language, **given)
     except ValidationError as exc:
         raise MerkitError(f"--set {validation_message(exc)}") from None
-    if threads is not None:
-        if threads < 1:
-            raise MerkitError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     clock = time.monotonic
     frames = _microphone(clock) if mic else paced(file_frames(input), pace, clock)
     console = Console(stderr=False)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from merkit.cli_options import QuietOption, ThreadsOption
+from merkit.cli_options import QuietOption, ThreadsOption, set_torch_threads
 from merkit.diarization import DiarizationSettings, to_rttm
 from merkit.errors import MerkitError
 from merkit.io import atomic_write_json, atomic_write_text, file_sha256
@@ -199,12 +199,9 @@ def diarize(
     quiet: QuietOption = False,
 ) -> None:
     """Who spoke when, as RTTM (the format every diarization tool reads): voice activity, speaker embeddings, clustering."""
-    import torch
-
     from merkit.recording import diarize_recording
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     if recording.is_file() and recording.suffix.lower() not in media_suffixes():
         raise MerkitError(f"not an audio or video file ({', '.join(media_suffixes())})", path=recording)
     turns = diarize_recording(recording, diarization=diarization_settings(num_speakers, min_speakers, max_speakers), progress=not quiet)
