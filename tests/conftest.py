@@ -67,6 +67,20 @@ def run_main(args, capsys):
     return code, captured.out, captured.err
 
 
+def poll_json(process, url: str, seconds: float):
+    """The first JSON answer of ``url`` while ``process`` (a starting ``merkit serve``) runs, or None after ``seconds``."""
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            return json.load(urllib.request.urlopen(url, timeout=2))
+        except OSError:
+            time.sleep(0.5)
+    return None
+
+
 @contextlib.contextmanager
 def serving(app):
     """A real uvicorn server for ``app`` on a free localhost port, in a thread; yields its base URL, stops it after."""

@@ -370,9 +370,8 @@ def test_deep_nesting_huge_numbers_and_long_file_names_are_answered(client):
 def test_the_serve_command_refuses_a_busy_port_before_loading_and_serves_a_free_one(tmp_path):
     import subprocess
     import sys
-    import urllib.request
 
-    from conftest import run_cli
+    from conftest import poll_json, run_cli
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -386,12 +385,7 @@ def test_the_serve_command_refuses_a_busy_port_before_loading_and_serves_a_free_
     command = [sys.executable, "-m", "merkit", "serve", str(checkpoint), "--port", str(port), "--threads", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline, answer = time.monotonic() + 120, None
-        while answer is None and process.poll() is None and time.monotonic() < deadline:
-            try:
-                answer = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2))
-            except OSError:
-                time.sleep(0.5)
+        answer = poll_json(process, f"http://127.0.0.1:{port}/health", 120)
         assert answer == {"status": "ok", "model": "late-fusion"}, process.stderr.read() if process.poll() is not None else ""
     finally:
         process.terminate()

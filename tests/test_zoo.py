@@ -163,8 +163,8 @@ def test_serve_without_a_checkpoint_serves_the_default_zoo_model():
     import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
+
+    from conftest import poll_json
 
     pytest.importorskip("uvicorn")
     with socket.socket() as free:
@@ -173,12 +173,7 @@ def test_serve_without_a_checkpoint_serves_the_default_zoo_model():
     process = subprocess.Popen([sys.executable, "-m", "merkit", "serve", "--port", str(port), "--threads", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        deadline, answer = time.monotonic() + 180, None
-        while answer is None and process.poll() is None and time.monotonic() < deadline:
-            try:
-                answer = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/model", timeout=2))
-            except OSError:
-                time.sleep(0.5)
+        answer = poll_json(process, f"http://127.0.0.1:{port}/model", 180)
         assert answer is not None, process.stderr.read() if process.poll() is not None else "no answer"
         assert answer["labels"] == card("text-meld").labels and answer["modalities"]["text"]["extractor"] == "mpnet"
         assert answer["model"] == "text-meld" and answer["architecture"] == "ensemble"
