@@ -87,7 +87,7 @@ def main() -> None:
     import torch
 
     from merkit import speaker_segmentation
-    from merkit.diarization import DiarizationSettings, regions_of, turns_from_windows, window_embeddings
+    from merkit.diarization import DiarizationSettings, Loudness, regions_of, turns_from_windows, window_embeddings
     from merkit.recording import RecordingSettings, speech_spans
 
     torch.set_num_threads(1)
@@ -97,6 +97,9 @@ def main() -> None:
     files = TRAIN + DEV
     audio = {f: sf.read(DATA / "audio" / f"{f}.wav", dtype="float32")[0] for f in files}
     seconds = sum(len(a) for a in audio.values()) / 16_000
+    loudness = {f: Loudness() for f in files}  # where a change of speaker moves to the quiet near it (settings.snap)
+    for f in files:
+        loudness[f].add(audio[f])
     rows, stages, results = [], {}, {"files": files, "overrides": overrides, "audio_seconds": seconds}
 
     def stage(name: str, began: float) -> None:
@@ -135,7 +138,7 @@ def main() -> None:
             def run(chosen: DiarizationSettings, only=files, true_count: bool = False) -> dict:
                 overlaps = overlapped[chosen.overlap_threshold if chosen.overlap else None]
                 each = {f: chosen.model_copy(update={"num_speakers": len(refs[f].labels())}) if true_count else chosen for f in only}
-                return {f: [(t.start, t.end, t.speaker) for t in turns_from_windows(speech[f], *windows[f], each[f], overlaps[f])] for f in only}
+                return {f: [(t.start, t.end, t.speaker) for t in turns_from_windows(speech[f], *windows[f], each[f], overlaps[f], loudness[f])] for f in only}
 
             scores = {(t, o): der(refs, {f: annotation(f, v) for f, v in run(settings.model_copy(update={"threshold": t, "overlap_threshold": o or 0.5}), TRAIN).items()}, TRAIN)[0]
                       for t in GRID for o in overlapped}  # fmt: skip
@@ -187,7 +190,8 @@ def main() -> None:
     chosen = next(r for r in rows if r["system"].startswith(f"silero: {embeddings[0]}, threshold"))
     settings = DiarizationSettings(**chosen["settings"])
     report(f"perfect VAD: {settings.embedding}, threshold {settings.threshold:g}",
-           {f: [(t.start, t.end, t.speaker) for t in turns_from_windows(oracle[f], *window_embeddings(audio[f], oracle[f], settings), settings)] for f in files})  # fmt: skip
+           {f: [(t.start, t.end, t.speaker) for t in turns_from_windows(oracle[f], *window_embeddings(audio[f], oracle[f], settings), settings, (), loudness[f])]
+            for f in files})  # fmt: skip
     results.update(rows=rows, stages=stages)
     print("\nper file, strict DER (%):")
     print(f"{'file':6s} " + " ".join(f"{r['system'][:22]:>22s}" for r in rows))

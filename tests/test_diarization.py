@@ -253,6 +253,29 @@ def test_segmentation_on_silence_and_one_voice(tmp_path):
     assert turns and len({t.speaker for t in turns}) == 1
 
 
+def test_a_change_of_speaker_moves_to_the_quiet_near_it():
+    """The windows' votes place a change only to within half a step; ``snap`` moves it to the quietest 10 ms within
+    that many seconds, keeps each turn at least half ``min_turn`` long, and leaves it where no audio was seen."""
+    from merkit.diarization import Loudness, turns_of
+
+    audio = np.random.default_rng(0).normal(0, 0.1, 4 * 16_000).astype(np.float32)
+    audio[32_000:35_200] *= 0.001  # a pause at 2.0–2.2 s
+    audio[1_000:2_000] = 0.0  # silence 0.06 s in: out of reach, the first turn keeps 0.25 s
+    found, labels = [(0.0, 1.5), (0.75, 2.25), (1.5, 3.0), (2.25, 3.75), (2.5, 4.0)], np.array([0, 0, 1, 1, 1])
+
+    def change(loudness=None, snap=0.0):
+        first, second = turns_of([(0.0, 4.0)], found, labels, 0.5, loudness, snap)
+        assert (first.speaker, second.speaker, first.end) == ("SPEAKER_00", "SPEAKER_01", second.start)
+        return first.end
+
+    heard, late = Loudness(), Loudness()
+    heard.add(audio)
+    late.add(audio[48_000:], offset=3.0)  # a chunk that does not hold the change
+    assert change() == change(heard, 0.0) == change(late, 0.5) == 2.25  # where the votes change
+    assert 2.0 < change(heard, 0.5) < 2.2 and 2.0 < change(heard, 3.0) < 2.2
+    assert 2.15 <= change(heard, 0.1) < 2.2  # only within reach: the end of the pause
+
+
 def test_overlap_adds_the_nearest_other_speaker():
     turns = [Turn(0.0, 4.0, "A"), Turn(4.0, 6.0, "B"), Turn(7.0, 9.0, "C")]
     both = with_overlap(turns, [(3.5, 4.5), (8.0, 8.5)])

@@ -16,7 +16,10 @@ the cosine, tried on the trn excerpts, made every setting worse: a dominant spea
 [R] merkit's choices (fields of :class:`DiarizationSettings`, recorded in the output): the voice activity, and
 segmentation-3.0's onset/offset/shortest speech and pause (chosen on the ``trn`` excerpts), embedding CAM++, windows of 1.5 s every 0.75 s, average linkage, the threshold of each embedding (:data:`THRESHOLDS`) chosen on the ten ``trn`` AMI excerpts
 (``benchmarks/diarization_ami.py``; ``dev00``/``dev01`` are only reported), clusters holding under 5 % of the
-windows folded into their nearest large one, speaker turns shorter than 0.5 s given to their neighbours.
+windows folded into their nearest large one, speaker turns shorter than 0.5 s given to their neighbours, and a
+change of speaker inside speech moved to the quietest 10 ms within 0.5 s of where the votes put it (``snap``: the
+windows place a change only to within half a step; 0.5 s chosen on two-speaker conversations of RAVDESS actors 1–6,
+``benchmarks/diarization_emotion.py --snap-grid``).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class DiarizationSettings(BaseModel):
     linkage: Literal["average", "complete", "single"] = Field("average", description="agglomerative linkage")
     min_cluster: float = Field(0.05, ge=0, lt=1, description="clusters with a smaller share of the windows join their nearest larger one")
     min_turn: float = Field(0.5, ge=0, description="speaker turns shorter than this (seconds) go to their neighbours")
+    snap: float = Field(0.5, ge=0, description="a change of speaker inside speech moves to the quietest 10 ms within this many seconds "
+                        "(0: where the windows' votes change)")
     num_speakers: int | None = Field(None, ge=1, description="the number of speakers, when known")
     min_speakers: int = Field(1, ge=1)
     max_speakers: int | None = Field(None, ge=1)
@@ -183,9 +188,34 @@ def speaker_name(index: int) -> str:
     return f"SPEAKER_{index:02d}"
 
 
-def turns_of(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, float]], labels: np.ndarray, min_turn: float) -> list[Turn]:
+@dataclass
+class Loudness:
+    """The log energy of every 10 ms of the audio seen, chunk by chunk: where a change of speaker inside speech moves
+    to the quietest moment near it (``DiarizationSettings.snap``), since people rarely change inside a word."""
+
+    pieces: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (first frame, smoothed log10 mean square per frame)
+
+    def add(self, audio: np.ndarray, offset: float = 0.0) -> None:
+        hop = SAMPLE_RATE // FRAME_RATE
+        frames = len(audio) // hop
+        power = np.square(audio[: frames * hop].reshape(frames, hop), dtype=np.float64).mean(axis=1)
+        self.pieces.append((int(round(offset * FRAME_RATE)), np.convolve(np.log10(power + 1e-10), np.ones(3) / 3, "same").astype(np.float32)))
+
+    def quietest(self, low: float, high: float) -> float | None:
+        """The middle of the quietest 10 ms frame between ``low`` and ``high`` seconds (None when no chunk holds them all)."""
+        first, last = int(np.ceil(low * FRAME_RATE)), int(high * FRAME_RATE)
+        for start, values in reversed(self.pieces):  # the latest chunk: chunks overlap where one left a stretch to the next
+            if start <= first <= last < start + len(values):
+                return round((first + int(np.argmin(values[first - start : last - start + 1])) + 0.5) / FRAME_RATE, 3)
+        return None
+
+
+def turns_of(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, float]], labels: np.ndarray, min_turn: float,
+             loudness: Loudness | None = None, snap: float = 0.0) -> list[Turn]:  # fmt: skip
     """Speaker turns: each 10 ms of each speech span takes the speaker most of its covering windows have
-    (the nearest window where none covers it); turns under ``min_turn`` seconds join a neighbour in the span."""
+    (the nearest window where none covers it); turns under ``min_turn`` seconds join a neighbour in the span; with
+    ``loudness``, each change of speaker moves to the quietest 10 ms within ``snap`` seconds, keeping every turn at
+    least half ``min_turn`` long."""
     if len(found) == 0:
         return []
     starts = np.array([a for a, _ in found])
@@ -205,8 +235,12 @@ def turns_of(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, 
         frame_speaker = np.where(votes.max(axis=1) > 0, votes.argmax(axis=1), nearest)
         runs = _runs(frame_speaker)
         runs = _absorb_short(runs, int(round(min_turn * FRAME_RATE)))
-        for first, last, speaker in runs:
-            turns.append(Turn(round(start + first / FRAME_RATE, 3), round(min(end, start + last / FRAME_RATE), 3), speaker_name(speaker)))
+        bounds = [round(start + first / FRAME_RATE, 3) for first, _, _ in runs] + [round(min(end, start + runs[-1][1] / FRAME_RATE), 3)]
+        for i in range(1, len(runs)) if loudness is not None and snap > 0 else ():
+            low, high = max(bounds[i] - snap, bounds[i - 1] + min_turn / 2), min(bounds[i] + snap, bounds[i + 1] - min_turn / 2)
+            moved = loudness.quietest(low, high) if high > low else None
+            bounds[i] = bounds[i] if moved is None else moved
+        turns += [Turn(bounds[i], bounds[i + 1], speaker_name(speaker)) for i, (_, _, speaker) in enumerate(runs)]
     return turns
 
 
@@ -308,6 +342,7 @@ class SpeakerWindows:
     overlaps: list[tuple[float, float]] = field(default_factory=list)
     windows: list[tuple[float, float]] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)
+    loudness: Loudness = field(default_factory=Loudness)
 
     def add(self, audio: np.ndarray, spans: Sequence[tuple[float, float]], offset: float = 0.0) -> None:
         """A chunk of 16 kHz ``audio`` that starts ``offset`` seconds into the recording; ``spans``: its speech by the caller's VAD."""
@@ -317,18 +352,21 @@ class SpeakerWindows:
         self.overlaps += [(round(offset + a, 3), round(offset + b, 3)) for a, b in overlaps]
         self.windows += found
         self.vectors.append(vectors)
+        if self.settings.snap:
+            self.loudness.add(audio, offset)
 
     def turns(self) -> list[Turn]:
         """Speaker turns of everything added (none when no speech was found)."""
         vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, 1), np.float32)
-        return turns_from_windows(self.speech, self.windows, vectors, self.settings, self.overlaps)
+        return turns_from_windows(self.speech, self.windows, vectors, self.settings, self.overlaps, self.loudness)
 
 
 def turns_from_windows(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, float]], vectors: np.ndarray,
-                       settings: DiarizationSettings, overlaps: Sequence[tuple[float, float]] = ()) -> list[Turn]:  # fmt: skip
+                       settings: DiarizationSettings, overlaps: Sequence[tuple[float, float]] = (), loudness: Loudness | None = None) -> list[Turn]:  # fmt: skip
     """Turns from windows embedded earlier (the recording pipeline embeds chunk by chunk, then clusters once);
-    spans repeated by neighbouring chunks count once; in ``overlaps`` a second speaker is added (:func:`with_overlap`)."""
-    turns = turns_of(_union(spans), found, cluster(vectors, settings), settings.min_turn)
+    spans repeated by neighbouring chunks count once; in ``overlaps`` a second speaker is added (:func:`with_overlap`);
+    with ``loudness`` (of the same audio), changes of speaker move to the quiet near them (``settings.snap``)."""
+    turns = turns_of(_union(spans), found, cluster(vectors, settings), settings.min_turn, loudness, settings.snap)
     return with_overlap(turns, _union(overlaps)) if overlaps else turns
 
 
