@@ -45,3 +45,16 @@ def native_bf16(device: str) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+KERNEL_CACHE = 64  # [R] oneDNN kernels kept per library: torch's fixed-shape networks (CAM++) fit, and no slower
+
+
+def bound_kernel_cache(entries: int = KERNEL_CACHE) -> None:
+    """Bound oneDNN's cache of compiled kernels before CTranslate2 (Whisper) first runs. oneDNN keeps one per input
+    shape, up to 1,024 (about 175 kB each), and Whisper's encoder on each clip's own frames meets a new shape nearly
+    every clip: a live session grew by about 70 kB a turn from it (issue #36). Read once per process by each library
+    that bundles oneDNN; a value the user set in ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is kept."""
+    import os
+
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(entries))

@@ -239,9 +239,10 @@ class WhisperEncoder(MediaExtractor):
 
     def load_model(self):
         if self._model is None:
-            import ctranslate2
+            from merkit.devices import bound_kernel_cache, resolve_device
 
-            from merkit.devices import resolve_device
+            bound_kernel_cache()
+            import ctranslate2
 
             if (self.device or "auto") == "auto":
                 device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"

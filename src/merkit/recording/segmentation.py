@@ -99,6 +99,9 @@ def asr_folder(asr: str) -> Path:
 
 def load_asr(settings: RecordingSettings) -> Any:
     """The ``faster_whisper.WhisperModel`` of ``settings.asr`` (CPU, ``settings.compute_type``, one thread)."""
+    from merkit.devices import bound_kernel_cache
+
+    bound_kernel_cache()
     folder = str(asr_folder(settings.asr))
     return _faster_whisper().WhisperModel(folder, device="cpu", compute_type=settings.compute_type, cpu_threads=1)
 
