@@ -146,15 +146,15 @@ def test_the_recipe_runs_on_a_reduced_budget(tmp_path):
     data = shared("fer2013")
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "recipes" / "zoo" / "face_fer2013.py"), "--data", str(data), "--out", str(out),
-               "--epochs", "1", "--set", "warm_epochs=1", "--limit", "40", "--cache", str(tmp_path / "cache.npz"), "--set", "baseline_cs=[0.1]",
+               "--epochs", "1", "--set", "warm_epochs=1", "--set", "third_epochs=1", "--limit", "40", "--cache", str(tmp_path / "cache.npz"), "--set", "baseline_cs=[0.1]",
                "--quiet"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["counts"] == {"fit": 252, "holdout": 28, "valid": 3589}  # 40 per class, 10 % held out, stratified
     assert set(results["valid"]["f1_per_class"]) == set(face_cnn.CLASSES)
-    assert [row["epoch"] for row in results["history"]] == [1, 2] and results["choice"]["epoch"] in (1, 2)  # the warm restart's epoch follows
-    assert len(list(out.glob("train-*/last.pt"))) == 2  # each cycle keeps its own state
+    assert [row["epoch"] for row in results["history"]] == [1, 2, 3] and results["choice"]["epoch"] in (1, 2, 3)  # the restarts' epochs follow
+    assert len(list(out.glob("train-*/last.pt"))) == 3  # each cycle keeps its own state
     card = (out / "card.md").read_text("utf-8")
     assert re.search(r"\| this CNN \| [\d.]+ \|", card) and "research use" in card
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # a finished run resumes to the same scores
@@ -170,9 +170,13 @@ def test_the_warm_restart_keeps_the_first_cycle_state_apart():
     spec = importlib.util.spec_from_file_location("face_fer2013", ROOT / "recipes" / "zoo" / "face_fer2013.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    plans = [recipe.cycles(recipe.RecipeSettings(**values)) for values in ({}, {"warm_epochs": 5, "warm_lr": 0.01}, {"warm_epochs": 0})]
-    assert len({recipe.digest(plan[0][0]) for plan in plans}) == 1 and [len(plan) for plan in plans] == [2, 2, 1]
+    plans = [recipe.cycles(recipe.RecipeSettings(**values))
+             for values in ({}, {"warm_epochs": 5, "warm_lr": 0.01}, {"warm_epochs": 0}, {"third_epochs": 0}, {"third_epochs": 4})]  # fmt: skip
+    assert len({recipe.digest(plan[0][0]) for plan in plans}) == 1 and [len(plan) for plan in plans] == [3, 3, 1, 2, 3]
     assert recipe.digest(plans[0][1][0]) != recipe.digest(plans[1][1][0]) and plans[1][1][1:] == (5, 0.01)
+    # the third cycle's settings do not rename the second's folder (its finished state is reused)
+    assert recipe.digest(plans[0][1][0]) == recipe.digest(plans[3][1][0]) == recipe.digest(plans[4][1][0])
+    assert recipe.digest(plans[0][2][0]) != recipe.digest(plans[4][2][0]) and plans[4][2][1:] == (4, 0.02)
 
 
 def test_a_missing_weights_file_is_one_readable_error(tmp_path):

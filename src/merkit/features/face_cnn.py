@@ -22,18 +22,21 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from merkit.errors import MerkitError
 from merkit.io import file_sha256, folder_sha256
 from merkit.features.registry import register_extractor
-from merkit.features.video import FaceExtractor, crop_square
+from merkit.features.video import FaceExtractor, FaceSettings, crop_square
 
 CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 SIZE = 48  # the face is resized to SIZE×SIZE grey, as FER2013's images are
 CROP = 44  # the network sees the centre CROP×CROP (random crops of this size in training)
+# where the CROP×CROP crops start (row, column): the centre, or the centre and the four corners (test-time crops)
+CROPS = {"centre": ((2, 2),), "five": ((2, 2), (0, 0), (0, 4), (4, 0), (4, 4))}
 WIDTHS = (32, 64, 128, 256)
 HIDDEN = 256
 TRAINED_ON = "FER2013's train split only (28,709 web-search faces, 7 expressions; never CK+ nor FER2013's PublicTest)"
@@ -74,31 +77,38 @@ def build(widths: tuple[int, ...] = WIDTHS, hidden: int = HIDDEN, classes: int =
     return FaceCNN()
 
 
-def to_input(faces: np.ndarray):
-    """``[N, 48, 48]`` uint8 grey faces → the network's ``[N, 1, CROP, CROP]`` float input (centre crop, x / 255)."""
+def to_input(faces: np.ndarray, at: tuple[int, int] = CROPS["centre"][0]):
+    """``[N, 48, 48]`` uint8 grey faces → the network's ``[N, 1, CROP, CROP]`` float input (the crop starting at
+    ``at``, the centre by default; x / 255)."""
     import torch
 
     if faces.ndim != 3 or faces.shape[1:] != (SIZE, SIZE):
         raise MerkitError(f"face-cnn takes [N, {SIZE}, {SIZE}] grey faces, got shape {tuple(faces.shape)}")
-    start = (SIZE - CROP) // 2
-    crop = faces[:, start : start + CROP, start : start + CROP]
+    crop = faces[:, at[0] : at[0] + CROP, at[1] : at[1] + CROP]
     return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32) / 255.0)[:, None]
 
 
-def probabilities(network, faces: np.ndarray, *, flip: bool, bf16: bool = False, batch: int = 512) -> np.ndarray:
-    """``[N, 7]`` class probabilities of uint8 ``[N, 48, 48]`` faces; with ``flip``, of the logits averaged with the
-    mirrored faces' (what a linear head on the extractor's ``flip`` embedding, their average, gives)."""
+def views(faces: np.ndarray, *, flip: bool, crops: str = "centre"):
+    """The network's inputs for each test-time view of the faces: each crop of ``CROPS[crops]``, and its mirror
+    with ``flip``; a linear head on their averaged embedding gives their averaged logits."""
+    for at in CROPS[crops]:
+        x = to_input(faces, at)
+        yield x
+        if flip:
+            yield x.flip(-1)
+
+
+def probabilities(network, faces: np.ndarray, *, flip: bool, crops: str = "centre", bf16: bool = False, batch: int = 512) -> np.ndarray:
+    """``[N, 7]`` class probabilities of uint8 ``[N, 48, 48]`` faces, of the logits averaged over the test-time
+    views (:func:`views`: what a linear head on the extractor's averaged embedding gives)."""
     import torch
 
     network.eval()
     out = []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(faces), batch):
-            x = to_input(faces[start : start + batch]).contiguous(memory_format=torch.channels_last)
-            logits = network(x).float()
-            if flip:
-                logits = (logits + network(x.flip(-1)).float()) / 2
-            out.append(logits.softmax(-1).numpy())
+            seen = [network(x.contiguous(memory_format=torch.channels_last)).float() for x in views(faces[start : start + batch], flip=flip, crops=crops)]
+            out.append(torch.stack(seen).mean(dim=0).softmax(-1).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), dtype=np.float32)
 
 
@@ -124,6 +134,11 @@ def shipped() -> tuple[Any, dict[str, Any]]:
     return network.eval(), meta
 
 
+class FaceCnnSettings(FaceSettings):
+    crops: Literal["five"] | None = Field(None, description="five: average the centre crop with the four corner crops (test-time crops; unset: the centre) [R]")
+    added_later: ClassVar[tuple[str, ...]] = ("face", "crops")
+
+
 @register_extractor
 class FaceCnn(FaceExtractor):
     name = "face-cnn"
@@ -131,6 +146,7 @@ class FaceCnn(FaceExtractor):
     trained_on = TRAINED_ON
     dim = HIDDEN
     embedders = ("cnn",)
+    Settings: ClassVar[type[FaceSettings]] = FaceCnnSettings
 
     weights_path: Path | None = None  # the recipe points this at the weights it has just written, to record their checksum
 
@@ -144,8 +160,6 @@ class FaceCnn(FaceExtractor):
         from PIL import Image
 
         face = Image.fromarray(crop_square(image, *box)).resize((SIZE, SIZE), Image.Resampling.BILINEAR).convert("L")
-        batch = to_input(np.asarray(face)[None])
-        if self.settings.flip:
-            batch = torch.cat([batch, batch.flip(-1)])
+        batch = torch.cat(list(views(np.asarray(face)[None], flip=self.settings.flip, crops=self.settings.crops or "centre")))
         with torch.inference_mode():
             return shipped()[0].embed(batch).mean(dim=0).numpy().astype(np.float32)
