@@ -121,7 +121,7 @@ def choose_snap(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    grid = [float(v) for v in args.snap_grid.split(",")]
+    grid = [tuple(float(x) for x in (v.split(":") + ["20"])[:2]) for v in args.snap_grid.split(",")]  # snap[:depth in dB]
     metrics = {snap: DiarizationErrorRate(collar=0.0, skip_overlap=False) for snap in grid}
     for pair in args.snap_pairs.split(","):
         actors = tuple(int(a) for a in pair.split("-"))
@@ -133,11 +133,12 @@ def choose_snap(args: argparse.Namespace) -> None:
         reference, uem = annotation(pair, [(a, b, who) for a, b, who, _ in truth]), Timeline([Segment(0, len(audio) / RATE)])
         silero = speech_spans(audio, RecordingSettings())
         for snap, metric in metrics.items():
-            metric(reference, annotation(pair, [(t.start, t.end, t.speaker) for t in diarize(audio, silero, DiarizationSettings(snap=snap))]), uem=uem)
+            settings = DiarizationSettings(snap=snap[0], snap_depth=snap[1])
+            metric(reference, annotation(pair, [(t.start, t.end, t.speaker) for t in diarize(audio, silero, settings)]), uem=uem)
     scores = {snap: 100 * abs(metric) for snap, metric in metrics.items()}
     for snap, metric in metrics.items():
-        print(f"snap {snap:g} s: strict DER {scores[snap]:.2f} (confusion {100 * metric['confusion'] / metric['total']:.2f})")
-    print(f"chosen: snap {min(scores, key=scores.get):g} s (pairs {args.snap_pairs})")
+        print(f"snap {snap[0]:g} s, depth {snap[1]:g} dB: strict DER {scores[snap]:.2f} (confusion {100 * metric['confusion'] / metric['total']:.2f})")
+    print(f"chosen: snap {min(scores, key=scores.get)} (pairs {args.snap_pairs})")
 
 
 def main() -> None:

@@ -274,6 +274,8 @@ def test_a_change_of_speaker_moves_to_the_quiet_near_it():
     assert change() == change(heard, 0.0) == change(late, 0.5) == 2.25  # where the votes change
     assert 2.0 < change(heard, 0.5) < 2.2 and 2.0 < change(heard, 3.0) < 2.2
     assert 2.15 <= change(heard, 0.1) < 2.2  # only within reach: the end of the pause
+    first, _ = turns_of([(0.0, 4.0)], found, labels, 0.5, heard, 0.5, depth=80.0)  # the pause is 60 dB down: not deep enough
+    assert first.end == 2.25
 
 
 def test_overlap_adds_the_nearest_other_speaker():

@@ -17,9 +17,10 @@ the cosine, tried on the trn excerpts, made every setting worse: a dominant spea
 segmentation-3.0's onset/offset/shortest speech and pause (chosen on the ``trn`` excerpts), embedding CAM++, windows of 1.5 s every 0.75 s, average linkage, the threshold of each embedding (:data:`THRESHOLDS`) chosen on the ten ``trn`` AMI excerpts
 (``benchmarks/diarization_ami.py``; ``dev00``/``dev01`` are only reported), clusters holding under 5 % of the
 windows folded into their nearest large one, speaker turns shorter than 0.5 s given to their neighbours, and a
-change of speaker inside speech moved to the quietest 10 ms within 0.5 s of where the votes put it (``snap``: the
-windows place a change only to within half a step; 0.5 s chosen on two-speaker conversations of RAVDESS actors 1–6,
-``benchmarks/diarization_emotion.py --snap-grid``).
+change of speaker inside speech moved to the quietest 10 ms within 0.5 s of where the votes put it when that moment is
+40 dB below the median there (``snap``, ``snap_depth``: the windows place a change only to within half a step; on
+two-speaker conversations of RAVDESS actors 1–6, ``benchmarks/diarization_emotion.py --snap-grid``, 0.5 s was the
+first of the best reaches and 40 dB the deepest pause that kept its gain; on the trn excerpts 20–40 dB tied).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class DiarizationSettings(BaseModel):
     min_turn: float = Field(0.5, ge=0, description="speaker turns shorter than this (seconds) go to their neighbours")
     snap: float = Field(0.5, ge=0, description="a change of speaker inside speech moves to the quietest 10 ms within this many seconds "
                         "(0: where the windows' votes change)")
+    snap_depth: float = Field(40.0, ge=0, description="... only to a moment at least this many dB quieter than the median of that reach: a pause, "
+                              "not a dip inside overlapped speech")
     num_speakers: int | None = Field(None, ge=1, description="the number of speakers, when known")
     min_speakers: int = Field(1, ge=1)
     max_speakers: int | None = Field(None, ge=1)
@@ -201,21 +204,24 @@ class Loudness:
         power = np.square(audio[: frames * hop].reshape(frames, hop), dtype=np.float64).mean(axis=1)
         self.pieces.append((int(round(offset * FRAME_RATE)), np.convolve(np.log10(power + 1e-10), np.ones(3) / 3, "same").astype(np.float32)))
 
-    def quietest(self, low: float, high: float) -> float | None:
-        """The middle of the quietest 10 ms frame between ``low`` and ``high`` seconds (None when no chunk holds them all)."""
+    def quietest(self, low: float, high: float, depth: float = 0.0) -> float | None:
+        """The middle of the quietest 10 ms frame between ``low`` and ``high`` seconds, if it is ``depth`` dB below
+        their median (None otherwise, or when no chunk holds them all)."""
         first, last = int(np.ceil(low * FRAME_RATE)), int(high * FRAME_RATE)
         for start, values in reversed(self.pieces):  # the latest chunk: chunks overlap where one left a stretch to the next
             if start <= first <= last < start + len(values):
-                return round((first + int(np.argmin(values[first - start : last - start + 1])) + 0.5) / FRAME_RATE, 3)
+                reach = values[first - start : last - start + 1]
+                quiet = int(np.argmin(reach))
+                return round((first + quiet + 0.5) / FRAME_RATE, 3) if reach[quiet] <= np.median(reach) - depth / 10 else None
         return None
 
 
 def turns_of(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, float]], labels: np.ndarray, min_turn: float,
-             loudness: Loudness | None = None, snap: float = 0.0) -> list[Turn]:  # fmt: skip
+             loudness: Loudness | None = None, snap: float = 0.0, depth: float = 0.0) -> list[Turn]:  # fmt: skip
     """Speaker turns: each 10 ms of each speech span takes the speaker most of its covering windows have
     (the nearest window where none covers it); turns under ``min_turn`` seconds join a neighbour in the span; with
-    ``loudness``, each change of speaker moves to the quietest 10 ms within ``snap`` seconds, keeping every turn at
-    least half ``min_turn`` long."""
+    ``loudness``, each change of speaker moves to the quietest 10 ms within ``snap`` seconds when it is ``depth`` dB
+    below the median there, keeping every turn at least half ``min_turn`` long."""
     if len(found) == 0:
         return []
     starts = np.array([a for a, _ in found])
@@ -238,7 +244,7 @@ def turns_of(spans: Sequence[tuple[float, float]], found: Sequence[tuple[float, 
         bounds = [round(start + first / FRAME_RATE, 3) for first, _, _ in runs] + [round(min(end, start + runs[-1][1] / FRAME_RATE), 3)]
         for i in range(1, len(runs)) if loudness is not None and snap > 0 else ():
             low, high = max(bounds[i] - snap, bounds[i - 1] + min_turn / 2), min(bounds[i] + snap, bounds[i + 1] - min_turn / 2)
-            moved = loudness.quietest(low, high) if high > low else None
+            moved = loudness.quietest(low, high, depth) if high > low else None
             bounds[i] = bounds[i] if moved is None else moved
         turns += [Turn(bounds[i], bounds[i + 1], speaker_name(speaker)) for i, (_, _, speaker) in enumerate(runs)]
     return turns
@@ -366,7 +372,7 @@ def turns_from_windows(spans: Sequence[tuple[float, float]], found: Sequence[tup
     """Turns from windows embedded earlier (the recording pipeline embeds chunk by chunk, then clusters once);
     spans repeated by neighbouring chunks count once; in ``overlaps`` a second speaker is added (:func:`with_overlap`);
     with ``loudness`` (of the same audio), changes of speaker move to the quiet near them (``settings.snap``)."""
-    turns = turns_of(_union(spans), found, cluster(vectors, settings), settings.min_turn, loudness, settings.snap)
+    turns = turns_of(_union(spans), found, cluster(vectors, settings), settings.min_turn, loudness, settings.snap, settings.snap_depth)
     return with_overlap(turns, _union(overlaps)) if overlaps else turns
 
 
