@@ -47,14 +47,16 @@ def native_bf16(device: str) -> bool:
         return False
 
 
-KERNEL_CACHE = 64  # [R] oneDNN kernels kept per library: torch's fixed-shape networks (CAM++) fit, and no slower
+KERNEL_CACHE = 0  # [R] oneDNN kernels kept per library: none (64 still grew a live session by 51 kB a turn)
 
 
 def bound_kernel_cache(entries: int = KERNEL_CACHE) -> None:
     """Bound oneDNN's cache of compiled kernels before CTranslate2 (Whisper) first runs. oneDNN keeps one per input
     shape, up to 1,024 (about 175 kB each), and Whisper's encoder on each clip's own frames meets a new shape nearly
-    every clip: a live session grew by about 70 kB a turn from it (issue #36). Read once per process by each library
-    that bundles oneDNN; a value the user set in ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is kept."""
+    every clip: a live session grew by about 70 kB a turn from it (issue #36). Compiling each time instead costs about
+    3 ms a Whisper-tiny encoding and, for torch's oneDNN when it starts after this (CAM++ on a turn), about a quarter
+    of its time. Read once per process by each library that bundles oneDNN; a value the user set in
+    ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is kept."""
     import os
 
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(entries))
