@@ -80,6 +80,26 @@ def test_a_face_gives_a_fixed_dimension_row_that_the_mirror_flip_makes_symmetric
     extractor.close()
 
 
+def test_five_crops_average_the_centre_and_corner_views(images):
+    """``crops=five`` embeds the centre and four corner 44×44 crops (and their mirrors with ``flip``) and averages
+    them, so a linear head on the row gives the logits :func:`face_cnn.probabilities` averages over the same views."""
+    import torch
+
+    face = np.asarray(Image.open(images / "face48.png").convert("L"))[None]
+    views = list(face_cnn.views(face, flip=True, crops="five"))
+    assert len(views) == 10 and all(v.shape == (1, 1, face_cnn.CROP, face_cnn.CROP) for v in views)
+    network, _ = face_cnn.shipped()
+    five = get_extractor("face-cnn", detection="off", flip=True, crops="five")
+    row = _row(five, images / "face48.png")
+    with torch.inference_mode():
+        np.testing.assert_allclose(row, network.embed(torch.cat(views)).mean(dim=0).numpy(), rtol=1e-4, atol=1e-5)
+        logits = network.head(torch.from_numpy(row)[None]).float()
+    np.testing.assert_allclose(logits.softmax(-1).numpy()[0], face_cnn.probabilities(network, face, flip=True, crops="five")[0], atol=1e-5)
+    centre = get_extractor("face-cnn", detection="off", flip=True)
+    assert not np.allclose(row, _row(centre, images / "face48.png"), atol=1e-4) and five.fingerprint() != centre.fingerprint()
+    assert "crops" not in centre.settings.recorded() and five.settings.recorded()["crops"] == "five"  # older checkpoints keep their fingerprint
+
+
 def test_blank_and_broken_images_give_a_defined_row_or_a_masked_one(images):
     pytest.importorskip("mediapipe", reason="face detection needs MediaPipe 0.10.21 (see README)")
     auto = get_extractor("face-cnn")
@@ -93,7 +113,7 @@ def test_blank_and_broken_images_give_a_defined_row_or_a_masked_one(images):
 def test_the_classifier_reads_a_real_face(images):
     network, meta = face_cnn.shipped()
     face = np.asarray(Image.open(images / "face48.png"))[None]
-    p = face_cnn.probabilities(network, face, flip=meta["flip"])
+    p = face_cnn.probabilities(network, face, flip=meta["flip"], crops=meta.get("crops", "centre"))
     assert p.shape == (1, 7) and abs(float(p.sum()) - 1) < 1e-5
     assert face_cnn.CLASSES[int(p.argmax())] == "happy"  # the astronaut smiles
 
@@ -109,7 +129,7 @@ def test_the_shipped_checkpoint_predicts_what_the_cnn_does(images, tmp_path, cap
     assert code == 0, err
     face, blank = json.loads(out)["utterances"]
     network, meta = face_cnn.shipped()
-    expected = face_cnn.probabilities(network, np.asarray(Image.open(images / "face48.png"))[None], flip=meta["flip"])[0]
+    expected = face_cnn.probabilities(network, np.asarray(Image.open(images / "face48.png"))[None], flip=meta["flip"], crops=meta.get("crops", "centre"))[0]
     np.testing.assert_allclose([face["probabilities"][name] for name in face_cnn.CLASSES], expected, atol=1e-4)
     assert face["modalities"] == ["visual"] and blank["modalities"] == []
 
@@ -135,7 +155,7 @@ def test_the_shipped_classifier_scores_its_card_on_valid():
             labels.append(index)
     assert len(faces) == 3589
     network, meta = face_cnn.shipped()
-    predicted = face_cnn.probabilities(network, np.stack(faces), flip=meta["flip"]).argmax(-1)
+    predicted = face_cnn.probabilities(network, np.stack(faces), flip=meta["flip"], crops=meta.get("crops", "centre")).argmax(-1)
     assert abs(100 * accuracy_score(labels, predicted) - _card_figure("accuracy")) <= 0.3
     assert abs(100 * f1_score(labels, predicted, average="macro") - _card_figure("macro_f1")) <= 0.3
     assert _card_figure("accuracy") >= 60  # far above the HOG baseline's; the target was 68
