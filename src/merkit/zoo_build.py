@@ -126,8 +126,12 @@ def build_script_entry(recipe: ScriptRecipe, recipe_path: Path, data: Path, *, o
     import sys
 
     target = out / recipe.name
-    command = [sys.executable, str(recipe_path.parent / recipe.script), "--data", str(data / recipe.corpus), "--out", str(target),
-               "--work", str(work / "runs" / recipe.name), *(recipe.reduced_args if budget == "reduced" else [])]  # fmt: skip
+
+    def shown(path: Path) -> str:  # the script records its command line in the card: no machine's absolute paths there
+        return str(path.resolve().relative_to(Path.cwd().resolve())) if path.resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+
+    command = [sys.executable, shown(recipe_path.parent / recipe.script), "--data", shown(data / recipe.corpus), "--out", shown(target),
+               "--work", shown(work / "runs" / recipe.name), *(recipe.reduced_args if budget == "reduced" else [])]  # fmt: skip
     log(f"{recipe.name}: {' '.join(command)}")
     if subprocess.run(command).returncode != 0:
         raise MerkitError(f"the recipe script of {recipe.name} failed", path=recipe_path.parent / recipe.script)
