@@ -47,7 +47,7 @@ def native_bf16(device: str) -> bool:
         return False
 
 
-KERNEL_CACHE = 0  # [R] oneDNN kernels kept per library: none (64 still grew a live session by 51 kB a turn)
+KERNEL_CACHE = 0  # [R] oneDNN kernels kept per library: none (with 64, one turn's prediction still left 51 kB)
 
 
 def bound_kernel_cache(entries: int = KERNEL_CACHE) -> None:
