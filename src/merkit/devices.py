@@ -51,12 +51,13 @@ KERNEL_CACHE = 0  # [R] oneDNN kernels kept per library: none (with 64, one turn
 
 
 def bound_kernel_cache(entries: int = KERNEL_CACHE) -> None:
-    """Bound oneDNN's cache of compiled kernels before CTranslate2 (Whisper) first runs. oneDNN keeps one per input
-    shape, up to 1,024 (about 175 kB each), and Whisper's encoder on each clip's own frames meets a new shape nearly
-    every clip: a live session grew by about 70 kB a turn from it (issue #36). Compiling each time instead costs about
-    3 ms a Whisper-tiny encoding and, for torch's oneDNN when it starts after this (CAM++ on a turn), about a quarter
-    of its time. Read once per process by each library that bundles oneDNN; a value the user set in
-    ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is kept."""
+    """Bound oneDNN's cache of compiled kernels before a predictor or CTranslate2 (Whisper) first runs. oneDNN keeps
+    one per input shape, up to 1,024 (about 175 kB each), and a predictor meets a new shape with nearly every turn:
+    Whisper's encoder on each clip's own frames left about 70 kB a turn in a live session (issue #36), torch's
+    MiniLM 42 kB per new sentence length. Compiling each time instead costs about 3 ms a Whisper-tiny encoding, 0.6 ms
+    a MiniLM sentence, and a quarter of CAM++'s time on a turn. Read once per process by each library that bundles
+    oneDNN (torch and CTranslate2 each have their own); a value the user set in ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is
+    kept."""
     import os
 
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(entries))
