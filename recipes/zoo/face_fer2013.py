@@ -213,7 +213,7 @@ def train_cycle(network, generator, arrays: dict, fit: np.ndarray, held: np.ndar
     from torch import nn
 
     before, epochs, lr = schedule_of
-    total_epochs = sum(epochs for _, epochs, _ in cycles(settings))
+    total_epochs = sum(length for _, length, _ in cycles(settings))
     decay = [p for p in network.parameters() if p.ndim > 1]
     rest = [p for p in network.parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD(

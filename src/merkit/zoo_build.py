@@ -113,7 +113,7 @@ def script_card(recipe: ScriptRecipe, target: Path, budget: str) -> ModelCard:
         scores={"valid": pick(results["valid"]), "baseline valid": pick(results["baseline"]["valid"]),
                 "held-out part of train (selection)": {"accuracy": float(results["choice"]["holdout_accuracy"])}},
         headline=recipe.card.headline, reported=["valid"],
-        protocol="epoch and test-time choices on a held-out part of train; valid scored once", command=results["command"],
+        protocol="epoch and test-time choices on a held-out part of train; valid scored once per build", command=results["command"],
         intended_use=recipe.card.intended_use, limits=recipe.card.limits,
         built=f"merkit {__version__}, budget {budget}, training {results.get('train_minutes', '?')} min",
     )  # fmt: skip
