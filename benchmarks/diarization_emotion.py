@@ -109,29 +109,36 @@ def clip_labels(truth, segments) -> list[str]:
     return found
 
 
-def choose_snap(args: argparse.Namespace) -> None:
-    """Pooled strict DER of the default diarization on training actors' conversations for each snap value."""
-    import torch
+def scored(pair: str, wav: Path, truth):
+    """What the DER of a recording needs: its 16 kHz audio, the reference annotation, the scored extent (UEM) and Silero's speech."""
     from pyannote.core import Segment, Timeline
-    from pyannote.metrics.diarization import DiarizationErrorRate
 
-    from merkit.diarization import DiarizationSettings, diarize
     from merkit.features.media import decode_audio
     from merkit.recording import RecordingSettings, speech_spans
 
+    audio = decode_audio(str(wav), sample_rate=RATE)
+    reference = annotation(pair, [(a, b, who) for a, b, who, _ in truth])
+    return audio, reference, Timeline([Segment(0, len(audio) / RATE)]), speech_spans(audio, RecordingSettings())
+
+
+def choose_snap(args: argparse.Namespace) -> None:
+    """Pooled strict DER of the default diarization on training actors' conversations for each snap value."""
+    import torch
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    from merkit.diarization import DiarizationSettings, diarize
+
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    grid = [tuple(float(x) for x in (v.split(":") + ["20"])[:2]) for v in args.snap_grid.split(",")]  # snap[:depth in dB]
+    depth = str(DiarizationSettings().snap_depth)  # when a grid point gives no depth: the default's
+    grid = [tuple(float(x) for x in (v.split(":") + [depth])[:2]) for v in args.snap_grid.split(",")]  # snap[:depth in dB]
     metrics = {snap: DiarizationErrorRate(collar=0.0, skip_overlap=False) for snap in grid}
     for pair in args.snap_pairs.split(","):
         actors = tuple(int(a) for a in pair.split("-"))
         if min(actors) > 16:
             raise SystemExit(f"--snap-pairs {pair}: choose on training actors (1-16) only")
         wav = args.out / f"train-actors{pair}.wav"
-        truth = record(turn_order(args.data, actors), wav)
-        audio = decode_audio(str(wav), sample_rate=RATE)
-        reference, uem = annotation(pair, [(a, b, who) for a, b, who, _ in truth]), Timeline([Segment(0, len(audio) / RATE)])
-        silero = speech_spans(audio, RecordingSettings())
+        audio, reference, uem, silero = scored(pair, wav, record(turn_order(args.data, actors), wav))
         for snap, metric in metrics.items():
             settings = DiarizationSettings(snap=snap[0], snap_depth=snap[1])
             metric(reference, annotation(pair, [(t.start, t.end, t.speaker) for t in diarize(audio, silero, settings)]), uem=uem)
@@ -157,13 +164,11 @@ def main() -> None:
         return
 
     import torch
-    from pyannote.core import Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     import merkit
     from merkit.diarization import DiarizationSettings, Turn, chunk_speech, diarize, to_rttm
-    from merkit.features.media import decode_audio
-    from merkit.recording import RecordingSettings, predict_recording, speech_spans
+    from merkit.recording import RecordingSettings, predict_recording
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -183,10 +188,7 @@ def main() -> None:
     metrics = {name: (DiarizationErrorRate(collar=0.0, skip_overlap=False), DiarizationErrorRate(collar=0.5, skip_overlap=False)) for name in systems}
     counts: dict[str, list[int]] = {name: [] for name in systems}
     for pair, wav, _, truth in [] if args.skip_der else recordings:
-        audio = decode_audio(str(wav), sample_rate=RATE)
-        reference = annotation(pair, [(a, b, who) for a, b, who, _ in truth])
-        uem = Timeline([Segment(0, len(audio) / RATE)])
-        silero = speech_spans(audio, RecordingSettings())
+        audio, reference, uem, silero = scored(pair, wav, truth)
         segmentation = DiarizationSettings(vad="segmentation")
         for name, settings in systems.items():
             if settings is None:

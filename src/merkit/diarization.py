@@ -73,8 +73,8 @@ class DiarizationSettings(BaseModel):
     min_turn: float = Field(0.5, ge=0, description="speaker turns shorter than this (seconds) go to their neighbours")
     snap: float = Field(0.5, ge=0, description="a change of speaker inside speech moves to the quietest 10 ms within this many seconds "
                         "(0: where the windows' votes change)")
-    snap_depth: float = Field(40.0, ge=0, description="... only to a moment at least this many dB quieter than the median of that reach: a pause, "
-                              "not a dip inside overlapped speech")
+    snap_depth: float = Field(40.0, ge=0, description="a change moves only to a moment at least this many dB quieter than the median "
+                              "within snap: a pause, not a dip inside overlapped speech")
     num_speakers: int | None = Field(None, ge=1, description="the number of speakers, when known")
     min_speakers: int = Field(1, ge=1)
     max_speakers: int | None = Field(None, ge=1)
