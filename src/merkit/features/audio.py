@@ -239,9 +239,9 @@ class WhisperEncoder(MediaExtractor):
 
     def load_model(self):
         if self._model is None:
-            from merkit.devices import bound_kernel_cache, resolve_device
+            from merkit.devices import bound_native_caches, resolve_device
 
-            bound_kernel_cache()
+            bound_native_caches()
             import ctranslate2
 
             if (self.device or "auto") == "auto":

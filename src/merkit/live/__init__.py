@@ -17,7 +17,7 @@ the same audio (:func:`~merkit.recording.predict_recording`), except where the t
 offline pipeline decodes in ``chunk``-second pieces and cuts each again).
 
 [R] merkit's choices (fields of :class:`~merkit.live.session.LiveSettings`, beside
-:class:`~merkit.recording.RecordingSettings`' VAD, padding, segment and Whisper settings): ``context_turns`` None
+:class:`~merkit.recording.TurnSettings`' VAD, padding, segment and Whisper settings, a recording's too): ``context_turns`` None
 (the whole conversation); ``early_asr`` 0.2 s: after that much silence the turn is transcribed and featurised in a
 worker thread while the rest of ``min_pause`` is waited for, so the wait hides most of Whisper's cost (the work is
 dropped if speech resumes).

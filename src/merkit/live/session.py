@@ -26,19 +26,19 @@ from pydantic import BaseModel, Field, model_serializer
 from merkit.features.registry import WorkItem
 from merkit.live.speakers import SpeakerAssigner, voice_speakers
 from merkit.live.stream import Speech, StreamingVad
-from merkit.recording import SAMPLE_RATE, RecordingSettings, Timeline, TimelineSegment, load_asr, speaker_summary, transcribe
+from merkit.recording import SAMPLE_RATE, RecordingSettings, Timeline, TimelineSegment, TurnSettings, load_asr, speaker_summary, transcribe
 
 if TYPE_CHECKING:
     from merkit.inference import Predictor
 
 
-class LiveSettings(RecordingSettings):
+class LiveSettings(TurnSettings):
     """How a live stream is cut, transcribed and given context ([R]: merkit's defaults; the cutting and
-    transcription fields are :class:`~merkit.recording.RecordingSettings`', so a live turn is cut as the
-    offline timeline cuts it; ``chunk`` is the offline pipeline's and unused here). One default differs from a
-    recording's: Whisper's ``compute_type`` is int8, 1.4x faster than float32 on one CPU thread (0.50 against
-    0.69 s a turn on RAVDESS and espeak-ng turns, ``benchmarks/live_whisper_settings.py``), because Whisper is most of a turn's latency; its words match
-    float32's on 31 turns in 32 and may differ between CPUs (float32 gives the offline timeline's words)."""
+    transcription fields are :class:`~merkit.recording.TurnSettings`', a recording's too, so a live turn is cut as
+    the offline timeline cuts it). One default differs from a recording's: Whisper's ``compute_type`` is int8, 1.4x
+    faster than float32 on one CPU thread (0.50 against 0.69 s a turn on RAVDESS and espeak-ng turns,
+    ``benchmarks/live_whisper_settings.py``), because Whisper is most of a turn's latency; its words match float32's
+    on 31 turns in 32 and may differ between CPUs (float32 gives the offline timeline's words)."""
 
     compute_type: Literal["float32", "int8"] = Field(
         "int8", description="Whisper's CTranslate2 compute type: int8 (live's default, for latency) or float32 (the offline words)"
@@ -50,6 +50,10 @@ class LiveSettings(RecordingSettings):
         0.2, ge=0, description="seconds of silence after which the turn in progress is transcribed and featurised ahead, "
         "while the pause may still turn out shorter than min_pause (the work is dropped if it does); None: only once closed",
     )
+
+    def recording(self) -> RecordingSettings:
+        """The offline pipeline's settings that cut and transcribe as this live session does (to compare the two)."""
+        return RecordingSettings(**self.model_dump(include=set(TurnSettings.model_fields)))
 
 
 # ------------------------------------------------------------------ events

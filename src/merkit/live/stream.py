@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from merkit.errors import MerkitError
-from merkit.recording import SAMPLE_RATE, RecordingSettings, _faster_whisper
+from merkit.recording import SAMPLE_RATE, TurnSettings, _faster_whisper
 
 WINDOW = 512  # samples per Silero window at 16 kHz
 CONTEXT = 64  # samples of the previous window Silero v6 reads beside each window
@@ -64,7 +64,7 @@ class StreamingVad:
     the stream allows. Silero carries its state across windows, so the probabilities equal the whole-file ones.
     Keeps only the audio of the turn in progress."""
 
-    def __init__(self, settings: RecordingSettings):
+    def __init__(self, settings: TurnSettings):
         self.model = _faster_whisper().vad.get_vad_model()
         self.threshold = settings.vad_threshold
         self.negative = max(settings.vad_threshold - 0.15, 0.01)

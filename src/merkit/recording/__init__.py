@@ -13,6 +13,7 @@ from merkit.recording.segmentation import (
     RecordingSettings,
     Segment,
     SpeakersOption,
+    TurnSettings,
     _faster_whisper,
     asr_folder,
     chunks,
@@ -29,7 +30,7 @@ from merkit.recording.timeline import CALM_LABELS, MOMENTS, Moment, SpeakerSumma
 
 __all__ = [
     "CALM_LABELS", "EXTRA", "MOMENTS", "SAMPLE_RATE", "UNKNOWN_SPEAKER", "Moment", "RecordingSettings", "Segment", "SpeakerSummary",
-    "SpeakersOption", "Timeline", "TimelineSegment", "asr_folder", "chunks", "conversation_of", "diarize_recording", "load_asr",
+    "SpeakersOption", "Timeline", "TimelineSegment", "TurnSettings", "asr_folder", "chunks", "conversation_of", "diarize_recording", "load_asr",
     "predict_recording", "read_rttm", "segment_recording", "speaker_mode", "speaker_summary", "speech_chunks", "speech_spans",
     "timeline_of", "transcribe",
 ]  # fmt: skip

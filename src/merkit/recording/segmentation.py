@@ -42,8 +42,8 @@ UNKNOWN_SPEAKER = "unknown"
 EXTRA = "pip install 'merkit[recording]'"
 
 
-class RecordingSettings(BaseModel):
-    """How a recording is cut, transcribed and its faces read ([R]: merkit's defaults; recorded in the timeline)."""
+class TurnSettings(BaseModel):
+    """How speech is cut into turns and transcribed ([R]: merkit's defaults), in a recording and in a live stream alike."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,6 +59,11 @@ class RecordingSettings(BaseModel):
         "float32", description="Whisper's CTranslate2 compute type: float32 gives the same words on every CPU; int8 is "
         "about 1.4x faster but its kernels, picked by the CPU's instruction set, change the words between machines",
     )
+
+
+class RecordingSettings(TurnSettings):
+    """How a recording is cut, transcribed and its faces read ([R]: merkit's defaults; recorded in the timeline)."""
+
     chunk: float = Field(300.0, ge=5, description="seconds of audio decoded and cut at a time (bounds the memory); keep it above max_segment")
     face: Literal["largest", "most-confident"] = Field(
         "largest", description="a video's face in a frame with several, for a model that reads faces: the largest (nearest the camera, "
@@ -97,11 +102,11 @@ def asr_folder(asr: str) -> Path:
     return folder
 
 
-def load_asr(settings: RecordingSettings) -> Any:
+def load_asr(settings: TurnSettings) -> Any:
     """The ``faster_whisper.WhisperModel`` of ``settings.asr`` (CPU, ``settings.compute_type``, one thread)."""
-    from merkit.devices import bound_kernel_cache
+    from merkit.devices import bound_native_caches
 
-    bound_kernel_cache()
+    bound_native_caches()
     folder = str(asr_folder(settings.asr))
     return _faster_whisper().WhisperModel(folder, device="cpu", compute_type=settings.compute_type, cpu_threads=1)
 
@@ -170,7 +175,7 @@ def diarize_recording(path: str | Path, settings: RecordingSettings | None = Non
     return gathered.turns()
 
 
-def speech_spans(audio: Any, settings: RecordingSettings) -> list[tuple[float, float]]:
+def speech_spans(audio: Any, settings: TurnSettings) -> list[tuple[float, float]]:
     """Speech stretches (seconds) by Silero VAD, joined across pauses under ``min_pause``, split at ``max_segment``."""
     vad = _faster_whisper().vad
     options = vad.VadOptions(
@@ -183,7 +188,7 @@ def speech_spans(audio: Any, settings: RecordingSettings) -> list[tuple[float, f
     return [(round(a, 3), round(b, 3)) for a, b in spans if b - a >= settings.min_segment]
 
 
-def transcribe(model: Any, audio: np.ndarray, spans: Sequence[tuple[float, float]], settings: RecordingSettings) -> list[Segment]:
+def transcribe(model: Any, audio: np.ndarray, spans: Sequence[tuple[float, float]], settings: TurnSettings) -> list[Segment]:
     """Each span's (seconds within ``audio``) transcript by a loaded ``WhisperModel``."""
     language = settings.language or ("en" if settings.asr == "tiny" else None)
     segments = []

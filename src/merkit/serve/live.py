@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 
 from merkit.errors import MerkitError
 from merkit.live import SAMPLE_TYPES, LiveSession, LiveSettings, Speech, decode_frame
-from merkit.recording import SAMPLE_RATE, RecordingSettings, load_asr
+from merkit.recording import SAMPLE_RATE, RecordingSettings, TurnSettings, load_asr
 
 log = logging.getLogger("merkit.serve")
 
@@ -102,7 +102,7 @@ def add_live_route(
     """Register ``WebSocket /live`` on ``app``: ``lend`` lends a predictor for one turn (the server's queue),
     ``model`` is what ``GET /model`` says, ``recording`` how speech is cut and which Whisper transcribes it (run with
     :class:`~merkit.live.LiveSettings`' compute type)."""
-    settings = LiveSettings(**recording.model_dump(exclude={"compute_type"}))  # cut as recordings are; Whisper live's own (int8)
+    settings = LiveSettings(**recording.model_dump(include=set(TurnSettings.model_fields) - {"compute_type"}))  # cut as recordings are; Whisper live's own (int8)
     opened = threading.BoundedSemaphore(limits.max_sessions)
     shared: dict[str, Any] = {}  # the Whisper model, loaded by the first session and shared
     loading = threading.Lock()
