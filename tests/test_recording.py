@@ -77,6 +77,27 @@ def test_segments_match_the_spoken_lines(recording, tmp_path, monkeypatch):
         assert words <= _words(segment.text), (words, segment.text)
 
 
+def test_without_the_temperature_fallback_whisper_decodes_each_turn_once(recording):
+    """A turn Whisper is unsure of is decoded again at rising temperatures, by sampling, so its words and time vary
+    from run to run (one RAVDESS turn: 1.6 to 3.1 s against 0.5); ``temperature_fallback=False`` decodes each turn once,
+    greedily, and clear speech keeps its words."""
+    from merkit.recording import load_asr, speech_spans, transcribe
+
+    path, _ = recording
+    audio, settings = decode_audio(str(path), sample_rate=16_000), RecordingSettings(temperature_fallback=False)
+    spans, model, asked = speech_spans(audio, settings), load_asr(settings), []
+
+    class Watched:
+        def transcribe(self, piece, **options):
+            asked.append(options.get("temperature"))
+            return model.transcribe(piece, **options)
+
+    segments = transcribe(Watched(), audio, spans, settings)
+    assert asked == [0.0] * len(spans) == [0.0] * len(LINES)
+    for segment, (_, _, words) in zip(segments, LINES):
+        assert words <= _words(segment.text), (words, segment.text)
+
+
 def test_chunked_decoding_gives_the_same_turns(recording, tmp_path, monkeypatch):
     """Chunk boundaries inside spoken lines: each such line is carried whole into the next chunk."""
     monkeypatch.setenv("MERKIT_CACHE", str(tmp_path / "cache"))

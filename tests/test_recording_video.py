@@ -192,6 +192,15 @@ def test_an_unreadable_video_track_is_a_note_naming_the_file(media, predictor, c
     done = run_cli("predict", str(checkpoint), str(media["corrupt"]), "--speakers", "none", "--out", str(out), "--threads", "1")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "corrupt.mp4" in done.stderr and Timeline.model_validate_json(out.read_text()).segments
+    pytest.importorskip("fastapi", reason="the server is in the serve extra")
+    from fastapi.testclient import TestClient
+
+    from merkit.serve import create_app
+
+    with TestClient(create_app(predictor)) as client, open(media["corrupt"], "rb") as handle:
+        served = client.post("/predict/recording", files={"recording": ("corrupt.mp4", handle, "video/mp4")}, data={"speakers": "none"})
+    notes = served.json()["notes"]  # the server saves the upload as recording.mp4; its notes name the client's file
+    assert served.status_code == 200 and any("corrupt.mp4 could not be read" in n for n in notes) and not any("recording.mp4" in n for n in notes), notes
 
 
 def test_a_model_without_faces_says_the_frames_were_not_used(media, tmp_path):

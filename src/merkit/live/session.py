@@ -35,13 +35,19 @@ if TYPE_CHECKING:
 class LiveSettings(TurnSettings):
     """How a live stream is cut, transcribed and given context ([R]: merkit's defaults; the cutting and
     transcription fields are :class:`~merkit.recording.TurnSettings`', a recording's too, so a live turn is cut as
-    the offline timeline cuts it). One default differs from a recording's: Whisper's ``compute_type`` is int8, 1.4x
-    faster than float32 on one CPU thread (0.50 against 0.69 s a turn on RAVDESS and espeak-ng turns,
-    ``benchmarks/live_whisper_settings.py``), because Whisper is most of a turn's latency; its words match float32's
-    on 31 turns in 32 and may differ between CPUs (float32 gives the offline timeline's words)."""
+    the offline timeline cuts it). Two defaults differ from a recording's, because Whisper is most of a turn's
+    latency: its ``compute_type`` is int8, 1.4x faster than float32 on one CPU thread (0.50 against 0.69 s a turn on
+    RAVDESS and espeak-ng turns, ``benchmarks/live_whisper_settings.py``; its words match float32's on 31 turns in 32
+    and may differ between CPUs, float32 gives the offline timeline's words); and it decodes each turn once
+    (``temperature_fallback`` false): the fallback's sampling took one turn of the 10-minute stream 1.6 to 3.1 s
+    instead of 0.5, and changed no label there (``benchmarks/live_latency.py``)."""
 
     compute_type: Literal["float32", "int8"] = Field(
         "int8", description="Whisper's CTranslate2 compute type: int8 (live's default, for latency) or float32 (the offline words)"
+    )
+    temperature_fallback: bool = Field(
+        False, description="Whisper decodes a turn it is unsure of again at rising temperatures, by sampling: often better "
+        "words on a hard turn, but three to six times the time; false (live's default, for a bounded latency) decodes once",
     )
     context_turns: int | None = Field(
         None, ge=1, description="turns the model reads for each new turn, the new one included (None: the whole conversation)"

@@ -59,6 +59,11 @@ class TurnSettings(BaseModel):
         "float32", description="Whisper's CTranslate2 compute type: float32 gives the same words on every CPU; int8 is "
         "about 1.4x faster but its kernels, picked by the CPU's instruction set, change the words between machines",
     )
+    temperature_fallback: bool = Field(
+        True, description="Whisper decodes a turn again at rising temperatures, by sampling, when unsure of it (mean "
+        "log-probability under -1, or repetitive text): often better words on a hard turn, but three to six times the "
+        "time and words that change from run to run; false decodes each turn once, greedily",
+    )
 
 
 class RecordingSettings(TurnSettings):
@@ -194,8 +199,9 @@ def transcribe(model: Any, audio: np.ndarray, spans: Sequence[tuple[float, float
     segments = []
     for start, end in spans:
         piece = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+        once = {} if settings.temperature_fallback else {"temperature": 0.0}  # faster-whisper's default: 0 to 1 by 0.2
         parts, _ = model.transcribe(piece, language=language, beam_size=settings.beam_size, vad_filter=False,
-                                    condition_on_previous_text=False)  # fmt: skip
+                                    condition_on_previous_text=False, **once)  # fmt: skip
         segments.append(Segment(start, end, " ".join(p.text.strip() for p in parts).strip()))
     return segments
 

@@ -226,7 +226,8 @@ def create_app(
                     renames[str(speakers)] = Path(rttm.filename or "").name or "speakers.rttm"
                 timeline = await run_in_threadpool(run_recording, saved, settings, speakers, diarization, renames)
                 said = {"speakers": f"RTTM {renames[str(speakers)]}"} if isinstance(speakers, Path) else {}
-                return timeline.model_copy(update={"recording": name, **said})
+                notes = [note.replace(saved.name, name) for note in timeline.notes]  # the client's file, not the server's copy
+                return timeline.model_copy(update={"recording": name, "notes": notes, **said})
         finally:
             await form.close()
 

@@ -102,7 +102,8 @@ def add_live_route(
     """Register ``WebSocket /live`` on ``app``: ``lend`` lends a predictor for one turn (the server's queue),
     ``model`` is what ``GET /model`` says, ``recording`` how speech is cut and which Whisper transcribes it (run with
     :class:`~merkit.live.LiveSettings`' compute type)."""
-    settings = LiveSettings(**recording.model_dump(include=set(TurnSettings.model_fields) - {"compute_type"}))  # cut as recordings are; Whisper live's own (int8)
+    own = {"compute_type", "temperature_fallback"}  # Whisper's decoding: live's own (int8, once)
+    settings = LiveSettings(**recording.model_dump(include=set(TurnSettings.model_fields) - own))  # cut as recordings are
     opened = threading.BoundedSemaphore(limits.max_sessions)
     shared: dict[str, Any] = {}  # the Whisper model, loaded by the first session and shared
     loading = threading.Lock()
