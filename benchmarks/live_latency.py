@@ -44,6 +44,18 @@ LINES = [
 RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful", "07": "disgust", "08": "surprised"}
 
 
+def test_clips(data: Path, rng: random.Random) -> list[Path]:
+    """RAVDESS clips of the test actors 19–24 (never seen in training), in ``rng``'s order."""
+    clips = [c for c in sorted((data / "audio").glob("Actor_*/*.flac")) if 19 <= int(c.stem.split("-")[-1]) <= 24]
+    rng.shuffle(clips)
+    return clips
+
+
+def new_length(audio: list[np.ndarray], i: int) -> np.ndarray:
+    """Call ``i``'s turn: the clips in turn, 10 ms shorter on each pass, so that every call brings a new length."""
+    return audio[i % len(audio)][: audio[i % len(audio)].size - 160 * (i // len(audio))]
+
+
 def build(folder: Path, data: Path, seconds: float, seed: int = 0) -> tuple[Path, list[dict]]:
     """The stream's wav (16 kHz mono float32) and its parts: (start, end, source, truth)."""
     import soundfile
@@ -51,9 +63,7 @@ def build(folder: Path, data: Path, seconds: float, seed: int = 0) -> tuple[Path
     from merkit.features.media import decode_audio
 
     rng = random.Random(seed)
-    clips = sorted((data / "audio").glob("Actor_*/*.flac"))
-    clips = [c for c in clips if 19 <= int(c.stem.split("-")[-1]) <= 24]
-    rng.shuffle(clips)
+    clips = test_clips(data, rng)
     pieces, parts, clock, i = [], [], 0, 0
     while clock < seconds * 16_000:
         if i % 2 == 0:

@@ -23,17 +23,20 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import gc
 import tempfile
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from live_latency import build, report
 
 
+@functools.cache  # find_library runs ldconfig: once, not after every turn
 def glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name) if name else None
@@ -88,6 +91,15 @@ def slope(points: list[tuple[float, float]]) -> float:
     return float(np.polyfit([s / 60 for s, _ in half], [m for _, m in half], 1)[0])
 
 
+def played(session, path: Path) -> Iterator[int]:
+    """The stream file through ``session`` as fast as it is processed: the turns each closed stretch of speech gave."""
+    from merkit.live_cli import file_frames, paced
+
+    for frame, arrived in paced(file_frames(path), False, time.monotonic):
+        for speech in session.listen(frame, arrived):
+            yield sum(e.type == "turn" for e in session.recognise(speech))
+
+
 def objects() -> Counter:
     gc.collect()
     return Counter(type(o).__qualname__ for o in gc.get_objects())
@@ -122,7 +134,6 @@ def main() -> None:
 
     import merkit
     from merkit.live import LiveSession, LiveSettings, OneSpeaker
-    from merkit.live_cli import file_frames, paced
 
     torch.set_num_threads(1)
     process, trim, in_use = psutil.Process(), trimmer(), malloc_in_use()
@@ -147,15 +158,14 @@ def main() -> None:
         series, traced, before, snapshot, turns = {}, None, None, None, 0
         settings = LiveSettings(context_turns=args.context_turns)
         with LiveSession(predictor, settings, speakers=None if args.voices else OneSpeaker()) as session:
-            for frame, arrived in paced(file_frames(path), False, time.monotonic):
-                for speech in session.listen(frame, arrived):
-                    turns += sum(e.type == "turn" for e in session.recognise(speech))
-                    for name, mb in measured().items():
-                        series.setdefault(name, []).append((session.seconds, mb))
-                    if args.trace and snapshot is None and session.seconds >= middle:
-                        before = objects()
-                        tracemalloc.start(8)
-                        snapshot, traced = tracemalloc.take_snapshot(), session.seconds
+            for new in played(session, path):
+                turns += new
+                for name, mb in measured().items():
+                    series.setdefault(name, []).append((session.seconds, mb))
+                if args.trace and snapshot is None and session.seconds >= middle:
+                    before = objects()
+                    tracemalloc.start(8)
+                    snapshot, traced = tracemalloc.take_snapshot(), session.seconds
             session.stop()
             mine = own_data(session)
             if snapshot is not None:

@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -35,19 +34,15 @@ def play(checkpoint: Path, data: Path, minutes: float, voices: bool) -> None:
 
     import merkit
     from live_latency import build
+    from live_memory import played
     from merkit.live import LiveSession, LiveSettings, OneSpeaker
-    from merkit.live_cli import file_frames, paced
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp, merkit.load(checkpoint, threads=1) as predictor:
         path, _ = build(Path(tmp), data, 60 * minutes)
         predictor.predict([{"text": "warming up"}])
-        turns = 0
         with LiveSession(predictor, LiveSettings(), speakers=None if voices else OneSpeaker()) as session:
-            for frame, arrived in paced(file_frames(path), False, time.monotonic):
-                for speech in session.listen(frame, arrived):
-                    turns += sum(e.type == "turn" for e in session.recognise(speech))
-            turns += sum(e.type == "turn" for e in session.stop())
+            turns = sum(played(session, path)) + sum(e.type == "turn" for e in session.stop())
             print(f"turns {turns}", flush=True)
             os._exit(0)  # the session open: heaptrack's "leaked" is what it and the libraries hold now
 

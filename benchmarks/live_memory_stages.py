@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from live_latency import new_length, test_clips
 from live_memory import trimmer
 
 
@@ -49,8 +50,7 @@ def main() -> None:
         trim(0)
         return process.memory_info().rss / 2**20
 
-    clips = sorted(p for p in (args.data / "audio").glob("Actor_*/*.flac") if 19 <= int(p.stem.split("-")[-1]) <= 24)
-    random.Random(0).shuffle(clips)
+    clips = test_clips(args.data, random.Random(0))
     audio = [decode_audio(str(c), sample_rate=16_000) for c in clips[:40]]
     settings = LiveSettings()
     with merkit.load(args.checkpoint, threads=1) as predictor, tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +80,7 @@ def main() -> None:
         phase("predictor on one turn, the same audio file", lambda i: predictor.predict([{"text": "hello there", "audio": str(Path(tmp) / "same.wav")}]))
         speakers, missing = voice_speakers()
         if missing is None:
-            phase("voice embedding (CAM++), a new turn", lambda i: speakers.embed(audio[i % len(audio)][: audio[i % len(audio)].size - 160 * (i // len(audio))]))
+            phase("voice embedding (CAM++), a new turn", lambda i: speakers.embed(new_length(audio, i)))
 
 
 if __name__ == "__main__":

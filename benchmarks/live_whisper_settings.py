@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from live_latency import LINES
+from live_latency import LINES, test_clips
 
 OPTIONS = {"defaults": {}, "temperature=0": {"temperature": 0.0}, "temperature=0, without_timestamps": {"temperature": 0.0, "without_timestamps": True}}
 
@@ -27,8 +27,7 @@ OPTIONS = {"defaults": {}, "temperature=0": {"temperature": 0.0}, "temperature=0
 def turns(data: Path, clips: int, lines: int, folder: Path) -> list[np.ndarray]:
     from merkit.features.media import decode_audio
 
-    found = sorted(p for p in (data / "audio").glob("Actor_*/*.flac") if 19 <= int(p.stem.split("-")[-1]) <= 24)
-    random.Random(1).shuffle(found)
+    found = test_clips(data, random.Random(1))
     audio = [decode_audio(str(p), sample_rate=16_000) for p in found[:clips]]
     for i, line in enumerate(LINES[:lines]):
         wav = folder / f"line{i}.wav"

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from live_latency import new_length, test_clips
 
 WORDS = "kids are talking by the door dogs are sitting by the door".split()
 
@@ -39,10 +40,8 @@ def stages(checkpoint: Path, data: Path) -> dict[str, float]:
     from merkit.recording import load_asr, transcribe
 
     torch.set_num_threads(1)
-    clips = sorted(p for p in (data / "audio").glob("Actor_*/*.flac") if 19 <= int(p.stem.split("-")[-1]) <= 24)
-    random.Random(0).shuffle(clips)
-    audio = [decode_audio(str(c), sample_rate=16_000) for c in clips[:30]]
-    turn = lambda i: audio[i % len(audio)][: audio[i % len(audio)].size - 160 * (i // len(audio))]  # noqa: E731  (a new length)
+    audio = [decode_audio(str(c), sample_rate=16_000) for c in test_clips(data, random.Random(0))[:30]]
+    turn = lambda i: new_length(audio, i)  # noqa: E731
     sentence = lambda i: " ".join(WORDS[: 3 + i % 9])  # noqa: E731
     settings, result = LiveSettings(), {}
     with merkit.load(checkpoint, threads=1) as predictor, tempfile.TemporaryDirectory() as tmp:
